@@ -1,0 +1,258 @@
+"""Reading 2-D X-ray images (PNG, BMP, TIFF, JPEG, DICOM, NIfTI/NRRD single slice).
+
+Every reader returns a :class:`XRay`: a ``(H, W)`` float32 array in ``[0, 1]`` (row = y,
+column = x), the pixel spacing ``(sx, sy)`` in mm when the file states it, and where it came
+from. Bad files raise :class:`~maht_net.errors.InputError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = ["XRay", "load_xray", "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE", "window_to_unit"]
+
+PIL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+IMAGE_SUFFIXES = PIL_SUFFIXES + DICOM_SUFFIXES + ITK_SUFFIXES
+
+MAX_PIXELS = 64_000_000
+"""Largest image accepted (pixels): 8000 x 8000. Larger files are refused before decoding, so a
+20000 x 20000 image costs no memory (a float32 copy of it would need 1.6 GB)."""
+MIN_SIDE = 32
+"""Smallest accepted side in pixels; anything smaller cannot hold a cephalogram."""
+
+
+@dataclass
+class XRay:
+    """A loaded 2-D X-ray.
+
+    Attributes:
+        image: ``(H, W)`` float32 in ``[0, 1]``, brighter = denser (bone bright).
+        spacing: ``(sx, sy)`` mm per pixel along x (columns) and y (rows), or ``None``.
+        path: the file read.
+        origin: ``(x0, y0)`` physical position (mm) of pixel ``(0, 0)``; ``(0, 0)`` unless the
+            file defines one (NIfTI/NRRD).
+        spacing_source: which field gave the spacing (e.g. ``"ImagerPixelSpacing"``) or ``None``.
+    """
+
+    image: np.ndarray
+    spacing: tuple[float, float] | None
+    path: str
+    origin: tuple[float, float] = (0.0, 0.0)
+    spacing_source: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _check_size(path, height: int, width: int) -> None:
+    if min(height, width) < MIN_SIDE:
+        raise InputError(path, f"image is {width}x{height} px; at least {MIN_SIDE}x{MIN_SIDE} is needed")
+    if height * width > MAX_PIXELS:
+        raise InputError(
+            path,
+            f"image is {width}x{height} px ({height * width / 1e6:.0f} MP), over the {MAX_PIXELS / 1e6:.0f} MP "
+            "limit; downscale it first",
+        )
+
+
+def window_to_unit(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Linearly map ``[low, high]`` to ``[0, 1]`` and clip."""
+    if not high > low:
+        return np.zeros_like(values, dtype=np.float32)
+    return np.clip((values.astype(np.float32) - low) / (high - low), 0.0, 1.0)
+
+
+def _to_unit(path, arr: np.ndarray) -> np.ndarray:
+    """Grayscale array of any dtype -> float32 ``[0, 1]``: 8-bit by /255, wider by a robust window."""
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise InputError(path, f"image has {int(bad.sum())} NaN/inf pixels")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == bool:
+        return arr.astype(np.float32)
+    low, high = np.percentile(arr, (0.5, 99.5))
+    if high <= low:
+        low, high = float(arr.min()), float(arr.max())
+    return window_to_unit(arr, low, high)
+
+
+def _to_gray(arr: np.ndarray) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` -> ``(H, W)``: RGB(A) to luminance (ITU-R 601), alpha ignored."""
+    if arr.ndim == 3:
+        if arr.shape[2] == 1:
+            return arr[..., 0]
+        gray = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.round(gray).astype(np.uint8) if arr.dtype == np.uint8 else gray
+    return arr
+
+
+def _load_pil(path: Path) -> XRay:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            _check_size(path, height, width)
+            if getattr(im, "n_frames", 1) > 1:
+                warnings.warn(f"{path}: {im.n_frames} frames; only the first is used", stacklevel=3)
+            dpi = im.info.get("dpi")
+            if im.mode == "P":
+                im = im.convert("RGBA")
+            if im.mode in ("I;16", "I;16B", "I;16L"):
+                arr = np.asarray(im, dtype=np.uint16)
+            elif im.mode in ("1", "L", "I", "F", "RGB", "RGBA", "LA", "CMYK"):
+                arr = np.asarray(im.convert("RGB") if im.mode == "CMYK" else im)
+                if im.mode == "LA":
+                    arr = arr[..., 0]
+                if im.mode == "I":
+                    arr = arr.astype(np.int64)
+            else:
+                arr = np.asarray(im.convert("L"))
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        raise InputError(path, "not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(path, f"cannot decode image ({e})") from None
+    if arr.ndim == 2 and arr.dtype == np.uint16 and arr.max() <= 255 and path.suffix.lower() in (".jpg", ".jpeg"):
+        arr = arr.astype(np.uint8)
+    image = _to_unit(path, _to_gray(arr))
+    del dpi  # DPI of scanned films is not a trustworthy spacing; the datalist states spacing.
+    return XRay(image=image, spacing=None, path=str(path))
+
+
+def _dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
+    for tag in ("ImagerPixelSpacing", "PixelSpacing"):
+        value = getattr(ds, tag, None)
+        if value is not None and len(value) == 2:
+            row_mm, col_mm = float(value[0]), float(value[1])  # DICOM order: (row, column) spacing
+            if row_mm > 0 and col_mm > 0:
+                return (col_mm, row_mm), tag
+    return None, None
+
+
+def _load_dicom(path: Path) -> XRay:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(str(path), force=path.suffix.lower() in DICOM_SUFFIXES)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError) as e:
+        raise InputError(path, f"not a readable DICOM file ({e})") from None
+    if "PixelData" not in ds:
+        raise InputError(path, "DICOM file has no pixel data")
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    _check_size(path, rows, cols)
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        raise InputError(path, f"multi-frame DICOM ({ds.NumberOfFrames} frames); a single 2-D X-ray is expected")
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # pydicom raises many types for missing codecs / truncated data
+        raise InputError(path, f"cannot decode DICOM pixel data ({type(e).__name__}: {e})") from None
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    notes = []
+    if arr.ndim == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
+        if photometric != "RGB":
+            from pydicom.pixel_data_handlers.util import convert_color_space
+
+            arr = convert_color_space(arr, photometric, "RGB")
+        arr = _to_gray(arr)
+    elif arr.ndim != 2:
+        raise InputError(path, f"DICOM pixel array has shape {arr.shape}; a 2-D image is expected")
+    values = arr.astype(np.float64)
+    slope, intercept = float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0)
+    values = values * slope + intercept
+    center, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
+    if center is not None and width is not None:
+        center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
+        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+    if center is not None and width is not None and width > 1:
+        image = window_to_unit(values, center - width / 2.0, center + width / 2.0)
+        notes.append(f"windowed with WindowCenter={center:g} WindowWidth={width:g}")
+    else:
+        image = _to_unit(path, values)
+        notes.append("windowed to the 0.5-99.5 percentile range")
+    if photometric == "MONOCHROME1":
+        image = 1.0 - image
+        notes.append("MONOCHROME1 inverted")
+    spacing, source = _dicom_spacing(ds)
+    if spacing is None:
+        warnings.warn(f"{path}: no ImagerPixelSpacing or PixelSpacing; distances will be in pixels", stacklevel=3)
+    return XRay(image=image.astype(np.float32), spacing=spacing, path=str(path), spacing_source=source, notes=notes)
+
+
+def _load_itk(path: Path) -> XRay:
+    import itk
+
+    try:
+        img = itk.imread(str(path))
+    except Exception as e:  # ITK raises RuntimeError with long messages
+        raise InputError(path, f"cannot read image with ITK ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    arr = np.squeeze(itk.array_from_image(img))
+    spacing = [float(s) for s in itk.spacing(img)]
+    origin = [float(o) for o in itk.origin(img)]
+    if arr.ndim != 2:
+        raise InputError(path, f"image has shape {arr.shape}; a single 2-D slice is expected")
+    _check_size(path, *arr.shape)
+    return XRay(
+        image=_to_unit(path, arr),
+        spacing=(spacing[0], spacing[1]),
+        path=str(path),
+        origin=(origin[0], origin[1]),
+        spacing_source="image header",
+    )
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def load_xray(path: str | os.PathLike) -> XRay:
+    """Read a 2-D X-ray as ``(H, W)`` float32 in ``[0, 1]`` with spacing ``(sx, sy)`` mm or ``None``.
+
+    PNG/BMP/TIFF/JPEG: RGB(A) is converted to luminance; 8-bit scales by 1/255, 16-bit by a
+    0.5-99.5 percentile window; no spacing (the datalist supplies it). DICOM: Modality LUT,
+    VOI window from the header (else the percentile window), MONOCHROME1 inverted, spacing from
+    ImagerPixelSpacing, else PixelSpacing, else ``None`` with a warning. NIfTI/NRRD/MHA: one slice
+    via ITK with its spacing and origin.
+
+    Raises:
+        InputError: missing, empty, unreadable, too small or too large files, NaN/inf pixels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty")
+    suffix = _suffix(path)
+    if suffix in DICOM_SUFFIXES or (suffix not in PIL_SUFFIXES + ITK_SUFFIXES and _looks_like_dicom(path)):
+        return _load_dicom(path)
+    if suffix in ITK_SUFFIXES:
+        return _load_itk(path)
+    if suffix in PIL_SUFFIXES:
+        return _load_pil(path)
+    raise InputError(path, f"unsupported file type {suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}")

@@ -1,0 +1,262 @@
+"""The prediction output format: JSON (the reference), 3D Slicer markups and CSV.
+
+One image gives ``<id>_landmarks.json``::
+
+    {"format": "maht-net-landmarks", "format_version": 1, "image": path, "id": str,
+     "width": W, "height": H, "spacing": [sx, sy] | null, "origin": [x0, y0],
+     "landmark_set": "isbi2015", "coordinate_convention": str,
+     "landmarks": [{"index": 1, "name": "sella", "abbreviation": "S", "x": float, "y": float,
+                    "x_mm": float | null, "y_mm": float | null,
+                    "uncertainty_px": float | null, "uncertainty_mm": float | null,
+                    "confidence": float | null}, ...]}
+
+``x``/``y`` are pixels of the original image (x = column, y = row, origin top-left pixel
+centre); a landmark that could not be placed has ``x = y = null``. Beside it,
+``<id>_landmarks.mrk.json`` (Slicer markups point list, LPS, mm) and ``<id>_landmarks.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..landmarks import COORDINATE_CONVENTION, LandmarkSet, get_landmark_set
+from .atomic import atomic_write, write_json_atomic
+
+__all__ = [
+    "PREDICTION_SUFFIX",
+    "MARKUPS_SUFFIX",
+    "CSV_SUFFIX",
+    "SLICER_MARKUPS_SCHEMA",
+    "build_prediction",
+    "prediction_points",
+    "read_prediction",
+    "to_slicer_markups",
+    "markups_points",
+    "to_csv",
+    "write_prediction",
+    "find_predictions",
+]
+
+PREDICTION_SUFFIX = "_landmarks.json"
+MARKUPS_SUFFIX = "_landmarks.mrk.json"
+CSV_SUFFIX = "_landmarks.csv"
+SLICER_MARKUPS_SCHEMA = (
+    "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
+    "markups-schema-v1.0.3.json#"
+)
+
+
+def _opt(v: Any) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def build_prediction(
+    image: str | os.PathLike,
+    width: int,
+    height: int,
+    points: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    uncertainty_px: np.ndarray | None = None,
+    confidence: np.ndarray | None = None,
+    landmark_set: str | LandmarkSet = "isbi2015",
+    item_id: str | None = None,
+    origin: Sequence[float] = (0.0, 0.0),
+    **extra: Any,
+) -> dict[str, Any]:
+    """Assemble the prediction document for one image.
+
+    Args:
+        points: ``(N, 2)`` ``(x, y)`` pixels of the original image; NaN rows = not placed.
+        spacing: ``(sx, sy)`` mm/px or ``None`` (then every ``*_mm`` field is ``null``).
+        uncertainty_px: ``(N,)`` radial spread in pixels, converted to mm with the mean spacing.
+        confidence: ``(N,)`` in ``[0, 1]``.
+    """
+    lset = get_landmark_set(landmark_set)
+    points = np.asarray(points, dtype=float)
+    if points.shape != (len(lset), 2):
+        raise ValueError(f"points must have shape ({len(lset)}, 2), got {points.shape}")
+    sx, sy = (float(spacing[0]), float(spacing[1])) if spacing is not None else (None, None)
+    rows = []
+    for k, lm in enumerate(lset):
+        x, y = (_opt(points[k, 0]), _opt(points[k, 1]))
+        if x is None or y is None:
+            x = y = None
+        unc = None if uncertainty_px is None else _opt(uncertainty_px[k])
+        rows.append(
+            {
+                "index": lm.index,
+                "name": lm.name,
+                "abbreviation": lm.abbreviation,
+                "x": x,
+                "y": y,
+                "x_mm": None if x is None or sx is None else origin[0] + x * sx,
+                "y_mm": None if y is None or sy is None else origin[1] + y * sy,
+                "uncertainty_px": unc,
+                "uncertainty_mm": None if unc is None or sx is None else unc * (sx + sy) / 2.0,
+                "confidence": None if confidence is None else _opt(confidence[k]),
+            }
+        )
+    image = os.fspath(image)
+    return {
+        "format": "maht-net-landmarks",
+        "format_version": 1,
+        "image": image,
+        "id": item_id if item_id is not None else Path(image).name.split(".")[0],
+        "width": int(width),
+        "height": int(height),
+        "spacing": None if sx is None else [sx, sy],
+        "origin": [float(origin[0]), float(origin[1])],
+        "landmark_set": lset.key,
+        "coordinate_convention": COORDINATE_CONVENTION,
+        "landmarks": rows,
+        **extra,
+    }
+
+
+def prediction_points(pred: dict[str, Any]) -> np.ndarray:
+    """``(N, 2)`` ``(x, y)`` pixel array of a prediction document (NaN where not placed)."""
+    return np.array(
+        [[np.nan, np.nan] if r["x"] is None or r["y"] is None else [r["x"], r["y"]] for r in pred["landmarks"]],
+        dtype=float,
+    )
+
+
+def read_prediction(path: str | os.PathLike, landmark_set: str | LandmarkSet | None = None) -> dict[str, Any]:
+    """Read and check a prediction JSON file; adds ``points`` (``(N, 2)`` array)."""
+    path = Path(path)
+    try:
+        pred = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "prediction file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(path, f"not a valid prediction JSON ({e})") from None
+    if not isinstance(pred, dict) or not isinstance(pred.get("landmarks"), list):
+        raise InputError(path, "not a prediction file: no 'landmarks' list")
+    lset = get_landmark_set(landmark_set or pred.get("landmark_set", "isbi2015"))
+    if len(pred["landmarks"]) != len(lset):
+        raise InputError(path, f"has {len(pred['landmarks'])} landmarks, expected {len(lset)} ({lset.key})")
+    for r in pred["landmarks"]:
+        for key in ("x", "y"):
+            v = r.get(key) if isinstance(r, dict) else None
+            if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v)):
+                raise InputError(path, f"landmark {r.get('name', '?')}: {key} must be a number or null, got {v!r}")
+            if isinstance(r, dict):
+                r.setdefault(key, None)
+    pred["points"] = prediction_points(pred)
+    return pred
+
+
+def to_slicer_markups(pred: dict[str, Any]) -> dict[str, Any]:
+    """A 3D Slicer markups point list (schema v1.0.3) for a prediction document.
+
+    Positions are LPS millimetres as Slicer places a 2-D image read through ITK: pixel
+    ``(x, y)`` -> ``(x0 + x * sx, y0 + y * sy, 0)``. Without spacing 1 mm/px is used (what Slicer
+    assumes for a PNG), and the description says so.
+    """
+    spacing = pred.get("spacing") or [1.0, 1.0]
+    x0, y0 = pred.get("origin") or [0.0, 0.0]
+    points = []
+    for r in pred["landmarks"]:
+        placed = r["x"] is not None and r["y"] is not None
+        desc = r["name"].replace("_", " ")
+        if r.get("uncertainty_mm") is not None:
+            desc += f"; uncertainty {r['uncertainty_mm']:.2f} mm"
+        points.append(
+            {
+                "id": str(r["index"]),
+                "label": r["name"],
+                "description": desc,
+                "position": [x0 + r["x"] * spacing[0], y0 + r["y"] * spacing[1], 0.0] if placed else [0.0, 0.0, 0.0],
+                "orientation": [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0],
+                "selected": True,
+                "locked": False,
+                "visibility": placed,
+                "positionStatus": "defined" if placed else "undefined",
+            }
+        )
+    note = "" if pred.get("spacing") else " (no pixel spacing known: 1 mm per pixel assumed)"
+    return {
+        "@schema": SLICER_MARKUPS_SCHEMA,
+        "markups": [
+            {
+                "type": "Fiducial",
+                "name": f"{pred.get('id', 'landmarks')}_landmarks",
+                "coordinateSystem": "LPS",
+                "coordinateUnits": "mm",
+                "locked": False,
+                "fixedNumberOfControlPoints": False,
+                "labelFormat": "%N-%d",
+                "controlPoints": points,
+                "measurements": [],
+                "description": f"MAHT-Net landmarks{note}",
+            }
+        ],
+    }
+
+
+def markups_points(markups: dict[str, Any], spacing: Sequence[float] | None = None, origin=(0.0, 0.0)) -> dict[str, np.ndarray]:
+    """Control points of a Slicer markups document back to pixel ``(x, y)``, keyed by label."""
+    sx, sy = spacing if spacing is not None else (1.0, 1.0)
+    system = markups["markups"][0].get("coordinateSystem", "LPS")
+    out = {}
+    for cp in markups["markups"][0].get("controlPoints", []):
+        px, py = cp["position"][0], cp["position"][1]
+        if system == "RAS":
+            px, py = -px, -py
+        out[cp["label"]] = np.array([(px - origin[0]) / sx, (py - origin[1]) / sy])
+    return out
+
+
+def to_csv(pred: dict[str, Any]) -> str:
+    """One row per landmark: index, name, abbreviation, x, y, x_mm, y_mm, uncertainty, confidence."""
+    buf = io.StringIO()
+    cols = ["index", "name", "abbreviation", "x", "y", "x_mm", "y_mm", "uncertainty_px", "uncertainty_mm", "confidence"]
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in pred["landmarks"]:
+        writer.writerow({k: "" if r.get(k) is None else r[k] for k in cols})
+    return buf.getvalue()
+
+
+def write_prediction(
+    pred: dict[str, Any], out_dir: str | os.PathLike, formats: Sequence[str] = ("json", "mrk", "csv")
+) -> dict[str, Path]:
+    """Write the prediction as ``<id>_landmarks.json`` (+ ``.mrk.json``, ``.csv``), each atomically."""
+    out_dir = Path(out_dir)
+    stem = str(pred["id"])
+    if not stem or "/" in stem or "\\" in stem or stem in (".", ".."):
+        raise ValueError(f"unsafe prediction id {stem!r}")
+    doc = {k: v for k, v in pred.items() if k != "points"}
+    paths = {}
+    if "json" in formats:
+        paths["json"] = out_dir / f"{stem}{PREDICTION_SUFFIX}"
+        write_json_atomic(paths["json"], doc)
+    if "mrk" in formats:
+        paths["mrk"] = out_dir / f"{stem}{MARKUPS_SUFFIX}"
+        write_json_atomic(paths["mrk"], to_slicer_markups(doc))
+    if "csv" in formats:
+        paths["csv"] = out_dir / f"{stem}{CSV_SUFFIX}"
+        with atomic_write(paths["csv"], "w", encoding="utf-8", newline="") as f:
+            f.write(to_csv(doc))
+    return paths
+
+
+def find_predictions(folder: str | os.PathLike) -> dict[str, Path]:
+    """Map image id -> prediction JSON path for every ``*_landmarks.json`` in ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "predictions folder not found")
+    return {
+        p.name[: -len(PREDICTION_SUFFIX)]: p
+        for p in sorted(folder.glob(f"*{PREDICTION_SUFFIX}"))
+        if not p.name.endswith(MARKUPS_SUFFIX)
+    }
