@@ -1,0 +1,20 @@
+"""Shared fixtures. Tests that need the real Hamedan films are marked ``hamedan`` and skip when
+``../shared/data/hamedan-ceph`` (or ``$MAHT_NET_HAMEDAN``) is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HAMEDAN_DIR = Path(os.environ.get("MAHT_NET_HAMEDAN", REPO_ROOT.parent / "shared" / "data" / "hamedan-ceph"))
+HAMEDAN_SPACING_MM = 0.127  # nominal, from the ruler on case 001 (see the data set's README)
+
+
+@pytest.fixture(scope="session")
+def hamedan_dir() -> Path:
+    if not (HAMEDAN_DIR / "images").is_dir():
+        pytest.skip(f"Hamedan cephalograms not found at {HAMEDAN_DIR}")
+    return HAMEDAN_DIR
