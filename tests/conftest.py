@@ -18,3 +18,8 @@ def hamedan_dir() -> Path:
     if not (HAMEDAN_DIR / "images").is_dir():
         pytest.skip(f"Hamedan cephalograms not found at {HAMEDAN_DIR}")
     return HAMEDAN_DIR
+
+
+@pytest.fixture(scope="session")
+def hamedan_spacing_mm() -> float:
+    return HAMEDAN_SPACING_MM

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["XRay", "load_xray", "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE", "window_to_unit"]
+__all__ = ["XRay", "load_xray", "image_size", "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE", "window_to_unit"]
 
 PIL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -256,3 +256,29 @@ def load_xray(path: str | os.PathLike) -> XRay:
     if suffix in PIL_SUFFIXES:
         return _load_pil(path)
     raise InputError(path, f"unsupported file type {suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(W, H)`` of an image, from its header where possible (PNG/BMP/TIFF/JPEG, DICOM)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix in PIL_SUFFIXES:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                return im.size
+        except FileNotFoundError:
+            raise InputError(path, "file not found") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise InputError(path, f"not a readable image ({e})") from None
+    if suffix in DICOM_SUFFIXES or (path.is_file() and _looks_like_dicom(path)):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+            return int(ds.Columns), int(ds.Rows)
+        except Exception as e:  # missing tags or unreadable file
+            raise InputError(path, f"cannot read DICOM size ({type(e).__name__}: {e})") from None
+    xray = load_xray(path)
+    return xray.width, xray.height
