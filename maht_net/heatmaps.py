@@ -25,6 +25,7 @@ __all__ = [
     "heatmap_spread",
     "DecodedLandmarks",
     "decode_heatmaps",
+    "decode_logits",
     "DECODERS",
 ]
 
@@ -161,7 +162,7 @@ def refine_dark(heatmaps: torch.Tensor, points: torch.Tensor, smooth_sigma: floa
     return (base + off).to(heatmaps.dtype)
 
 
-def heatmap_spread(heatmaps: torch.Tensor, centers: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
+def heatmap_spread(heatmaps: torch.Tensor, centers: torch.Tensor, floor: float | None = 0.1) -> torch.Tensor:
     """Radial spread ``sqrt(E|p - c|^2)`` of each channel's mass around ``centers``, in pixels.
 
     Mass is the heatmap clipped below at ``floor * peak`` (so a flat noise floor does not
@@ -173,7 +174,7 @@ def heatmap_spread(heatmaps: torch.Tensor, centers: torch.Tensor, floor: float =
     hm, _ = _as_batch(heatmaps.detach().float())
     b, n, h, w = hm.shape
     peak = hm.reshape(b, n, -1).amax(-1).clamp_min(1e-12)[..., None, None]
-    mass = torch.where(hm >= floor * peak, hm, torch.zeros_like(hm)).clamp_min(0)
+    mass = hm.clamp_min(0) if floor is None else torch.where(hm >= floor * peak, hm, torch.zeros_like(hm)).clamp_min(0)
     total = mass.sum((-2, -1)).clamp_min(1e-12)
     xs = torch.arange(w, dtype=hm.dtype, device=hm.device)
     ys = torch.arange(h, dtype=hm.dtype, device=hm.device)
@@ -211,3 +212,30 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", beta: float = 
     else:
         points = refine_dark(hm, peaks, smooth_sigma=smooth_sigma)
     return DecodedLandmarks(points=points, confidence=peak_values.clamp(0, 1), spread=heatmap_spread(hm, points))
+
+
+def decode_logits(
+    logits: torch.Tensor, stride: int = 1, method: str = "dark", confidence_radius: float = 4.0
+) -> DecodedLandmarks:
+    """Decode network logits ``(B, N, h, w)`` (a log-heatmap) to input-pixel landmarks.
+
+    The logits are read as ``log p`` up to a constant, with ``p = softmax`` over each map:
+    ``exp(logits - max)`` is the peak-1 heatmap that :func:`decode_heatmaps` refines, and
+    ``p`` gives the uncertainty.
+
+    Returns:
+        :class:`DecodedLandmarks` in input pixels (``x_in = (x_h + 0.5) * stride - 0.5``):
+        ``spread`` = radial standard deviation of ``p`` around the point; ``confidence`` = mass
+        of ``p`` within ``confidence_radius`` input pixels of the point.
+    """
+    lg, _ = _as_batch(logits.detach().float())
+    b, n, h, w = lg.shape
+    heat = torch.exp(lg - lg.reshape(b, n, -1).amax(-1)[..., None, None])
+    decoded = decode_heatmaps(heat, method=method)
+    prob = torch.softmax(lg.reshape(b, n, -1), -1).reshape(b, n, h, w)
+    spread = heatmap_spread(prob, decoded.points, floor=None) * stride
+    xs = torch.arange(w, dtype=prob.dtype, device=prob.device)
+    ys = torch.arange(h, dtype=prob.dtype, device=prob.device)
+    d2 = (xs - decoded.points[..., 0:1])[..., None, :] ** 2 + (ys - decoded.points[..., 1:2])[..., :, None] ** 2
+    confidence = (prob * (d2 <= (confidence_radius / stride) ** 2)).sum((-2, -1))
+    return DecodedLandmarks(points=heatmap_to_input(decoded.points, stride), confidence=confidence, spread=spread)

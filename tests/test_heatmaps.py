@@ -87,3 +87,20 @@ def test_spread_grows_with_ambiguity_and_argmax_peaks():
     a = np.log(10.0)  # truncated Rayleigh: E[r^2 | r < R] = 2 s^2 (1 - (1 + a) e^-a) / (1 - e^-a)
     assert s_clean == pytest.approx(2.0 * np.sqrt(2 * (1 - (1 + a) / 10) / 0.9), rel=0.02)
     assert s_two > 3 * s_clean
+
+
+def test_decode_logits_maps_to_input_pixels_with_uncertainty():
+    from maht_net.heatmaps import decode_logits
+
+    rng = np.random.default_rng(4)
+    pts = _random_points(rng, 6, 128, 128, margin=20)
+    stride, sigma = 4, 6.0
+    hm = GenerateLandmarkHeatmap(sigma=sigma, stride=stride)(pts, (128, 128))
+    logits = torch.log(hm.clamp_min(1e-8))[None]  # an ideal log-heatmap
+    out = decode_logits(logits, stride=stride)
+    assert np.abs(out.points[0].numpy() - pts).max() < 0.1
+    # softmax(log g) = normalised Gaussian of std sigma/stride: radial std sqrt(2) * sigma in input px
+    np.testing.assert_allclose(out.spread[0].numpy(), np.sqrt(2) * sigma, rtol=0.05)
+    sharp = decode_logits(logits * 4, stride=stride)
+    assert (sharp.spread < out.spread).all() and (sharp.confidence > out.confidence).all()
+    assert ((out.confidence > 0) & (out.confidence <= 1)).all()
