@@ -111,28 +111,29 @@ CLDETECTION2023 = _set(
     "cldetection2023",
     _ISBI_ROWS
     + [
-        ("glabella", "G", "most prominent point of the frontal bone above the nasal root"),
-        ("soft_tissue_nasion", "N'", "deepest point of the soft-tissue concavity over nasion"),
-        ("pronasale", "Prn", "most anterior point of the nose tip"),
-        ("columella", "Cm", "most anterior point of the columella"),
-        ("soft_tissue_a_point", "A'", "deepest point of the upper-lip concavity"),
-        ("stomion_superius", "StmS", "lowest point of the upper lip"),
-        ("stomion_inferius", "StmI", "highest point of the lower lip"),
-        ("soft_tissue_b_point", "B'", "deepest point of the lower-lip concavity"),
-        ("soft_tissue_gnathion", "Gn'", "soft-tissue point over gnathion"),
-        ("soft_tissue_menton", "Me'", "lowest point of the soft-tissue chin"),
-        ("basion", "Ba", "most anterior-inferior point of the foramen magnum"),
+        ("symphysis_center", "D", "centre of the mandibular symphysis"),
+        ("upper_incisor_apex", "U1A", "root apex of the maxillary central incisor"),
+        ("lower_incisor_apex", "L1A", "root apex of the mandibular central incisor"),
+        ("columella", "Cm", "most anterior point of the columella of the nose"),
         ("pterygomaxillary_fissure", "Ptm", "lowest point of the pterygomaxillary fissure"),
         ("condylion", "Co", "most superior-posterior point of the mandibular condyle"),
-        ("upper_incisor_apex", "UIA", "root apex of the maxillary central incisor"),
-        ("lower_incisor_apex", "LIA", "root apex of the mandibular central incisor"),
-        ("upper_molar_tip", "UMT", "mesial cusp tip of the maxillary first molar"),
-        ("lower_molar_tip", "LMT", "mesial cusp tip of the mandibular first molar"),
-        ("prosthion", "Pr", "most anterior-inferior point of the maxillary alveolar process"),
-        ("infradentale", "Id", "most anterior-superior point of the mandibular alveolar process"),
+        ("pronasale", "Prn", "most anterior point of the nose tip"),
+        ("basion", "Ba", "most anterior-inferior point of the foramen magnum"),
+        ("pt_point", "PT", "junction of the pterygomaxillary fissure and the foramen rotundum"),
+        ("bolton_point", "Bo", "highest point of the retrocondylar notch of the occipital bone"),
+        ("upper_lip_junction", "UL'", "mucocutaneous junction of the upper lip"),
+        ("lower_lip_junction", "LL'", "mucocutaneous junction of the lower lip"),
+        ("soft_tissue_gnathion", "Gn'", "soft-tissue point over gnathion"),
+        ("soft_tissue_menton", "Me'", "lowest point of the soft-tissue chin"),
+        ("glabella", "G", "most prominent point of the frontal bone above the nasal root"),
+        ("soft_tissue_nasion", "N'", "deepest point of the soft-tissue concavity over nasion"),
+        ("cervical_point", "C", "deepest point of the soft-tissue contour between chin and neck"),
+        ("upper_first_molar", "UMo", "mesial contact point of the maxillary first molar"),
+        ("lower_first_molar", "LMo", "mesial contact point of the mandibular first molar"),
     ],
 )
-"""The 38 landmarks of the CL-detection 2023 challenge (ISBI 2015's 19 first)."""
+"""The 38 landmarks of the CL-detection 2023 challenge (ISBI 2015's 19 first; order as in the
+organisers' release)."""
 
 LANDMARK_SETS: dict[str, LandmarkSet] = {s.key: s for s in (ISBI2015, CLDETECTION2023)}
 

@@ -143,27 +143,54 @@ def _load_pil(path: Path) -> XRay:
     return XRay(image=image, spacing=None, path=str(path))
 
 
-def _dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
+def _dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None, list[str]]:
+    """``(sx, sy)`` mm from ImagerPixelSpacing, else PixelSpacing, the tag used, and notes.
+
+    DICOM stores spacing as ``(row spacing, column spacing)`` = ``(sy, sx)``; it is swapped here.
+    A malformed or non-positive value is skipped with a note (then the next tag is tried).
+    """
+    notes = []
     for tag in ("ImagerPixelSpacing", "PixelSpacing"):
-        value = getattr(ds, tag, None)
-        if value is not None and len(value) == 2:
-            row_mm, col_mm = float(value[0]), float(value[1])  # DICOM order: (row, column) spacing
-            if row_mm > 0 and col_mm > 0:
-                return (col_mm, row_mm), tag
-    return None, None
+        if tag not in ds:
+            continue
+        try:
+            value = [float(v) for v in ds[tag].value]
+        except (TypeError, ValueError):
+            value = []
+        if len(value) == 2 and all(np.isfinite(v) and v > 0 for v in value):
+            row_mm, col_mm = value
+            return (col_mm, row_mm), tag, notes
+        notes.append(f"ignored malformed {tag}")
+    return None, None, notes
+
+
+def _dicom_number(ds, keyword: str) -> float | None:
+    """First value of a DS/IS element (multi-valued or not) as float; ``None`` if absent or malformed."""
+    from pydicom.multival import MultiValue
+
+    try:
+        value = ds.get(keyword)  # pydicom converts on access: a malformed value raises here
+        if isinstance(value, MultiValue):
+            value = value[0] if len(value) else None
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _load_dicom(path: Path) -> XRay:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(str(path), force=path.suffix.lower() in DICOM_SUFFIXES)
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError) as e:
-        raise InputError(path, f"not a readable DICOM file ({e})") from None
+    except Exception as e:  # pydicom raises many types for corrupt files
+        raise InputError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from None
     if "PixelData" not in ds:
+        if not _looks_like_dicom(path) and "SOPClassUID" not in ds:
+            raise InputError(path, "not a DICOM file (no 'DICM' marker, no DICOM header)")
         raise InputError(path, "DICOM file has no pixel data")
     rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    if not rows or not cols:
+        raise InputError(path, "DICOM header lacks Rows/Columns")
     _check_size(path, rows, cols)
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
         raise InputError(path, f"multi-frame DICOM ({ds.NumberOfFrames} frames); a single 2-D X-ray is expected")
@@ -179,15 +206,14 @@ def _load_dicom(path: Path) -> XRay:
 
             arr = convert_color_space(arr, photometric, "RGB")
         arr = _to_gray(arr)
+        notes.append(f"{photometric} converted to grey")
     elif arr.ndim != 2:
         raise InputError(path, f"DICOM pixel array has shape {arr.shape}; a 2-D image is expected")
     values = arr.astype(np.float64)
-    slope, intercept = float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0)
+    slope = _dicom_number(ds, "RescaleSlope") or 1.0
+    intercept = _dicom_number(ds, "RescaleIntercept") or 0.0
     values = values * slope + intercept
-    center, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
-    if center is not None and width is not None:
-        center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
-        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+    center, width = _dicom_number(ds, "WindowCenter"), _dicom_number(ds, "WindowWidth")
     if center is not None and width is not None and width > 1:
         image = window_to_unit(values, center - width / 2.0, center + width / 2.0)
         notes.append(f"windowed with WindowCenter={center:g} WindowWidth={width:g}")
@@ -197,9 +223,12 @@ def _load_dicom(path: Path) -> XRay:
     if photometric == "MONOCHROME1":
         image = 1.0 - image
         notes.append("MONOCHROME1 inverted")
-    spacing, source = _dicom_spacing(ds)
+    elif photometric == "MONOCHROME2":
+        notes.append("MONOCHROME2 kept")
+    spacing, source, spacing_notes = _dicom_spacing(ds)
+    notes += spacing_notes
     if spacing is None:
-        warnings.warn(f"{path}: no ImagerPixelSpacing or PixelSpacing; distances will be in pixels", stacklevel=3)
+        warnings.warn(f"{path}: no usable ImagerPixelSpacing or PixelSpacing; distances in pixels", stacklevel=3)
     return XRay(image=image.astype(np.float32), spacing=spacing, path=str(path), spacing_source=source, notes=notes)
 
 

@@ -1,0 +1,198 @@
+"""ISBI 2015 cephalometric challenge (Wang et al. 2016) -> datalists.
+
+Layout of the public release (``AnnotationsByMD/`` may also be absent, with the two annotation
+folders directly under ``ROOT``)::
+
+    ROOT/RawImage/TrainingData/001.bmp .. 150.bmp     1935 x 2400 px, 0.1 mm/px
+    ROOT/RawImage/Test1Data/151.bmp .. 300.bmp
+    ROOT/RawImage/Test2Data/301.bmp .. 400.bmp
+    ROOT/AnnotationsByMD/400_senior/001.txt .. 400.txt
+    ROOT/AnnotationsByMD/400_junior/001.txt .. 400.txt
+
+An annotation file holds 19 lines ``x,y`` (integer pixels, x = column, y = row, challenge
+landmark order), then usually 8 lines with one integer each (the classification labels of the
+challenge's second task), which are ignored. The ground truth is the mean of the two doctors
+(or one doctor's points with ``annotator="senior"|"junior"``). Every file is read and checked
+before any datalist is written; a point outside its image is an error naming file and landmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..datalist import make_item, points_to_json, write_datalist
+from ..errors import InputError
+from ..io.image import load_xray
+from ..landmarks import ISBI2015
+from .common import fold_count, fold_sections, require_inside
+
+__all__ = [
+    "ISBI_SPACING_MM",
+    "ISBI_SPLITS",
+    "ANNOTATORS",
+    "read_isbi_annotation",
+    "isbi_items",
+    "prepare_isbi2015",
+    "register_prepare",
+]
+
+ISBI_SPACING_MM = 0.1
+"""Pixel spacing of every ISBI 2015 image (mm/px), isotropic."""
+ISBI_SPLITS = {"train": "TrainingData", "test1": "Test1Data", "test2": "Test2Data"}
+"""Datalist split name -> image folder under ``RawImage``."""
+ANNOTATORS = ("senior", "junior")
+
+
+def read_isbi_annotation(path: str | os.PathLike) -> np.ndarray:
+    """Read one doctor's annotation file -> ``(19, 2)`` float array of ``(x, y)`` pixels.
+
+    Lines after the 19 ``x,y`` lines (classification labels, blank lines) are ignored.
+
+    Raises:
+        InputError: unreadable file, not exactly 19 ``x,y`` lines at the top, a non-numeric or
+            non-finite coordinate.
+    """
+    path = Path(path)
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        raise InputError(path, "annotation file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"cannot read annotation file ({e})") from None
+    n = len(ISBI2015)
+    leading = next((i for i, ln in enumerate(lines) if "," not in ln), len(lines))
+    if leading < n and any("," in ln for ln in lines[leading:]):
+        bad = f"landmark {leading + 1} ({ISBI2015[leading].name}): expected 'x,y', got {lines[leading]!r}"
+        raise InputError(path, bad)
+    if leading != n:
+        raise InputError(path, f"expected {n} landmark lines 'x,y' at the top, found {leading}")
+    points = np.empty((n, 2))
+    for k, line in enumerate(lines[:n]):
+        parts = line.split(",")
+        try:
+            x, y = (float(v) for v in parts)
+        except ValueError:
+            problem = f"landmark {k + 1} ({ISBI2015[k].name}): expected 'x,y' numbers, got {line!r}"
+            raise InputError(path, problem) from None
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise InputError(path, f"landmark {k + 1} ({ISBI2015[k].name}): non-finite coordinate {line!r}")
+        points[k] = x, y
+    return points
+
+
+def _first_dir(candidates: list[Path], what: str) -> Path:
+    for d in candidates:
+        if d.is_dir():
+            return d
+    raise InputError(candidates[0], f"{what} folder not found (also looked for {', '.join(map(str, candidates[1:]))})")
+
+
+def _annotation_dirs(root: Path, annotator: str) -> dict[str, Path]:
+    names = ANNOTATORS if annotator == "mean" else (annotator,)
+    return {
+        a: _first_dir([root / "AnnotationsByMD" / f"400_{a}", root / f"400_{a}"], f"{a} annotations") for a in names
+    }
+
+
+def _split_images(root: Path, folder: str) -> list[Path]:
+    image_dir = _first_dir([root / "RawImage" / folder, root / folder], "image")
+    images = sorted(p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() == ".bmp")
+    if not images:
+        raise InputError(image_dir, "no .bmp images found")
+    return images
+
+
+def _case_item(image: Path, annotation_dirs: dict[str, Path]) -> dict[str, Any]:
+    """Read one image and its doctors' files -> datalist item (truth = mean of the doctors)."""
+    xray = load_xray(image)
+    per_doctor = {}
+    for name, folder in annotation_dirs.items():
+        txt = folder / f"{image.stem}.txt"
+        per_doctor[name] = read_isbi_annotation(txt)
+        require_inside(per_doctor[name], xray.width, xray.height, ISBI2015, txt)
+    truth = np.mean(list(per_doctor.values()), axis=0)
+    extra: dict[str, Any] = {"width": xray.width, "height": xray.height}
+    if len(per_doctor) > 1:
+        extra["annotators"] = {name: points_to_json(p) for name, p in per_doctor.items()}
+    return make_item(image.absolute(), truth, (ISBI_SPACING_MM, ISBI_SPACING_MM), image.stem, **extra)
+
+
+def isbi_items(root: str | os.PathLike, annotator: str = "mean") -> dict[str, list[dict[str, Any]]]:
+    """Read and check the whole data set -> ``{"train" | "test1" | "test2": [item, ...]}``.
+
+    Args:
+        annotator: ``"mean"`` (ground truth = mean of senior and junior), ``"senior"`` or ``"junior"``.
+
+    Raises:
+        InputError: a missing folder or file, a corrupt image, a malformed annotation, a point
+            outside its image.
+    """
+    if annotator not in ("mean", *ANNOTATORS):
+        raise ValueError(f"annotator must be 'mean', 'senior' or 'junior', got {annotator!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "ISBI 2015 root folder not found")
+    dirs = _annotation_dirs(root, annotator)
+    return {split: [_case_item(p, dirs) for p in _split_images(root, folder)] for split, folder in ISBI_SPLITS.items()}
+
+
+def prepare_isbi2015(
+    root: str | os.PathLike, out_dir: str | os.PathLike, annotator: str = "mean", folds: int = 4, seed: int = 0
+) -> list[Path]:
+    """Write ``isbi2015_{train,test1,test2}.json`` and ``isbi2015_cv_fold{k}.json`` (k = 0..folds-1).
+
+    The training file has a ``"training"`` section, the test files a ``"test"`` section; each
+    fold file splits the training images into ``"training"`` and ``"validation"`` (disjoint,
+    every image in exactly one validation part). ``folds=0`` writes no fold files.
+
+    Returns:
+        The paths written, in that order.
+    """
+    splits = isbi_items(root, annotator)
+    out_dir = Path(out_dir)
+    common = {
+        "landmark_set": ISBI2015,
+        "description": "ISBI 2015 cephalometric challenge; truth = "
+        + ("mean of the senior and junior doctor" if annotator == "mean" else f"the {annotator} doctor")
+        + "; 0.1 mm/px",
+        "source": "isbi2015",
+        "annotator": annotator,
+    }
+    docs: list[tuple[Path, dict[str, list], dict[str, Any]]] = [
+        (out_dir / "isbi2015_train.json", {"training": splits["train"]}, {}),
+        (out_dir / "isbi2015_test1.json", {"test": splits["test1"]}, {}),
+        (out_dir / "isbi2015_test2.json", {"test": splits["test2"]}, {}),
+    ]
+    if folds:
+        if folds > len(splits["train"]):
+            raise InputError(root, f"{folds} folds need at least {folds} training images, found {len(splits['train'])}")
+        for k, sections in enumerate(fold_sections(splits["train"], folds, seed)):
+            docs.append((out_dir / f"isbi2015_cv_fold{k}.json", sections, {"fold": k, "folds": folds, "seed": seed}))
+    return [write_datalist(path, sections, **common, **extra) for path, sections, extra in docs]
+
+
+def _run(args: argparse.Namespace) -> int:
+    for path in prepare_isbi2015(args.root, args.out_dir, args.annotator, args.folds, args.seed):
+        print(f"wrote {path}")
+    return 0
+
+
+def register_prepare(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``prepare isbi2015`` to the ``prepare`` sub-parsers."""
+    p = subparsers.add_parser(
+        "isbi2015",
+        help="ISBI 2015 challenge (RawImage/ + AnnotationsByMD/) -> train/test1/test2 and CV-fold datalists",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--root", required=True, help="folder holding RawImage/ and AnnotationsByMD/")
+    p.add_argument("--out-dir", required=True, help="folder for the datalists")
+    p.add_argument("--annotator", choices=("mean", *ANNOTATORS), default="mean", help="ground truth (default: mean)")
+    p.add_argument("--folds", type=fold_count, default=4, help="cross-validation folds of the training set (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold shuffle")
+    p.set_defaults(func=_run)
