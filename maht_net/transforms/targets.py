@@ -1,0 +1,99 @@
+"""The last transform before batching (``PackLandmarksd``) and the first after the network
+(``DecodeLandmarksd``): the one place where network grids and original images meet."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from ..heatmaps import DECODERS, decode_logits
+from .io import NONLINEAR_WARP, ORIG_TO_CURRENT, ORIGINAL_SPACING
+from .spatial import current_to_original
+
+__all__ = ["PackLandmarksd", "DecodeLandmarksd", "apply_homogeneous"]
+
+
+def apply_homogeneous(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Apply ``(B, 3, 3)`` matrices to ``(B, N, 2)`` ``(x, y)`` points."""
+    m = matrix.to(points.dtype)
+    return points @ m[:, :2, :2].transpose(1, 2) + m[:, None, :2, 2]
+
+
+class PackLandmarksd(MapTransform):
+    """Turn a sample into collatable tensors for training and evaluation.
+
+    Writes:
+        ``landmarks`` ``(N, 2)`` float32 ``(x, y)`` in the network-input grid (NaN = missing);
+        ``landmark_mask`` ``(N,)`` float32, 1 where the landmark is present and inside the image;
+        ``spacing`` ``(2,)`` float32 ``(sx, sy)`` mm of the input grid (NaN when unknown);
+        ``to_original`` ``(3, 3)`` float64 input-grid -> original-image matrix (NaN after an
+        elastic warp, which no matrix inverts);
+        ``orig_landmarks`` ``(N, 2)`` float32 ``(x, y)`` in the original image (NaN after an elastic warp);
+        ``orig_spacing`` ``(2,)`` float32 mm of the original image (NaN when unknown);
+        ``id`` str. Keys that do not collate (``None`` values, extra datalist fields) are dropped.
+    """
+
+    def __init__(self, image_key: str = "image", landmarks_key: str = "landmarks", spacing_key: str = "spacing", num_landmarks: int = 19) -> None:
+        super().__init__([image_key])
+        self.image_key, self.landmarks_key, self.spacing_key = image_key, landmarks_key, spacing_key
+        self.num_landmarks = int(num_landmarks)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        img = data[self.image_key]
+        meta = img.meta if isinstance(img, MetaTensor) else {}
+        h, w = img.shape[-2:]
+        pts = data.get(self.landmarks_key)
+        pts = np.full((self.num_landmarks, 2), np.nan) if pts is None else np.asarray(pts, dtype=np.float64)
+        inside = np.isfinite(pts).all(-1) & (pts[:, 0] >= 0) & (pts[:, 0] <= w - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= h - 1)
+        spacing = data.get(self.spacing_key)
+        warped = bool(meta.get(NONLINEAR_WARP, False))
+        to_original = np.full((3, 3), np.nan) if warped else np.linalg.inv(np.asarray(meta.get(ORIG_TO_CURRENT, np.eye(3)), dtype=np.float64))
+        orig = np.full_like(pts, np.nan) if warped else current_to_original(pts, meta)
+        out = {
+            self.image_key: img,
+            self.landmarks_key: torch.as_tensor(pts, dtype=torch.float32),
+            "landmark_mask": torch.as_tensor(inside, dtype=torch.float32),
+            self.spacing_key: torch.as_tensor(np.full(2, np.nan) if spacing is None else spacing, dtype=torch.float32),
+            "to_original": torch.as_tensor(to_original, dtype=torch.float64),
+            "orig_landmarks": torch.as_tensor(orig, dtype=torch.float32),
+            "orig_spacing": torch.as_tensor(np.asarray(meta.get(ORIGINAL_SPACING, np.full(2, np.nan)), dtype=np.float64), dtype=torch.float32),
+            "id": str(data.get("id", "")),
+        }
+        return out
+
+
+class DecodeLandmarksd(MapTransform):
+    """Decode a batch of heatmap logits into landmarks of the original images.
+
+    Reads ``d[pred_key]`` logits ``(B, N, h, w)`` and ``d["to_original"]`` ``(B, 3, 3)``; writes
+    ``pred_points`` ``(B, N, 2)`` ``(x, y)`` original pixels, ``pred_spread`` ``(B, N)`` radial
+    spread in original pixels (scaled by the mean resize factor) and ``pred_confidence`` ``(B, N)``;
+    copies the truth (``orig_landmarks``, ``orig_spacing``) to ``true_points``/``true_spacing``
+    when present, since MONAI engines keep only new keys in ``engine.state.output`` where the
+    metrics read. Works on batches (MONAI engines with ``decollate=False``).
+    """
+
+    def __init__(self, pred_key: str = "pred", stride: int = 4, method: str = "dark", confidence_radius: float = 4.0) -> None:
+        super().__init__([pred_key])
+        if method not in DECODERS:
+            raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
+        self.pred_key, self.stride, self.method, self.confidence_radius = pred_key, int(stride), method, float(confidence_radius)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        pred = d[self.pred_key]
+        logits = pred["heatmaps"] if isinstance(pred, Mapping) else pred
+        decoded = decode_logits(torch.as_tensor(logits), self.stride, self.method, self.confidence_radius)
+        to_original = torch.as_tensor(d["to_original"]).to(decoded.points.device)
+        d["pred_points"] = apply_homogeneous(to_original, decoded.points.double()).float()
+        scale = torch.sqrt(torch.linalg.det(to_original[:, :2, :2]).abs()).float()
+        d["pred_spread"] = decoded.spread * scale[:, None]
+        d["pred_confidence"] = decoded.confidence
+        if "orig_landmarks" in d:
+            d["true_points"], d["true_spacing"] = d["orig_landmarks"], d["orig_spacing"]
+        return d
