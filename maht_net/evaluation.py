@@ -26,7 +26,7 @@ from .io.predictions import PREDICTION_SUFFIX, find_predictions, read_prediction
 from .landmarks import LandmarkSet, get_landmark_set
 from .metrics import DEFAULT_THRESHOLDS, format_comparison, format_table, paired_comparison, radial_errors, summarize
 
-__all__ = ["METRICS_FORMAT", "evaluate_predictions", "compare_evaluations", "register"]
+__all__ = ["METRICS_FORMAT", "evaluate_predictions", "compare_evaluations", "mean_shape_baseline", "register"]
 
 METRICS_FORMAT = "maht-net-metrics"
 
@@ -179,6 +179,37 @@ def evaluate_predictions(
     if out is not None:
         write_json_atomic(out, result)
     return result
+
+
+def mean_shape_baseline(
+    datalist: str | os.PathLike, train_section: str = "training", test_section: str = "test", base_dir: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """The error of always predicting the training set's mean shape: the floor a model must beat.
+
+    The mean is taken in coordinates relative to each image's size, ``(x / W, y / H)``, and
+    scaled back to each test image, so films of different sizes are handled. Returns the
+    :func:`~maht_net.metrics.summarize` dict (no bootstrap) with ``errors`` ``(B, N)`` added.
+    """
+    from .io.image import image_size
+
+    def relative(items):
+        sizes = np.array([image_size(it["image"]) for it in items], dtype=float)  # (B, 2) (W, H)
+        return np.stack([it["landmarks"] for it in items]) / sizes[:, None, :], sizes
+
+    train = load_datalist(datalist, train_section, base_dir=base_dir)
+    test = load_datalist(datalist, test_section, base_dir=base_dir)
+    rel_train, _ = relative(train)
+    mean = np.nanmean(rel_train, axis=0)
+    rel_test, sizes = relative(test)
+    truth = rel_test * sizes[:, None, :]
+    pred = np.broadcast_to(mean, truth.shape) * sizes[:, None, :]
+    spacing = [it["spacing"] for it in test]
+    known = all(s is not None for s in spacing)
+    errors = radial_errors(pred, truth, np.array(spacing) if known else None)
+    names = get_landmark_set(read_datalist(datalist).get("landmark_set", "isbi2015")).names
+    summary = summarize(errors, landmark_names=names, ids=[it["id"] for it in test], n_bootstrap=0, unit="mm" if known else "px")
+    summary["errors"] = errors
+    return summary
 
 
 def compare_evaluations(

@@ -12,7 +12,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from ..heatmaps import DECODERS, decode_logits
-from .io import NONLINEAR_WARP, ORIG_TO_CURRENT, ORIGINAL_SPACING
+from .io import NONLINEAR_WARP, ORIG_TO_CURRENT, ORIGINAL_SIZE, ORIGINAL_SPACING
 from .spatial import current_to_original
 
 __all__ = ["PackLandmarksd", "DecodeLandmarksd", "apply_homogeneous"]
@@ -33,8 +33,9 @@ class PackLandmarksd(MapTransform):
         ``spacing`` ``(2,)`` float32 ``(sx, sy)`` mm of the input grid (NaN when unknown);
         ``to_original`` ``(3, 3)`` float64 input-grid -> original-image matrix (NaN after an
         elastic warp, which no matrix inverts);
-        ``orig_landmarks`` ``(N, 2)`` float32 ``(x, y)`` in the original image (NaN after an elastic warp);
-        ``orig_spacing`` ``(2,)`` float32 mm of the original image (NaN when unknown);
+        ``orig_landmarks`` ``(N, 2)`` float64 ``(x, y)`` in the original image (NaN after an elastic warp);
+        ``orig_spacing`` ``(2,)`` float64 mm of the original image (NaN when unknown);
+        ``orig_size`` ``(2,)`` ``(W, H)`` of the original image;
         ``id`` str. Keys that do not collate (``None`` values, extra datalist fields) are dropped.
     """
 
@@ -60,8 +61,9 @@ class PackLandmarksd(MapTransform):
             "landmark_mask": torch.as_tensor(inside, dtype=torch.float32),
             self.spacing_key: torch.as_tensor(np.full(2, np.nan) if spacing is None else spacing, dtype=torch.float32),
             "to_original": torch.as_tensor(to_original, dtype=torch.float64),
-            "orig_landmarks": torch.as_tensor(orig, dtype=torch.float32),
-            "orig_spacing": torch.as_tensor(np.asarray(meta.get(ORIGINAL_SPACING, np.full(2, np.nan)), dtype=np.float64), dtype=torch.float32),
+            "orig_landmarks": torch.as_tensor(orig, dtype=torch.float64),
+            "orig_spacing": torch.as_tensor(np.asarray(meta.get(ORIGINAL_SPACING, np.full(2, np.nan)), dtype=np.float64)),
+            "orig_size": torch.as_tensor(np.asarray(meta.get(ORIGINAL_SIZE, (w, h)), dtype=np.float64)),
             "id": str(data.get("id", "")),
         }
         return out
@@ -71,7 +73,8 @@ class DecodeLandmarksd(MapTransform):
     """Decode a batch of heatmap logits into landmarks of the original images.
 
     Reads ``d[pred_key]`` logits ``(B, N, h, w)`` and ``d["to_original"]`` ``(B, 3, 3)``; writes
-    ``pred_points`` ``(B, N, 2)`` ``(x, y)`` original pixels, ``pred_spread`` ``(B, N)`` radial
+    ``pred_points`` ``(B, N, 2)`` float64 ``(x, y)`` original pixels (clamped to the image when
+    ``orig_size`` is given), ``pred_spread`` ``(B, N)`` radial
     spread in original pixels (scaled by the mean resize factor) and ``pred_confidence`` ``(B, N)``;
     copies the truth (``orig_landmarks``, ``orig_spacing``) to ``true_points``/``true_spacing``
     when present, since MONAI engines keep only new keys in ``engine.state.output`` where the
@@ -90,7 +93,11 @@ class DecodeLandmarksd(MapTransform):
         logits = pred["heatmaps"] if isinstance(pred, Mapping) else pred
         decoded = decode_logits(torch.as_tensor(logits), self.stride, self.method, self.confidence_radius)
         to_original = torch.as_tensor(d["to_original"]).to(decoded.points.device)
-        d["pred_points"] = apply_homogeneous(to_original, decoded.points.double()).float()
+        points = apply_homogeneous(to_original, decoded.points.double())
+        if "orig_size" in d:  # a peak in the letterbox padding still names a pixel of the film
+            size = torch.as_tensor(d["orig_size"]).to(points)[:, None, :]
+            points = torch.minimum(points.clamp_min(0.0), size - 1)
+        d["pred_points"] = points
         scale = torch.sqrt(torch.linalg.det(to_original[:, :2, :2]).abs()).float()
         d["pred_spread"] = decoded.spread * scale[:, None]
         d["pred_confidence"] = decoded.confidence

@@ -1,0 +1,395 @@
+"""Pieces MONAI's Ignite engines need for landmark training: batch preparation, the
+progressive 3-stage schedule, a wall-clock budget, a warm-up/cosine LR schedule and the
+inference spec stored in every checkpoint. The bundle configs wire them together.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import time
+from pathlib import Path
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
+
+from .errors import InputError
+
+from .landmarks import get_landmark_set
+
+__all__ = [
+    "prepare_landmark_batch",
+    "warmup_cosine_scheduler",
+    "ProgressiveTrainingHandler",
+    "TimeBudgetHandler",
+    "CheckpointInfo",
+    "BestMetricState",
+    "GradientClipHandler",
+    "TrainingCheckpoint",
+    "PredictionWriter",
+    "ProgressBarHandler",
+    "Attach",
+    "all_rank_handlers",
+    "output_points",
+    "load_checkpoint_file",
+]
+
+logger = logging.getLogger("maht_net.engine")
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def prepare_landmark_batch(batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any):
+    """``prepare_batch`` for MONAI's ``SupervisedTrainer``/``SupervisedEvaluator``.
+
+    Returns ``(image, target)``: image ``(B, 1, H, W)``; target dict with ``landmarks``
+    ``(B, N, 2)``, ``mask`` ``(B, N)`` and ``spacing`` ``(B, 2)`` (1 mm/px where unknown, so
+    the coordinate loss falls back to pixels).
+    """
+    image = batchdata["image"].to(device=device, non_blocking=non_blocking)
+    if hasattr(image, "as_tensor"):
+        image = image.as_tensor()
+    spacing = batchdata["spacing"].to(device=device, non_blocking=non_blocking)
+    target = {
+        "landmarks": batchdata["landmarks"].to(device=device, non_blocking=non_blocking),
+        "mask": batchdata["landmark_mask"].to(device=device, non_blocking=non_blocking),
+        "spacing": torch.where(torch.isfinite(spacing), spacing, torch.ones_like(spacing)),
+    }
+    return image, target
+
+
+def output_points(output: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``output_transform`` for :class:`~maht_net.metrics.RadialErrorMetric` on an evaluator
+    whose postprocessing is :class:`~maht_net.transforms.targets.DecodeLandmarksd`: predicted and
+    true points in original pixels, and the original spacing (``None`` when unknown)."""
+    spacing = output["true_spacing"]
+    return output["pred_points"], output["true_points"], (spacing if bool(torch.isfinite(spacing).all()) else None)
+
+
+def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, total_epochs: int, warmup_epochs: int = 1, min_factor: float = 0.02):
+    """``LambdaLR``: linear warm-up, then cosine decay to ``min_factor`` (stepped per epoch).
+
+    ``LambdaLR`` multiplies each group's ``base_lrs`` entry, so changing those (as the
+    progressive schedule does) keeps the curve's shape.
+    """
+    total, warm = max(1, int(total_epochs)), max(0, int(warmup_epochs))
+
+    def factor(epoch: int) -> float:
+        if epoch < warm:
+            return (epoch + 1) / (warm + 1)
+        progress = min(1.0, (epoch - warm) / max(1, total - warm))
+        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class ProgressiveTrainingHandler:
+    """The 3-stage progressive schedule, switched at ``EPOCH_STARTED``.
+
+    Each stage is a dict: ``epochs`` (``None`` = until the end), ``transformer`` (bool: ViT
+    bottleneck on), ``freeze_encoder`` (bool), ``encoder_lr_factor`` (encoder LR relative to the
+    base LR), ``loss_weights`` (dict for :meth:`LandmarkLoss.set_weights`, optional). The default
+    is (1) CNN encoder + decoder, transformer bypassed; (2) transformer on, encoder frozen;
+    (3) everything, encoder at a tenth of the LR.
+
+    The optimizer must have the two groups of :meth:`MAHTNet.parameter_groups` (encoder first).
+    A network without ``use_transformer`` (the U-Net baseline) is trained end to end and the
+    stages only change loss weights.
+    """
+
+    DEFAULT_STAGES = (
+        {"epochs": 10, "transformer": False, "freeze_encoder": False, "encoder_lr_factor": 1.0},
+        {"epochs": 5, "transformer": True, "freeze_encoder": True, "encoder_lr_factor": 0.0},
+        {"epochs": None, "transformer": True, "freeze_encoder": False, "encoder_lr_factor": 0.1},
+    )
+
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        base_lr: float,
+        stages: Sequence[Mapping[str, Any]] | None = None,
+        loss: Any = None,
+        scheduler: Any = None,
+        enabled: bool = True,
+    ) -> None:
+        self.network = network.module if hasattr(network, "module") else network
+        self.optimizer, self.base_lr, self.loss, self.scheduler = optimizer, float(base_lr), loss, scheduler
+        self.stages = [dict(s) for s in (stages or self.DEFAULT_STAGES)]
+        for s in self.stages[:-1]:
+            if not s.get("epochs") or s["epochs"] < 0:
+                raise ValueError(f"every stage but the last needs a positive 'epochs', got {s}")
+        self.enabled = bool(enabled)
+        self.current: int | None = None
+
+    def stage_at(self, epoch: int) -> int:
+        """0-based stage of a 1-based epoch."""
+        end = 0
+        for i, s in enumerate(self.stages):
+            end += s.get("epochs") or 10**9
+            if epoch <= end:
+                return i
+        return len(self.stages) - 1
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        stage = self.stage_at(engine.state.epoch)
+        if stage != self.current:
+            self.apply(stage, engine.state.epoch)
+
+    def apply(self, stage: int, epoch: int) -> None:
+        s = self.stages[stage]
+        net = self.network
+        if hasattr(net, "use_transformer"):
+            net.use_transformer = bool(s.get("transformer", True))
+        if hasattr(net, "freeze_encoder"):
+            net.freeze_encoder(None if s.get("freeze_encoder") else 0)
+            net.train(net.training)
+        factors = [float(s.get("encoder_lr_factor", 1.0)), 1.0] if len(self.optimizer.param_groups) == 2 else [1.0] * len(self.optimizer.param_groups)
+        for i, (group, f) in enumerate(zip(self.optimizer.param_groups, factors)):
+            group["lr"] = self.base_lr * f
+            if self.scheduler is not None:  # keep the schedule's shape: lr = base_lr * factor(epoch)
+                self.scheduler.base_lrs[i] = self.base_lr * f
+                group["lr"] *= self.scheduler.lr_lambdas[i](self.scheduler.last_epoch)
+        if self.loss is not None and s.get("loss_weights"):
+            self.loss.set_weights(s["loss_weights"])
+        self.current = stage
+        logger.info(
+            "progressive training: stage %d/%d starts at epoch %d (transformer=%s, encoder %s, lr=%s)",
+            stage + 1,
+            len(self.stages),
+            epoch,
+            "on" if getattr(net, "use_transformer", False) else "off",
+            "frozen" if s.get("freeze_encoder") else "trainable",
+            ", ".join(f"{g['lr']:.2e}" for g in self.optimizer.param_groups),
+        )
+
+
+class TimeBudgetHandler:
+    """Stop training cleanly once ``minutes`` of wall-clock time have passed since it started.
+
+    Checked after every iteration; the engine then completes normally, so ``COMPLETED``
+    handlers (final checkpoint, logs) run and the best checkpoint stays.
+    """
+
+    def __init__(self, minutes: float | None) -> None:
+        self.seconds = None if minutes is None or minutes <= 0 else float(minutes) * 60.0
+        self.start: float | None = None
+        self.stopped = False
+
+    def attach(self, engine: Engine) -> None:
+        if self.seconds is None:
+            return
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._check)
+
+    def _started(self, engine: Engine) -> None:
+        self.start = time.monotonic()
+
+    def _check(self, engine: Engine) -> None:
+        over = self.start is not None and time.monotonic() - self.start > self.seconds
+        if _distributed():  # every rank must stop at the same iteration, or the others hang
+            flag = torch.tensor([float(over)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            over = bool(flag.item())
+        if over:
+            self.stopped = True
+            logger.info("time budget of %.1f min reached at epoch %d, iteration %d: stopping", self.seconds / 60, engine.state.epoch, engine.state.iteration)
+            engine.terminate()
+
+
+class CheckpointInfo:
+    """Everything inference needs besides the weights, saved in each checkpoint (``"info"``).
+
+    Plain types only, so ``torch.load(weights_only=True)`` reads it.
+    """
+
+    def __init__(
+        self,
+        network: str = "maht_net",
+        network_kwargs: Mapping[str, Any] | None = None,
+        landmark_set: str = "isbi2015",
+        input_size: Sequence[int] = (256, 320),
+        normalize: str = "percentile",
+        clahe: bool = False,
+        sigma: float = 2.0,
+        decoder: str = "dark",
+        stride: int = 4,
+    ) -> None:
+        self.data: dict[str, Any] = {
+            "network": network,
+            "network_kwargs": dict(network_kwargs or {}),
+            "landmark_set": landmark_set,
+            "landmark_names": get_landmark_set(landmark_set).names,
+            "input_size": [int(input_size[0]), int(input_size[1])],
+            "normalize": normalize,
+            "clahe": bool(clahe),
+            "sigma": float(sigma),
+            "decoder": decoder,
+            "stride": int(stride),
+            "coordinate_convention": "input_size is (W, H); landmarks are (x, y) pixels",
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.data)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.data = dict(state)
+
+
+class BestMetricState:
+    """Makes an evaluator's best metric part of a checkpoint, so a resumed run keeps
+    comparing against the best-so-far value instead of starting over."""
+
+    def __init__(self, evaluator: Engine) -> None:
+        self.evaluator = evaluator
+
+    def state_dict(self) -> dict[str, Any]:
+        s = self.evaluator.state
+        return {"best_metric": float(getattr(s, "best_metric", -1)), "best_metric_epoch": int(getattr(s, "best_metric_epoch", -1))}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.evaluator.state.best_metric = state["best_metric"]
+        self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+
+
+class GradientClipHandler:
+    """Clip the gradient norm after backward and before the optimizer step (unscaling first
+    under AMP, so the threshold applies to true gradients)."""
+
+    def __init__(self, max_norm: float | None = 1.0) -> None:
+        self.max_norm = None if not max_norm or max_norm <= 0 else float(max_norm)
+
+    def attach(self, engine: Engine) -> None:
+        if self.max_norm is not None:
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if getattr(engine, "scaler", None) is not None and engine.amp:
+            engine.scaler.unscale_(engine.optimizer)
+        params = [p for g in engine.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, self.max_norm)
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True`` (no code runs from the file), with clear errors.
+
+    Raises:
+        InputError: the file is missing, truncated/corrupt, or needs unsafe unpickling.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise InputError(path, f"refused: the checkpoint holds objects other than tensors and plain data, and loading it would run code from the file ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise InputError(path, f"not a readable PyTorch checkpoint (corrupt or truncated: {str(e).splitlines()[0]})") from None
+
+
+class TrainingCheckpoint:
+    """Keep ``checkpoint_last.pt`` (everything needed to resume) after every epoch and at the
+    end, and resume from it at start when ``resume`` is set.
+
+    ``objects`` are things with ``state_dict``/``load_state_dict`` (network, optimizer,
+    scheduler, EMA model, :class:`CheckpointInfo`, :class:`BestMetricState`); the trainer is
+    added at :meth:`attach` (a config cannot reference the trainer from its own handlers).
+    Writes are atomic: a kill mid-write leaves the previous checkpoint intact. Under DDP every
+    rank resumes, rank 0 alone writes.
+    """
+
+    def __init__(self, save_dir: str | Path, objects: Mapping[str, Any], resume: bool = True, filename: str = "checkpoint_last.pt") -> None:
+        self.path = Path(save_dir) / filename
+        self.objects = dict(objects)
+        self.resume = bool(resume)
+
+    def attach(self, engine: Engine) -> None:
+        self.objects["trainer"] = engine
+        engine.add_event_handler(Events.STARTED, self._load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+        engine.add_event_handler(Events.COMPLETED, self._save)
+
+    def _load(self, engine: Engine) -> None:
+        if not (self.resume and self.path.is_file()):
+            return
+        state = load_checkpoint_file(self.path)
+        max_epochs = engine.state.max_epochs
+        for name, obj in self.objects.items():
+            if name in state:
+                obj.load_state_dict(state[name])
+        engine.state.max_epochs = max(max_epochs, engine.state.epoch)
+        logger.info("resumed from %s at epoch %d", self.path, engine.state.epoch)
+
+    def _save(self, engine: Engine) -> None:
+        from .io.atomic import atomic_write
+
+        if _distributed() and torch.distributed.get_rank() != 0:
+            return
+        state = {name: obj.state_dict() for name, obj in self.objects.items()}
+        with atomic_write(self.path, "wb") as f:
+            torch.save(state, f)
+
+
+class PredictionWriter:
+    """Write each image's prediction (JSON, Slicer markups, CSV, optional overlay PNG) as an
+    evaluator runs: attach to a ``SupervisedEvaluator`` whose postprocessing is
+    :class:`~maht_net.transforms.targets.DecodeLandmarksd` (``decollate=False``)."""
+
+    def __init__(self, output_dir: str | Path, landmark_set: str = "isbi2015", overlay: bool = False, formats: Sequence[str] = ("json", "mrk", "csv")) -> None:
+        self.output_dir = Path(output_dir)
+        self.landmark_set, self.overlay, self.formats = landmark_set, bool(overlay), tuple(formats)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from .inference import write_outputs, prediction_from_batch
+
+        for pred in prediction_from_batch(engine.state.batch, engine.state.output, self.landmark_set):
+            write_outputs(pred, self.output_dir, formats=self.formats, overlay=self.overlay)
+
+
+class ProgressBarHandler:
+    """Ignite's tqdm progress bar over the iterations of each epoch, when ``enabled``."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = bool(enabled)
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            from ignite.handlers import ProgressBar
+
+            ProgressBar(persist=False).attach(engine)
+
+
+def all_rank_handlers(handlers: Sequence[Any]) -> list[Any]:
+    """The handlers every DDP rank runs: all but logging, progress and checkpoint writers,
+    which rank 0 alone runs (:class:`TrainingCheckpoint` itself writes on rank 0 only)."""
+    from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler
+
+    rank0_only = (StatsHandler, TensorBoardStatsHandler, CheckpointSaver, ProgressBarHandler)
+    return [h for h in handlers if not isinstance(getattr(h, "handler", h), rank0_only)]
+
+
+class Attach:
+    """Attach a handler defined under its own config id (so other ids can reference it, e.g.
+    the EMA model or the early-stop handler) from inside a handler list, where MONAI's bundle
+    property check expects every entry to be a ``{"_target_": ...}`` dict."""
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+
+    def attach(self, engine: Engine) -> None:
+        self.handler.attach(engine)

@@ -1,0 +1,256 @@
+"""Inference: checkpoint -> network, images -> landmarks in original pixels -> output files.
+
+The pieces here (preprocessing from :mod:`maht_net.data`, decoding by
+:class:`~maht_net.transforms.targets.DecodeLandmarksd`, :func:`prediction_from_batch`,
+:func:`write_outputs`) are the only implementation: the bundle's evaluator, ``maht-net infer``
+and the MONAI Label app all use them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from monai.data import DataLoader, Dataset
+from monai.inferers import Inferer
+
+from .data import evaluation_transforms
+from .engine import load_checkpoint_file
+from .errors import InputError
+from .io.image import IMAGE_SUFFIXES, load_xray
+from .io.predictions import build_prediction, write_prediction
+from .networks import create_network
+from .transforms.targets import DecodeLandmarksd
+from .visualize import save_overlay
+
+__all__ = [
+    "load_model",
+    "enable_mc_dropout",
+    "prediction_from_batch",
+    "write_outputs",
+    "LandmarkInferer",
+    "Predictor",
+    "image_items",
+]
+
+
+def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Build the network a checkpoint describes and load its weights (``weights_only``).
+
+    Accepts a bundle checkpoint ``{"model": state_dict, "info": {...}}`` as the training
+    workflow writes it.
+
+    Raises:
+        InputError: missing/corrupt/unsafe file, or a checkpoint without ``info``.
+    """
+    state = load_checkpoint_file(checkpoint)
+    if not isinstance(state, Mapping) or "model" not in state or "info" not in state:
+        raise InputError(checkpoint, "not a MAHT-Net checkpoint: expected keys 'model' and 'info'")
+    info = dict(state["info"])
+    network = create_network(info["network"], num_landmarks=len(info["landmark_names"]), **info.get("network_kwargs", {}))
+    try:
+        network.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise InputError(checkpoint, f"weights do not fit network {info['network']!r} ({str(e).splitlines()[0]})") from None
+    return network.to(device).eval(), info
+
+
+def enable_mc_dropout(network: nn.Module) -> nn.Module:
+    """Eval mode everywhere except dropout layers, which keep sampling (MC-dropout)."""
+    network.eval()
+    for m in network.modules():
+        if isinstance(m, (nn.Dropout, nn.Dropout2d)):
+            m.train()
+    return network
+
+
+def _meta_list(meta: Mapping[str, Any], key: str, n: int) -> list:
+    value = meta.get(key)
+    if value is None:
+        return [None] * n
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value[i] for i in range(n)]
+
+
+def prediction_from_batch(batch: Mapping[str, Any], output: Mapping[str, Any], landmark_set: str = "isbi2015") -> list[dict[str, Any]]:
+    """Prediction documents (see :mod:`maht_net.io.predictions`) for one decoded batch.
+
+    ``batch`` holds the collated samples (``image`` MetaTensor with its meta, ``id``,
+    ``orig_spacing``); ``output`` the ``pred_points``/``pred_spread``/``pred_confidence`` of
+    :class:`DecodeLandmarksd`, all in original pixels.
+    """
+    points = torch.as_tensor(output["pred_points"]).detach().cpu().numpy()
+    spread = torch.as_tensor(output["pred_spread"]).detach().cpu().numpy()
+    conf = torch.as_tensor(output["pred_confidence"]).detach().cpu().numpy()
+    n = points.shape[0]
+    meta = getattr(batch["image"], "meta", {})
+    files = _meta_list(meta, "filename_or_obj", n)
+    sizes = _meta_list(meta, "original_size", n)
+    origins = _meta_list(meta, "origin", n)
+    spacings = torch.as_tensor(batch["orig_spacing"]).cpu().numpy()
+    ids = batch.get("id") or [Path(f).name.split(".")[0] for f in files]
+    preds = []
+    for i in range(n):
+        w, h = (int(v) for v in np.asarray(sizes[i]))
+        sp = spacings[i]
+        preds.append(
+            build_prediction(
+                str(files[i]),
+                w,
+                h,
+                points[i],
+                spacing=None if not np.all(np.isfinite(sp)) else sp,
+                uncertainty_px=spread[i],
+                confidence=conf[i],
+                landmark_set=landmark_set,
+                item_id=str(ids[i]),
+                origin=tuple(float(v) for v in np.asarray(origins[i])) if origins[i] is not None else (0.0, 0.0),
+            )
+        )
+    return preds
+
+
+def write_outputs(pred: dict[str, Any], out_dir: str | os.PathLike, formats: Sequence[str] = ("json", "mrk", "csv"), overlay: bool = False, truth: np.ndarray | None = None) -> dict[str, Path]:
+    """Write one prediction's files, plus ``<id>_overlay.png`` when ``overlay`` is set."""
+    paths = write_prediction(pred, out_dir, formats)
+    if overlay:
+        from .io.predictions import prediction_points
+
+        unc = np.array([np.nan if r["uncertainty_px"] is None else r["uncertainty_px"] for r in pred["landmarks"]])
+        paths["overlay"] = save_overlay(
+            load_xray(pred["image"]).image,
+            Path(out_dir) / f"{pred['id']}_overlay.png",
+            points=prediction_points(pred),
+            truth=truth,
+            landmark_set=pred["landmark_set"],
+            uncertainty_px=unc,
+            title=str(pred["id"]),
+        )
+    return paths
+
+
+class LandmarkInferer(Inferer):
+    """MONAI inferer for heatmap networks with optional MC-dropout and test-time shifts.
+
+    Returns log-probability maps ``(B, N, h, w)``: the log of the mean spatial-softmax
+    probability over all passes (valid logits for :func:`~maht_net.heatmaps.decode_logits`).
+    Shifted passes (TTA: the input moved by about 4 % of its size, in whole heatmap pixels) are
+    moved back before averaging, so the mixture's spread, which the decoder reports as
+    uncertainty, contains both each pass's own spread and the disagreement between passes.
+
+    Args:
+        mc_samples: number of MC-dropout passes (0 = one deterministic pass).
+        tta: add 4 shifted passes (±x, ±y).
+        stride: the network's output stride (shifts are multiples of it).
+    """
+
+    def __init__(self, mc_samples: int = 0, tta: bool = False, stride: int = 4) -> None:
+        super().__init__()
+        self.mc_samples, self.tta, self.stride = int(mc_samples), bool(tta), int(stride)
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        s = self.stride
+        steps = [(0, 0)]
+        if self.tta:
+            kx, ky = max(1, round(0.04 * inputs.shape[-1] / s)), max(1, round(0.04 * inputs.shape[-2] / s))
+            steps += [(kx, 0), (-kx, 0), (0, ky), (0, -ky)]
+        stochastic = self.mc_samples > 0 and isinstance(network, nn.Module)
+        if stochastic:
+            enable_mc_dropout(network)
+        log_probs = []
+        try:
+            for kx, ky in steps:
+                for _ in range(self.mc_samples if stochastic else 1):
+                    logits = network(_shift(inputs, kx * s, ky * s), *args, **kwargs)
+                    logits = logits["heatmaps"] if isinstance(logits, Mapping) else logits
+                    b, n, h, w = logits.shape
+                    log_p = torch.log_softmax(logits.float().reshape(b, n, -1), -1).reshape(b, n, h, w)
+                    log_probs.append(_shift(log_p, -kx, -ky, fill=-1e4))
+        finally:
+            if stochastic:
+                network.eval()
+        if len(log_probs) == 1:
+            return log_probs[0]
+        return torch.logsumexp(torch.stack(log_probs), 0) - float(np.log(len(log_probs)))
+
+
+class Predictor:
+    """Run a trained network on image files and return prediction documents.
+
+    The same pieces as the bundle's inference workflow: :func:`~maht_net.data.evaluation_transforms`,
+    :class:`LandmarkInferer`, :class:`DecodeLandmarksd`, :func:`prediction_from_batch`.
+
+    Args:
+        network: a MAHT-Net/U-Net module, or an :class:`~maht_net.export.OnnxNetwork`.
+        info: the checkpoint's inference spec (:class:`~maht_net.engine.CheckpointInfo`).
+        mc_samples, tta: see :class:`LandmarkInferer`.
+    """
+
+    def __init__(self, network: Any, info: Mapping[str, Any], device: str | torch.device = "cpu", mc_samples: int = 0, tta: bool = False, batch_size: int = 1) -> None:
+        self.network, self.info, self.device = network, dict(info), torch.device(device)
+        self.batch_size = int(batch_size)
+        self.transform = evaluation_transforms(info["input_size"], len(info["landmark_names"]), info.get("normalize", "percentile"), info.get("clahe", False))
+        self.inferer = LandmarkInferer(mc_samples, tta, int(info["stride"]))
+        self.decode = DecodeLandmarksd(stride=int(info["stride"]), method=info.get("decoder", "dark"))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str = "cpu", **kwargs: Any) -> Predictor:
+        network, info = load_model(checkpoint, device)
+        return cls(network, info, device, **kwargs)
+
+    def predict(self, items: Iterable[str | os.PathLike | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Predict landmarks for image paths (or datalist-style items with ``image``/``id``/``spacing``).
+
+        Raises:
+            InputError: an image cannot be read (the message names it).
+        """
+        preds = []
+        for batch in DataLoader(Dataset(image_items(items), self.transform), batch_size=self.batch_size, num_workers=0):
+            image = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"]
+            if isinstance(self.network, nn.Module):
+                self.network.eval()
+            with torch.no_grad():
+                log_p = self.inferer(image.to(self.device), self.network).cpu()
+            output = self.decode({"pred": log_p, "to_original": batch["to_original"], "orig_size": batch["orig_size"]})
+            preds += prediction_from_batch(batch, output, self.info.get("landmark_set", "isbi2015"))
+        return preds
+
+
+def image_items(items: Iterable[str | os.PathLike | Mapping[str, Any]] | str | os.PathLike) -> list[dict[str, Any]]:
+    """Inference items ``{"image", "id"[, "spacing"]}`` from paths, datalist items, or a folder
+    (every file with an image suffix in it, sorted).
+
+    Raises:
+        InputError: a folder with no image, or a path that does not exist.
+    """
+    if isinstance(items, (str, os.PathLike)):
+        folder = Path(items)
+        if not folder.is_dir():
+            raise InputError(folder, "input folder not found")
+        items = [p for p in sorted(folder.iterdir()) if p.is_file() and any(p.name.lower().endswith(x) for x in IMAGE_SUFFIXES)]
+        if not items:
+            raise InputError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    out = []
+    for it in items:
+        d = {"image": os.fspath(it)} if not isinstance(it, Mapping) else {k: it[k] for k in ("image", "id", "spacing") if k in it}
+        if not Path(d["image"]).is_file():
+            raise InputError(d["image"], "file not found")
+        d.setdefault("id", Path(d["image"]).name.split(".")[0])
+        out.append(d)
+    return out
+
+
+def _shift(x: torch.Tensor, dx: int, dy: int, fill: float = 0.0) -> torch.Tensor:
+    """Translate ``(..., H, W)`` by ``(dx, dy)`` pixels, filling uncovered pixels with ``fill``."""
+    if dx == 0 and dy == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), value=fill)
+    x0, y0 = max(-dx, 0), max(-dy, 0)
+    return padded[..., y0 : y0 + h, x0 : x0 + w]
