@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
-DEMO_DIR ?= runs/demo
 
 .PHONY: demo test test-slow install freeze clean
 
@@ -16,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/demo.py --out $(DEMO_DIR)
+	$(PY) scripts/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["default_bundle_root", "resolve_datalist", "make_optimizer"]
+__all__ = ["default_bundle_root", "resolve_datalist", "make_optimizer", "package_bundle", "BUNDLE_NAME"]
 
 logger = logging.getLogger("maht_net.bundle")
 
@@ -54,3 +54,89 @@ def make_optimizer(network, lr: float, weight_decay: float = 1e-4):
 
     params = network.parameter_groups(lr, 1.0) if hasattr(network, "parameter_groups") else network.parameters()
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+BUNDLE_NAME = "maht_net_cephalometric"
+BUNDLE_PARTS = ("configs", "docs", "scripts", "LICENSE")
+
+
+def package_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike = "dist", name: str = BUNDLE_NAME, model_files: tuple[str, ...] = ("model.pt",)) -> Path:
+    """Zip a trained bundle for other sites: ``<out_dir>/<name>_v<version>.zip``.
+
+    The zip holds one top-level ``<name>/`` folder (what ``monai.bundle download`` expects) with
+    configs, docs, scripts, LICENSE, ``models/<model_files>`` and ``large_files.yml`` listing
+    each model file with its SHA-256. ``train.json`` and ``metadata.json`` are synchronised
+    with the recipe recorded in ``model.pt`` (network, its arguments, input size, sigma, ...),
+    so ``monai.bundle.load`` and ``verify_net_in_out`` at the other site build the network the
+    weights belong to. Written to a temporary name and renamed, so an interrupted run leaves
+    no partial zip.
+
+    Raises:
+        InputError: no ``configs/metadata.json`` or a listed model file is missing.
+    """
+    import hashlib
+    import json
+    import zipfile
+
+    bundle = Path(bundle_dir)
+    meta_path = bundle / "configs" / "metadata.json"
+    if not meta_path.is_file():
+        raise InputError(meta_path, "not a bundle: configs/metadata.json missing")
+    version = json.loads(meta_path.read_text())["version"]
+    models = [bundle / "models" / m for m in model_files]
+    for m in models:
+        if not m.is_file():
+            raise InputError(m, "model file missing: train the bundle first (python -m monai.bundle run training ...)")
+    out = Path(out_dir) / f"{name}_v{version}.zip"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    lines = ["large_files:"]
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            synced = _configs_for_checkpoint(bundle, bundle / "models" / "model.pt")
+            for part in BUNDLE_PARTS:
+                src = bundle / part
+                files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+                for f in files:
+                    rel = f.relative_to(bundle).as_posix()
+                    if rel in synced:
+                        zf.writestr(f"{name}/{rel}", synced[rel])
+                    else:
+                        zf.write(f, f"{name}/{rel}")
+            for m in models:
+                digest = hashlib.sha256(m.read_bytes()).hexdigest()
+                zf.write(m, f"{name}/models/{m.name}")
+                lines += [f'  - path: "models/{m.name}"', f'    hash_val: "{digest}"', '    hash_type: "sha256"']
+            zf.writestr(f"{name}/large_files.yml", "\n".join(lines) + "\n")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _configs_for_checkpoint(bundle: Path, checkpoint: Path) -> dict[str, str]:
+    """``configs/train.json`` and ``configs/metadata.json`` rewritten to the checkpoint's recipe."""
+    import json
+
+    from .engine import load_checkpoint_file
+
+    info = load_checkpoint_file(checkpoint)["info"]
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    train.update(
+        network_name=info["network"],
+        network_kwargs=info["network_kwargs"],
+        input_size=info["input_size"],
+        landmark_set=info["landmark_set"],
+        normalize=info["normalize"],
+        clahe=info["clahe"],
+        sigma=info["sigma"],
+        decoder=info["decoder"],
+    )
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    fmt = meta["network_data_format"]
+    w, h, stride = info["input_size"][0], info["input_size"][1], info["stride"]
+    fmt["inputs"]["image"]["spatial_shape"] = [h, w]
+    fmt["outputs"]["pred"]["spatial_shape"] = [h // stride, w // stride]
+    fmt["outputs"]["pred"]["num_channels"] = len(info["landmark_names"])
+    fmt["outputs"]["pred"]["channel_def"] = {str(i): n for i, n in enumerate(info["landmark_names"])}
+    return {"configs/train.json": json.dumps(train, indent=4) + "\n", "configs/metadata.json": json.dumps(meta, indent=4) + "\n"}

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "maht_net.readers.commands",
     "maht_net.audit",
     "maht_net.evaluation",
+    "maht_net.inference",
 )
 
 

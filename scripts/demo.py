@@ -1,40 +1,68 @@
 """`make demo`: the main job on the embedded phantom data, end to end, with pictures.
 
-Steps: generate phantom cephalograms (PNG + LabelMe + datalist), audit the datalist
-(mean-shape overlay), and draw the landmarks of a held-out image.
+1. train MAHT-Net with the bundle (phantom data generated on first use),
+2. evaluate the best checkpoint on the held-out phantom test split (MRE/SDR table),
+3. predict a held-out image and draw predicted vs true landmarks,
+4. audit the datalist (mean-shape overlay).
+
+Every step is the command a user would type; they are printed before they run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from maht_net.audit import audit_datalist, format_report
-from maht_net.datalist import load_datalist
-from maht_net.io.image import load_xray
-from maht_net.phantom import ensure_phantom_dataset
-from maht_net.visualize import save_overlay
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str]) -> None:
+    print("\n$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/demo", help="output folder")
-    parser.add_argument("--n", type=int, default=100, help="number of phantom images")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bundle", default=str(REPO / "bundle"), help="bundle root (models/, eval/, data/ go here)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training wall-clock budget")
+    parser.add_argument("--epochs", type=int, default=40)
     args = parser.parse_args()
-    out = Path(args.out)
+    bundle = Path(args.bundle).absolute()
+    configs = REPO / "bundle" / "configs"
+    py = sys.executable
     t0 = time.perf_counter()
-    datalist = ensure_phantom_dataset(out / "phantom", n=args.n, seed=args.seed)
-    print(f"[1/3] phantom data: {datalist} ({time.perf_counter() - t0:.1f} s)")
-    report = audit_datalist(datalist, out_dir=out / "audit")
-    print(f"[2/3] audit:\n{format_report(report)}")
-    item = load_datalist(datalist, "test")[0]
-    overlay = save_overlay(
-        load_xray(item["image"]).image, out / f"{item['id']}_truth.png", truth=item["landmarks"], title=f"{item['id']}: ground truth"
-    )
-    print(f"[3/3] overlay of a held-out image: {overlay}")
-    print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs in {out}/")
+    run([py, "-m", "monai.bundle", "run", "training", "--config_file", str(configs / "train.json"), "--bundle_root", str(bundle),
+         "--epochs", str(args.epochs), "--time_limit_minutes", str(args.minutes), "--progress_bar", "False", "--resume", "False"])
+    run([py, "-m", "monai.bundle", "run", "evaluating", "--config_file", str([str(configs / "train.json"), str(configs / "evaluate.json")]),
+         "--bundle_root", str(bundle)])
+    datalist = bundle / "data" / "phantom" / "datalist.json"
+    test_item = json.loads(datalist.read_text())["test"][0]
+    image = (datalist.parent / test_item["image"]).resolve()
+    out = bundle / "eval" / "demo"
+    run([py, "-m", "maht_net.cli", "infer", "--bundle", str(bundle), "--input", str(image), "--out", str(out),
+         "--spacing", str(test_item["spacing"][0]), str(test_item["spacing"][1])])
+
+    import numpy as np
+
+    from maht_net.io.image import load_xray
+    from maht_net.io.predictions import read_prediction
+    from maht_net.visualize import save_overlay
+
+    pred = read_prediction(out / f"{test_item['id']}_landmarks.json")
+    truth = np.array([[np.nan, np.nan] if p is None else p for p in test_item["landmarks"]], dtype=float)
+    err = np.linalg.norm((pred["points"] - truth) * np.array(test_item["spacing"]), axis=1)
+    picture = save_overlay(load_xray(image).image, out / f"{test_item['id']}_pred_vs_truth.png", points=pred["points"], truth=truth,
+                           title=f"{test_item['id']} (held out): MRE {np.nanmean(err):.2f} mm; red + prediction, green truth")
+    run([py, "-m", "maht_net.cli", "audit", str(datalist), "--out-dir", str(bundle / "eval" / "audit")])
+    print(f"\ndemo finished in {(time.perf_counter() - t0) / 60:.1f} min")
+    print(f"  metrics:  {bundle / 'eval' / 'metrics.json'}")
+    print(f"  overlay:  {picture}")
+    print(f"  curves:   tensorboard --logdir {bundle / 'eval'}")
     return 0
 
 

@@ -176,3 +176,134 @@ def _chain(exc):
     while exc is not None:
         yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+def test_package_download_and_run_at_another_site(trained, phantom, tmp_path):
+    import shutil
+
+    from maht_net.bundle_support import BUNDLE_NAME, package_bundle
+
+    site_bundle = tmp_path / "trained_bundle"
+    shutil.copytree(BUNDLE, site_bundle, ignore=shutil.ignore_patterns("models", "eval", "data", "__pycache__"))
+    shutil.copytree(trained / "models", site_bundle / "models")
+    zip_path = package_bundle(site_bundle, tmp_path / "dist")
+    assert zip_path.name == f"{BUNDLE_NAME}_v0.1.0.zip"
+    downloads = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "download", "--name", BUNDLE_NAME, "--url", zip_path.as_uri(), "--bundle_dir", str(downloads)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    root = downloads / BUNDLE_NAME
+    assert (root / "large_files.yml").is_file() and (root / "models" / "model.pt").is_file()
+    import hashlib
+
+    listed = (root / "large_files.yml").read_text()
+    assert hashlib.sha256((root / "models" / "model.pt").read_bytes()).hexdigest() in listed
+    # inference from the downloaded copy, in a fresh working directory
+    work = tmp_path / "fresh_cwd"
+    work.mkdir()
+    image = sorted((phantom.parent / "images").glob("*.png"))[0]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(root / "configs" / "inference.json"),
+         "--input_files", f"['{image}']", "--output_dir", str(work / "out")],
+        check=True, capture_output=True, text=True, cwd=work, env=env, timeout=600,
+    )
+    assert json.loads((work / "out" / f"{image.stem}_landmarks.json").read_text())["landmarks"][0]["name"] == "sella"
+    # monai.bundle.load finds the local copy and builds the network its (synchronised) config describes
+    from monai.bundle import load
+
+    from maht_net.inference import load_model
+
+    model = load(name=BUNDLE_NAME, bundle_dir=str(downloads), source="github", key_in_ckpt="model", device="cpu").eval()
+    reference, info = load_model(root / "models" / "model.pt")
+    x = torch.rand(1, 1, info["input_size"][1], info["input_size"][0])
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_configs_import_only_packages_the_metadata_lists():
+    """Every module a config imports or instantiates belongs to a package in metadata.json
+    (or to MONAI/PyTorch/NumPy themselves, which the schema lists separately)."""
+    import re
+
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    allowed = {name.replace("-", "_") for name in meta["required_packages_version"]} | {"monai", "torch", "numpy", "os", "ignite"}
+    assert "pytorch-ignite" in meta["required_packages_version"]
+    for cfg in CONFIGS.glob("*.json"):
+        text = cfg.read_text()
+        modules = set(re.findall(r"\$import ([a-zA-Z_][\w]*)", text))
+        modules |= {t.split(".")[0] for t in re.findall(r'"_target_": "([\w.]+)"', text) if "." in t}
+        modules |= set(re.findall(r"\$?\b(maht_net|torch|ignite|monai)\.", text))
+        assert modules <= allowed, f"{cfg.name}: {modules - allowed}"
+
+
+def _cli_overrides(override: dict) -> list[str]:
+    args = []
+    for key, value in override.items():
+        args += [f"--{key}", repr(value) if not isinstance(value, str) else value]
+    return args
+
+
+def test_multi_gpu_config_trains_with_torchrun_on_cpu(phantom, tmp_path):
+    """DDP through torchrun with 2 CPU processes (gloo): one short epoch, one checkpoint writer."""
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+        "-m", "monai.bundle", "run", "training", "--config_file", configs, "--bundle_root", str(tmp_path),
+        "--datalist", str(phantom), *_cli_overrides({**TINY, "epochs": 1, "stage_epochs": [1, 1]}),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file() and (tmp_path / "models" / "checkpoint_last.pt").is_file()
+    assert (proc.stdout + proc.stderr).count("progressive training: stage 1/3") == 2  # both ranks follow the schedule
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_resume_continues_from_last_checkpoint_with_best_metric(trained, phantom, tmp_path):
+    import shutil
+
+    root = tmp_path / "resumed"
+    shutil.copytree(trained / "models", root / "models")
+    before = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
+    wf = workflow(["train.json"], "train", root, datalist=str(phantom), **{**TINY, "epochs": 3})
+    wf.initialize()
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    seen = []
+    from ignite.engine import Events
+
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: seen.append((e.state.epoch, evaluator.state.best_metric)))
+    wf.run()
+    assert seen[0] == (3, pytest.approx(before["best"]["best_metric"]))  # only epoch 3 ran, best-so-far restored
+    after = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
+    assert after["trainer"]["iteration"] == 3 * after["trainer"]["epoch_length"]
+
+
+def test_time_budget_stops_cleanly_and_keeps_a_checkpoint(phantom, tmp_path):
+    wf = workflow(["train.json"], "train", tmp_path, datalist=str(phantom), **{**TINY, "epochs": 50, "time_limit_minutes": 0.001})
+    wf.initialize()
+    wf.run()
+    last = torch.load(tmp_path / "models" / "checkpoint_last.pt", weights_only=True)
+    assert last["trainer"]["iteration"] < 50 * last["trainer"]["epoch_length"]
+
+
+def test_mlflow_tracking_writes_a_local_run(phantom, tmp_path):
+    wf = workflow(["train.json"], "train", tmp_path, datalist=str(phantom), tracking="mlflow", **{**TINY, "epochs": 1})
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1 and {"train_loss", "val_mre", "val_sdr_2mm"} <= set(runs[0].data.metrics)
+    assert runs[0].data.metrics["val_mre"] > 0

@@ -1,0 +1,28 @@
+"""Zip the trained bundle for reuse at another site (``monai.bundle download`` / ``load``).
+
+    python scripts/package_bundle.py --bundle bundle --out dist
+    python -m monai.bundle download --name maht_net_cephalometric \
+        --url file://$PWD/dist/maht_net_cephalometric_v0.1.0.zip --bundle_dir ./bundles
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from maht_net.bundle_support import BUNDLE_NAME, package_bundle
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", default="bundle", help="trained bundle folder (with models/model.pt)")
+    parser.add_argument("--out", default="dist", help="output folder for the zip")
+    parser.add_argument("--name", default=BUNDLE_NAME)
+    parser.add_argument("--with-torchscript", action="store_true", help="also ship models/model.ts (export it first)")
+    args = parser.parse_args()
+    files = ("model.pt", "model.ts") if args.with_torchscript else ("model.pt",)
+    print(f"wrote {package_bundle(args.bundle, args.out, args.name, files)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
