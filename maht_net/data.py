@@ -18,7 +18,7 @@ from monai.transforms import Compose
 
 from .datalist import load_datalist
 from .transforms.intensity import CLAHEd, NormalizeXRayd, RandXRayIntensityd
-from .transforms.io import LoadXRayd
+from .transforms.io import LoadXRayd, unwrap_input_error
 from .transforms.spatial import LandmarkResizePadd, RandLandmarkAffineElasticd
 from .transforms.targets import PackLandmarksd
 
@@ -90,11 +90,19 @@ def landmark_dataset(
 ) -> Dataset:
     """A (cached) MONAI dataset over a datalist section; items keep only :data:`ITEM_KEYS`.
 
-    Every image path is checked first, so a missing file fails before training starts.
+    Every image path is checked first and every image is decoded while caching, so a missing
+    or unreadable file fails (as :class:`~maht_net.errors.InputError` naming it) before training
+    starts.
     """
     items: list[dict[str, Any]] = [
         {k: it[k] for k in ITEM_KEYS if k in it} for it in load_datalist(datalist, section, base_dir=base_dir, check_files=check_files)
     ]
-    if cache:
+    if not cache:
+        return Dataset(items, transform)
+    try:
         return CacheDataset(items, transform, cache_rate=1.0, num_workers=num_workers or None, progress=False)
-    return Dataset(items, transform)
+    except Exception as e:  # MONAI wraps transform errors; surface the file and the problem
+        err = unwrap_input_error(e)
+        if err is None:
+            raise
+        raise err from None

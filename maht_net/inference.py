@@ -20,12 +20,14 @@ import torch.nn as nn
 from monai.data import DataLoader, Dataset
 from monai.inferers import Inferer
 
+from .analysis import analyze_prediction
 from .data import evaluation_transforms
 from .engine import load_checkpoint_file
 from .errors import InputError
 from .io.image import IMAGE_SUFFIXES, load_xray
 from .io.predictions import build_prediction, write_prediction
 from .networks import create_network
+from .transforms.io import unwrap_input_error
 from .transforms.targets import DecodeLandmarksd
 from .visualize import save_overlay
 
@@ -85,7 +87,8 @@ def prediction_from_batch(batch: Mapping[str, Any], output: Mapping[str, Any], l
 
     ``batch`` holds the collated samples (``image`` MetaTensor with its meta, ``id``,
     ``orig_spacing``); ``output`` the ``pred_points``/``pred_spread``/``pred_confidence`` of
-    :class:`DecodeLandmarksd`, all in original pixels.
+    :class:`DecodeLandmarksd`, all in original pixels. Each document carries the cephalometric
+    measurements of :func:`maht_net.analysis.analyze_prediction` under ``"measurements"``.
     """
     points = torch.as_tensor(output["pred_points"]).detach().cpu().numpy()
     spread = torch.as_tensor(output["pred_spread"]).detach().cpu().numpy()
@@ -115,6 +118,7 @@ def prediction_from_batch(batch: Mapping[str, Any], output: Mapping[str, Any], l
                 origin=tuple(float(v) for v in np.asarray(origins[i])) if origins[i] is not None else (0.0, 0.0),
             )
         )
+        preds[-1]["measurements"] = analyze_prediction(preds[-1])
     return preds
 
 
@@ -213,7 +217,8 @@ class Predictor:
             InputError: an image cannot be read (the message names it).
         """
         preds = []
-        for batch in DataLoader(Dataset(image_items(items), self.transform), batch_size=self.batch_size, num_workers=0):
+        loader = DataLoader(Dataset(image_items(items), self.transform), batch_size=self.batch_size, num_workers=0)
+        for batch in _surface_input_errors(loader):
             image = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"]
             if isinstance(self.network, nn.Module):
                 self.network.eval()
@@ -246,6 +251,22 @@ def image_items(items: Iterable[str | os.PathLike | Mapping[str, Any]] | str | o
         d.setdefault("id", Path(d["image"]).name.split(".")[0])
         out.append(d)
     return out
+
+
+def _surface_input_errors(loader: Iterable) -> Iterable:
+    """Iterate ``loader``, re-raising a bad file's :class:`InputError` that MONAI wrapped."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as e:
+            err = unwrap_input_error(e)
+            if err is None:
+                raise
+            raise err from None
+        yield batch
 
 
 def _shift(x: torch.Tensor, dx: int, dy: int, fill: float = 0.0) -> torch.Tensor:

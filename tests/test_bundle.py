@@ -173,7 +173,9 @@ def test_bad_datalist_content_fails_before_training(phantom, tmp_path):
 
 
 def _chain(exc):
-    while exc is not None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
         yield exc
         exc = exc.__cause__ or exc.__context__
 
@@ -307,3 +309,41 @@ def test_mlflow_tracking_writes_a_local_run(phantom, tmp_path):
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert len(runs) == 1 and {"train_loss", "val_mre", "val_sdr_2mm"} <= set(runs[0].data.metrics)
     assert runs[0].data.metrics["val_mre"] > 0
+
+
+def test_torchscript_and_onnx_give_the_same_landmarks_as_eager(trained, phantom, tmp_path):
+    from maht_net.export import OnnxNetwork, export_onnx, export_torchscript
+    from maht_net.inference import Predictor, load_model
+
+    net, info = load_model(trained / "models" / "model.pt")
+    size = (info["input_size"][1], info["input_size"][0])
+    export_torchscript(net, tmp_path / "m.ts", size=size)
+    export_onnx(net, tmp_path / "m.onnx", size=size)
+    images = sorted((phantom.parent / "images").glob("*.png"))[:2]
+
+    def points(network):
+        return np.stack([np.array([[r["x"], r["y"]] for r in p["landmarks"]]) for p in Predictor(network, info).predict(images)])
+
+    eager = points(net)
+    for name, network in (("TorchScript", torch.jit.load(str(tmp_path / "m.ts"))), ("ONNX Runtime", OnnxNetwork(tmp_path / "m.onnx"))):
+        diff = float(np.abs(points(network) - eager).max())
+        print(f"{name} vs eager: max landmark difference {diff:.2e} px")
+        assert diff < 0.05
+
+
+def test_unreadable_image_fails_before_training(phantom, tmp_path):
+    doc = read_datalist(phantom)
+    bad_png = tmp_path / "corrupt.png"
+    bad_png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    doc["training"][0]["image"] = str(bad_png)
+    for item in doc["training"][1:] + doc["validation"] + doc["test"]:
+        item["image"] = str((phantom.parent / item["image"]).resolve())
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    wf = workflow(["train.json"], "train", tmp_path, datalist=str(bad), **TINY)
+    wf.initialize()
+    with pytest.raises(Exception) as err:
+        wf.run()
+    messages = [str(e) for e in _chain(err.value)]
+    assert any(isinstance(e, InputError) and str(bad_png) in str(e) for e in _chain(err.value)), messages[-1]
+    assert not (tmp_path / "models" / "checkpoint_last.pt").exists()

@@ -8,7 +8,8 @@ One image gives ``<id>_landmarks.json``::
      "landmarks": [{"index": 1, "name": "sella", "abbreviation": "S", "x": float, "y": float,
                     "x_mm": float | null, "y_mm": float | null,
                     "uncertainty_px": float | null, "uncertainty_mm": float | null,
-                    "confidence": float | null}, ...]}
+                    "confidence": float | null}, ...],
+     "measurements": {...}}   # optional: maht_net.analysis.analyze_prediction (SNA, ANB, ...)
 
 ``x``/``y`` are pixels of the original image (x = column, y = row, origin top-left pixel
 centre); a landmark that could not be placed has ``x = y = null``. Beside it,

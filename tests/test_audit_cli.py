@@ -1,0 +1,46 @@
+"""``maht-net audit`` and ``maht-net infer`` through the real CLI entry point."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from maht_net.cli import main
+from maht_net.datalist import make_item, write_datalist
+
+
+def test_audit_reports_problems_and_draws_the_mean_shape(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (120, 100), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        pts = rng.uniform(5, 90, (19, 2))
+        if i == 1:
+            pts[3] = np.nan
+        if i == 2:
+            pts[5] = [150.0, 40.0]  # outside the 100 px wide image
+        items.append(make_item(tmp_path / f"{i}.png", pts, (0.1, 0.1), str(i)))
+    items.append(make_item(tmp_path / "gone.png", rng.uniform(5, 90, (19, 2)), None, "gone"))
+    dl = write_datalist(tmp_path / "d.json", {"training": items[:3], "test": items[3:]})
+    code = main(["audit", str(dl), "--out-dir", str(tmp_path / "audit")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "sections: training=3, test=2" in out and "100x120 (4)" in out
+    assert "missing landmarks: 1 (porion=1)" in out
+    assert "2: supramentale at (150.0, 40.0) outside 100x120" in out
+    assert "gone.png: file not found" in out
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert report["images"] == 5 and (tmp_path / "audit" / "mean_shape.png").stat().st_size > 1000
+
+
+def test_audit_of_a_clean_datalist_exits_zero(tmp_path, capsys):
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "a.png")
+    dl = write_datalist(tmp_path / "d.json", {"training": [make_item(tmp_path / "a.png", np.full((19, 2), 10.0), None, "a")]})
+    assert main(["audit", str(dl)]) == 0
+    assert "problems: 0" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    assert main(["audit", str(tmp_path / "missing.json")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.json'}: datalist not found"

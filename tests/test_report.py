@@ -1,0 +1,133 @@
+"""The clinician report: self-contained HTML + PNG, the network explanation, the ``report``
+command, and a look at the page in a real (headless Chromium) browser when one is installed."""
+
+import re
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maht_net.engine import CheckpointInfo
+from maht_net.errors import InputError
+from maht_net.io.predictions import build_prediction, write_prediction
+from maht_net.networks import create_network
+from maht_net.report import DISCLAIMER, RADIUS_95, explain_landmarks, write_report
+
+from test_analysis import MEAN_SHAPE, _run_cli
+
+SCALE = 0.25  # a quarter-size film keeps rendering fast
+
+
+@pytest.fixture
+def prediction(tmp_path):
+    """A prediction document for a synthetic 335 x 418 film (mean Hamedan face, 0.508 mm/px)."""
+    h, w = 418, 335
+    yy, xx = np.mgrid[0:h, 0:w]
+    film = (np.clip(0.2 + 0.6 * np.exp(-(((xx - 200) / 120.0) ** 2 + ((yy - 250) / 170.0) ** 2)), 0, 1) * 255).astype(np.uint8)
+    image = tmp_path / "case.png"
+    Image.fromarray(film).save(image)
+    unc = np.full(19, 2.0)
+    unc[9] = 6.0  # gonion: 3 mm at 0.508 mm/px, above the 2 mm review threshold
+    pred = build_prediction(image, w, h, MEAN_SHAPE * SCALE, spacing=(0.508, 0.508), uncertainty_px=unc,
+                            confidence=np.full(19, 0.9), item_id="case")
+    return write_prediction(pred, tmp_path / "pred", formats=("json",))["json"]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained maht_net_small in the bundle checkpoint format."""
+    torch.manual_seed(0)
+    net = create_network("maht_net_small", num_landmarks=19)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    info = CheckpointInfo(network="maht_net_small", input_size=(64, 96)).state_dict()
+    torch.save({"model": net.state_dict(), "info": info}, path)
+    return path
+
+
+def test_report_is_self_contained_with_table_flags_and_disclaimer(prediction, tmp_path):
+    paths = write_report(prediction, tmp_path / "out" / "report.html", n_samples=300)
+    text = paths["html"].read_text(encoding="utf-8")
+    assert paths["png"] == tmp_path / "out" / "report.png"
+    with Image.open(paths["png"]) as im:
+        assert im.format == "PNG" and max(im.size) == 1200
+    assert text.count(DISCLAIMER) == 2 and "Research use only" in text
+    assert re.search(r"<img[^>]+src='data:image/png;base64,", text) or re.search(r'<img[^>]+src="data:image/png;base64,', text)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|file:|//)""", text) and "<script" not in text.lower()
+    for name in ("SNA", "SNB", "ANB", "ODI", "APDI", "FHI", "FMA", "MW", "gonial_angle", "UL-SnPog'"):
+        assert f"<b>{name}</b>" in text.replace("&#x27;", "'")
+    assert "REVIEW" in text and "landmark gonion uncertain" in text  # the flagged landmark and its measurements
+    assert "needs pronasale" in text  # E-line unavailable with the ISBI set, said so
+    assert "0.508 x 0.508 mm/px" in text and "Skeletal class" in text
+    assert paths["analysis"]["landmarks"][9]["needs_review"]
+
+
+def test_report_without_spacing_says_distances_are_pixels(prediction, tmp_path):
+    import json
+
+    doc = json.loads(prediction.read_text())
+    doc["spacing"] = None
+    for r in doc["landmarks"]:
+        r["uncertainty_mm"] = None
+    text = write_report(doc, tmp_path / "r.html", n_samples=100)["html"].read_text()
+    assert "unknown: distances in pixels" in text and "no pixel spacing" in text
+
+
+def test_report_refuses_a_missing_or_mismatched_image(prediction, tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        write_report(prediction, tmp_path / "r.html", image=tmp_path / "nope.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(InputError, match="prediction is for 335x418"):
+        write_report(prediction, tmp_path / "r.html", image=tmp_path / "small.png")
+
+
+def test_uncertainty_circle_radius_is_the_95_percent_radius():
+    rng = np.random.default_rng(0)
+    rms = 3.0
+    pts = rng.standard_normal((200000, 2)) * rms / np.sqrt(2)
+    assert np.mean(np.linalg.norm(pts, axis=1) <= RADIUS_95 * rms) == pytest.approx(0.95, abs=0.005)
+
+
+def test_explanation_renders_heatmaps_and_gate_attention(prediction, tiny_checkpoint, tmp_path):
+    image = prediction.parent.parent / "case.png"
+    result = explain_landmarks(tiny_checkpoint, image, tmp_path / "explain.png")
+    assert result["path"].is_file() and result["png"][:4] == b"\x89PNG"
+    assert result["heatmaps"].shape == (19, 24, 16)  # input (W, H) = (64, 96) at stride 4
+    np.testing.assert_allclose(result["heatmaps"].reshape(19, -1).sum(1), 1.0, rtol=1e-5)
+    assert len(result["gates"]) == 3 and all(((g >= 0) & (g <= 1)).all() for g in result["gates"])
+    assert result["transformer"].shape == (3, 2)
+    x0, x1, y1, y0 = result["extent"]
+    assert ((result["points"][:, 0] >= x0) & (result["points"][:, 0] <= x1)).all()
+    assert ((result["points"][:, 1] >= y0) & (result["points"][:, 1] <= y1)).all()
+
+
+def test_report_command_with_explanation(prediction, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "cli" / "report.html"
+    argv = ["report", str(prediction), "--out", str(out), "--explain", "--checkpoint", str(tiny_checkpoint), "--samples", "200"]
+    assert _run_cli(argv) == 0
+    text = out.read_text()
+    assert "Explanation (network heatmaps and attention)" in text and text.count("data:image/png;base64,") == 2
+    assert (tmp_path / "cli" / "report_explain.png").is_file()
+    assert "skeletal class:" in capsys.readouterr().out
+    assert _run_cli(["report", str(tmp_path / "none_landmarks.json"), "--out", str(out)]) == 2
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(prediction, tmp_path):
+    html = write_report(prediction, tmp_path / "report.html", n_samples=200)["html"]
+    shot = tmp_path / "shot.png"
+    cmd = [
+        "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}",
+        f"--screenshot={shot}", "--window-size=1200,1600", html.resolve().as_uri(),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    with Image.open(shot) as im:
+        assert im.size == (1200, 1600)
+        gray = np.asarray(im.convert("L"), dtype=float)
+    assert gray.std() > 20  # not a blank page
+    banner = np.asarray(Image.open(shot).convert("RGB"))[:200].reshape(-1, 3).astype(int)
+    assert ((banner[:, 0] > 150) & (banner[:, 1] < 40) & (banner[:, 2] < 60)).sum() > 5000  # the red disclaimer is on top
