@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 DECODERS = ("argmax", "soft_argmax", "dark")
+SPREAD_FLOOR = 0.05
+"""Fraction of the peak below which probability mass is ignored by the decoded spread."""
 
 
 def gaussian_heatmaps(
@@ -225,15 +227,18 @@ def decode_logits(
 
     Returns:
         :class:`DecodedLandmarks` in input pixels (``x_in = (x_h + 0.5) * stride - 0.5``):
-        ``spread`` = radial standard deviation of ``p`` around the point; ``confidence`` = mass
-        of ``p`` within ``confidence_radius`` input pixels of the point.
+        ``spread`` = radial standard deviation of ``p`` around the point, counting only pixels
+        above :data:`SPREAD_FLOOR` of the peak (the softmax puts a little mass on every pixel of
+        the film, and that far-away floor would otherwise make the spread nearly the same for
+        every landmark); ``confidence`` = mass of ``p`` within ``confidence_radius`` input pixels
+        of the point.
     """
     lg, _ = _as_batch(logits.detach().float())
     b, n, h, w = lg.shape
     heat = torch.exp(lg - lg.reshape(b, n, -1).amax(-1)[..., None, None])
     decoded = decode_heatmaps(heat, method=method)
     prob = torch.softmax(lg.reshape(b, n, -1), -1).reshape(b, n, h, w)
-    spread = heatmap_spread(prob, decoded.points, floor=None) * stride
+    spread = heatmap_spread(prob, decoded.points, floor=SPREAD_FLOOR) * stride
     xs = torch.arange(w, dtype=prob.dtype, device=prob.device)
     ys = torch.arange(h, dtype=prob.dtype, device=prob.device)
     d2 = (xs - decoded.points[..., 0:1])[..., None, :] ** 2 + (ys - decoded.points[..., 1:2])[..., :, None] ** 2

@@ -99,8 +99,10 @@ def test_decode_logits_maps_to_input_pixels_with_uncertainty():
     logits = torch.log(hm.clamp_min(1e-8))[None]  # an ideal log-heatmap
     out = decode_logits(logits, stride=stride)
     assert np.abs(out.points[0].numpy() - pts).max() < 0.1
-    # softmax(log g) = normalised Gaussian of std sigma/stride: radial std sqrt(2) * sigma in input px
-    np.testing.assert_allclose(out.spread[0].numpy(), np.sqrt(2) * sigma, rtol=0.05)
+    # softmax(log g) = normalised Gaussian of std sigma; its radial spread truncated at 5 % of the
+    # peak is sqrt(2 (1 - (1 + a) e^-a) / (1 - e^-a)) * sigma with a = ln 20
+    a = np.log(20.0)
+    np.testing.assert_allclose(out.spread[0].numpy(), np.sqrt(2 * (1 - (1 + a) / 20) / 0.95) * sigma, rtol=0.05)
     sharp = decode_logits(logits * 4, stride=stride)
     assert (sharp.spread < out.spread).all() and (sharp.confidence > out.confidence).all()
     assert ((out.confidence > 0) & (out.confidence <= 1)).all()
