@@ -347,3 +347,22 @@ def test_unreadable_image_fails_before_training(phantom, tmp_path):
     messages = [str(e) for e in _chain(err.value)]
     assert any(isinstance(e, InputError) and str(bad_png) in str(e) for e in _chain(err.value)), messages[-1]
     assert not (tmp_path / "models" / "checkpoint_last.pt").exists()
+
+
+def test_maht_net_infer_cli_pytorch_and_onnx(trained, phantom, tmp_path, capsys):
+    from maht_net.cli import main
+
+    image = sorted((phantom.parent / "images").glob("*.png"))[0]
+    assert main(["infer", "--bundle", str(trained), "--input", str(image), "--out", str(tmp_path / "pt"), "--spacing", "0.3"]) == 0
+    assert main(["export", "--bundle", str(trained), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert main(["infer", "--bundle", str(trained), "--input", str(image), "--out", str(tmp_path / "ort"), "--onnx", str(tmp_path / "m.onnx"), "--no-overlay"]) == 0
+    pt = json.loads((tmp_path / "pt" / f"{image.stem}_landmarks.json").read_text())
+    ort = json.loads((tmp_path / "ort" / f"{image.stem}_landmarks.json").read_text())
+    diff = max(abs(a[k] - b[k]) for a, b in zip(pt["landmarks"], ort["landmarks"]) for k in ("x", "y"))
+    assert diff < 0.05 and pt["landmarks"][0]["uncertainty_mm"] is not None and "SNA" in json.dumps(pt["measurements"])
+    assert (tmp_path / "pt" / f"{image.stem}_overlay.png").is_file() and not (tmp_path / "ort" / f"{image.stem}_overlay.png").exists()
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert main(["infer", "--bundle", str(trained), "--input", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert f"{bad}: not a readable image" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
