@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo test test-slow install freeze clean
+.PHONY: demo test test-slow install freeze clean serve
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,16 @@ freeze: $(STAMP)
 
 clean:
 	rm -rf runs dist .pytest_cache
+
+# MONAI Label server for 3D Slicer / OHIF on a folder of cephalograms: make serve STUDIES=DIR
+STUDIES ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
+BUNDLE ?= bundle
+SERVE_CONF ?=
+
+serve: $(STAMP)
+	@test -n "$(STUDIES)" || { echo "usage: make serve STUDIES=/path/to/cephalograms [PORT=8000] [HOST=127.0.0.1] [BUNDLE=bundle] [SERVE_CONF='--conf default_spacing 0.1']" >&2; exit 2; }
+	@test -d "$(STUDIES)" || { echo "STUDIES=$(STUDIES) is not a folder" >&2; exit 2; }
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m monailabel.main start_server --app monailabel_app \
+		--studies "$(STUDIES)" --host $(HOST) --port $(PORT) --conf bundle $(BUNDLE) --conf zoo_source local $(SERVE_CONF)

@@ -212,7 +212,9 @@ class TimeBudgetHandler:
 class CheckpointInfo:
     """Everything inference needs besides the weights, saved in each checkpoint (``"info"``).
 
-    Plain types only, so ``torch.load(weights_only=True)`` reads it.
+    Plain types only, so ``torch.load(weights_only=True)`` reads it. When ``network_module`` is
+    given, its run-time switches (``use_transformer``, which the progressive schedule flips) are
+    recorded at save time, so a model saved during stage 1 is rebuilt without the bottleneck.
     """
 
     def __init__(
@@ -226,7 +228,9 @@ class CheckpointInfo:
         sigma: float = 2.0,
         decoder: str = "dark",
         stride: int = 4,
+        network_module: nn.Module | None = None,
     ) -> None:
+        self.network_module = getattr(network_module, "module", network_module)
         self.data: dict[str, Any] = {
             "network": network,
             "network_kwargs": dict(network_kwargs or {}),
@@ -242,7 +246,10 @@ class CheckpointInfo:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return dict(self.data)
+        data = dict(self.data, network_kwargs=dict(self.data["network_kwargs"]))
+        if self.network_module is not None and hasattr(self.network_module, "use_transformer"):
+            data["network_kwargs"]["use_transformer"] = bool(self.network_module.use_transformer)
+        return data
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.data = dict(state)

@@ -366,3 +366,13 @@ def test_maht_net_infer_cli_pytorch_and_onnx(trained, phantom, tmp_path, capsys)
     assert main(["infer", "--bundle", str(trained), "--input", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert f"{bad}: not a readable image" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_checkpoint_saved_in_stage_one_rebuilds_without_the_transformer(phantom, tmp_path):
+    from maht_net.inference import load_model
+
+    wf = workflow(["train.json"], "train", tmp_path, datalist=str(phantom), **{**TINY, "epochs": 1, "stage_epochs": [5, 1]})
+    wf.initialize()
+    wf.run()
+    net, info = load_model(tmp_path / "models" / "model.pt")
+    assert info["network_kwargs"]["use_transformer"] is False and net.use_transformer is False

@@ -1,0 +1,155 @@
+"""MONAI Label app for MAHT-Net cephalometric landmark detection.
+
+Start (see ``README.md`` beside this file)::
+
+    monailabel start_server --app monailabel_app --studies DIR --host 127.0.0.1 --port 8000 \\
+        --conf bundle bundle --conf default_spacing 0.1
+
+- infer model ``maht_net``: disc label map (or Slicer markups) + the 19 landmarks as JSON;
+- labels: corrected disc label maps, markups or landmark JSON, validated and stored as coordinates;
+- training ``maht_net``: fine-tunes the bundle's ``train.json`` on all ``final`` labels;
+- scoring ``maht_uncertainty`` + strategy ``maht_uncertainty`` (most uncertain first), ``random``, ``first``.
+
+Works offline (no model zoo), serves the bundle's ``models/model.pt`` (reloaded when it changes)
+and keeps MONAI Label's authentication settings as they are.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+from typing import Any
+
+from lib.config import AppConfig
+from lib.datastore import LandmarkDatastore
+from lib.errors import http_error
+from lib.infers.landmarks import LandmarkInferTask
+from lib.model import ModelStore
+from lib.scoring.uncertainty import LandmarkUncertaintyScoring
+from lib.trainers.landmarks import LandmarkTrainTask
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.tasks.activelearning.epistemic import Epistemic
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
+from maht_net.active_learning import UNCERTAINTY_KEY
+from maht_net.labels import default_disc_radius, label_names
+
+logger = logging.getLogger(__name__)
+
+MODEL = "maht_net"
+
+
+class MAHTNetApp(MONAILabelApp):
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, Any]) -> None:
+        self.cfg = AppConfig.from_conf(conf, app_dir)
+        self.models = ModelStore(self.cfg.model, self.cfg.torch_device)
+        logger.info("MAHT-Net app: bundle %s, model %s (%s)", self.cfg.bundle, self.cfg.model,
+                    "present" if self.models.exists() else "not trained yet")
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="MAHT-Net cephalometric landmarks",
+            description="19 cephalometric landmarks on lateral skull X-rays, with uncertainty-driven active learning",
+            version="0.1.0",
+            labels=label_names("isbi2015"),
+        )
+
+    # ------------------------------------------------------------------ tasks
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            # DICOMweb (e.g. Orthanc), XNAT, DSA: MONAI Label's own datastore, used read-only
+            # (DX/CR films cannot be saved back as DICOM SEG)
+            remote = super().init_datastore()
+
+            def read_only(image_id, label_filename, label_tag, label_info, *args, **kwargs):
+                raise http_error(409, "this server reads its films from a remote store (read-only): submit labels to a server on a local studies folder")
+
+            remote.save_label = read_only
+            return remote
+        return LandmarkDatastore(
+            self.studies,
+            landmark_set=lambda: self.models.landmark_set,
+            disc_radius=(lambda w, h: self.cfg.disc_radius) if self.cfg.disc_radius else default_disc_radius,
+            extensions=self.cfg.extensions,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self):
+        return {MODEL: LandmarkInferTask(self.cfg, self.models)}
+
+    def init_trainers(self):
+        return {MODEL: LandmarkTrainTask(self.cfg, self.models)}
+
+    def init_strategies(self):
+        return {
+            UNCERTAINTY_KEY: Epistemic(key=UNCERTAINTY_KEY, desc="Unlabeled image with the highest mean landmark uncertainty (run scoring first)"),
+            "random": Random(),
+            "first": First(),
+        }
+
+    def init_scoring_methods(self):
+        return {UNCERTAINTY_KEY: LandmarkUncertaintyScoring(self.cfg, self.models)}
+
+    def _download_dcmqi_tools(self) -> None:
+        """Offline by design: never download dcmqi (MONAI Label fetches it from GitHub for DICOMweb
+        studies). Without ``itkimage2segimage`` on PATH, saving DICOM SEG back is unavailable; DX
+        films cannot be saved as SEG anyway (no image position), so the DICOMweb path is read-only."""
+        import shutil
+
+        if not shutil.which("itkimage2segimage"):
+            logger.warning("dcmqi (itkimage2segimage) not found: DICOM SEG export to the DICOMweb server is unavailable")
+
+    # ------------------------------------------------------------------ requests
+    def info(self) -> dict[str, Any]:
+        meta = super().info()
+        meta["model_version"] = self.models.version()
+        meta["bundle"] = str(self.cfg.bundle)
+        return meta
+
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """Infer on a datastore image (by id) or an uploaded file; anything else is a 4xx."""
+        model = request.get("model")
+        task = self._infers.get(model) if isinstance(model, str) else None
+        if task is None:
+            raise http_error(404, f"no model {model!r}; available: {', '.join(self._infers)}")
+        datastore = datastore or self.datastore()
+        request = copy.deepcopy(request)
+        request["description"] = task.description
+        image = request.get("image")
+        if not isinstance(image, str) or not image:
+            raise http_error(400, "no image id given")
+        if _is_upload(image):
+            image_id = None
+            request["save_label"] = False
+        elif isinstance(datastore, LandmarkDatastore) and datastore.has_image(image):
+            image_id = image
+            request["image"] = datastore.get_image_uri(image)
+        elif not isinstance(datastore, LandmarkDatastore) and image in datastore.list_images():
+            image_id = image  # remote datastore (DICOMweb): the series is fetched into its cache
+            request["image"] = datastore.get_image_uri(image)
+        else:
+            raise http_error(404, f"image {image!r} not found in the datastore")
+        request["image_id"] = image_id or os.path.basename(request["image"]).split(".")[0]
+        result_file, result_json = task(request)
+        label_id = result_file
+        if image_id is not None and str(request.get("save_label", "false")).lower() == "true" and result_file:
+            tag = request.get("label_tag", DefaultLabelTag.ORIGINAL)
+            label_id = datastore.save_label(image_id, result_file, tag, {"model": model, "params": {"landmarks": result_json["landmarks"]}})
+        return {"label": label_id, "tag": DefaultLabelTag.ORIGINAL, "file": result_file, "params": result_json}
+
+
+def _is_upload(path: str) -> bool:
+    """A file the infer endpoint saved from an upload (``tempfile.NamedTemporaryFile`` in the temp folder)."""
+    real = os.path.realpath(path)
+    return (
+        os.path.isfile(real)
+        and os.path.dirname(real) == os.path.realpath(tempfile.gettempdir())
+        and os.path.basename(real).startswith("tmp")
+    )

@@ -1,0 +1,610 @@
+"""The MONAI Label app, checked through a real server and MONAI Label's own client.
+
+A module fixture trains a tiny bundle (the real ``train.json`` through ``ConfigWorkflow``, as in
+``test_bundle.py``), writes a studies folder of phantom cephalograms (PNG, plus one NRRD with
+spacing and origin and one DICOM DX with ImagerPixelSpacing), and starts ``monailabel
+start_server`` on 127.0.0.1 with a free port in its own process group. The tests then talk to it
+only through :class:`monailabel.client.MONAILabelClient` (and its HTTP helper for the scoring
+endpoint, which the client has no method for).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("monailabel")
+itk = pytest.importorskip("itk")
+
+from monailabel.client import MONAILabelClient  # noqa: E402
+from monailabel.client.client import MONAILabelClientException, MONAILabelUtils  # noqa: E402
+
+from maht_net.datalist import load_datalist  # noqa: E402
+from maht_net.landmarks import ISBI2015  # noqa: E402
+from maht_net.phantom import make_phantom_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "monailabel_app"
+CONFIGS = REPO / "bundle" / "configs"
+TINY = {
+    "input_size": [64, 96],
+    "batch_size": 4,
+    "epochs": 2,
+    "stage_epochs": [1, 1],
+    "progress_bar": False,
+    "num_workers": 0,
+    "network_kwargs": {"encoder": "efficientnet_b0", "decoder_channels": 32, "transformer_dim": 64, "transformer_depth": 1, "transformer_heads": 4},
+}
+SCORING_MC = 2
+NRRD_ID, DICOM_ID = "phantom_0005", "phantom_0006"
+BROKEN_ID = "zz_broken"
+NRRD_ORIGIN = (12.5, -30.0)
+DICOM_SPACING = (0.5, 0.6)  # (sx, sy); the DICOM tag stores (row, column) = (sy, sx)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom")
+    datalist = make_phantom_dataset(root, n=8, size=(256, 320))
+    items = load_datalist(datalist, ["training", "validation", "test"])
+    return {"datalist": datalist, "items": {it["id"]: it for it in items}}
+
+
+@pytest.fixture(scope="module")
+def bundle_root(phantom, tmp_path_factory):
+    """A bundle folder (configs copied from the repository) with a tiny trained models/model.pt."""
+    from monai.bundle import ConfigWorkflow
+
+    root = tmp_path_factory.mktemp("bundle")
+    shutil.copytree(CONFIGS, root / "configs")
+    wf = ConfigWorkflow(
+        config_file=str(root / "configs" / "train.json"),
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=str(root / "configs" / "logging.conf"),
+        workflow_type="train",
+        bundle_root=str(root),
+        datalist=str(phantom["datalist"]),
+        **TINY,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    assert (root / "models" / "model.pt").is_file()
+    return root
+
+
+def _write_dicom(path: Path, pixels: np.ndarray, spacing_xy) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray for presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID = "DX", "PHANTOM"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = pixels.astype(np.uint8).tobytes()
+    ds.ImagerPixelSpacing = [spacing_xy[1], spacing_xy[0]]
+    ds.save_as(str(path), write_like_original=False)
+
+
+@pytest.fixture(scope="module")
+def studies(phantom, tmp_path_factory):
+    """Studies folder: PNGs, one NRRD (phantom spacing, shifted origin), one DICOM DX."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("studies")
+    truth = {}
+    for image_id, item in phantom["items"].items():
+        src = Path(item["image"])
+        pixels = np.asarray(Image.open(src))
+        if image_id == NRRD_ID:
+            img = itk.image_from_array(pixels)
+            img.SetSpacing(list(item["spacing"]))
+            img.SetOrigin(list(NRRD_ORIGIN))
+            itk.imwrite(img, str(folder / f"{image_id}.nrrd"))
+        elif image_id == DICOM_ID:
+            _write_dicom(folder / f"{image_id}.dcm", pixels, DICOM_SPACING)
+        else:
+            shutil.copy(src, folder / src.name)
+        truth[image_id] = item["landmarks"]
+    (folder / f"{BROKEN_ID}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"truncated" * 20)  # a film nobody can read
+    return {"folder": folder, "truth": truth, "spacing": phantom["items"]["phantom_0000"]["spacing"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(cmd, log: Path, **kwargs) -> subprocess.Popen:
+    """A process in its own group (so ``_stop`` ends it with its children), output to ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(bundle_root, studies, tmp_path_factory):
+    """``monailabel start_server`` in a subprocess; yields ``(url, client, info)``; killed at the end."""
+    app = tmp_path_factory.mktemp("app") / "monailabel_app"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model", "bin"))
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        MONAI_LABEL_AUTO_UPDATE_SCORING="false",
+        MONAI_LABEL_SESSIONS="false",
+        MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
+        PYTHONPATH=str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
+    )
+    sx = studies["spacing"][0]
+    cmd = [
+        sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies["folder"]),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--conf", "bundle", str(bundle_root), "--conf", "default_spacing", str(sx),
+        "--conf", "scoring_mc_samples", str(SCORING_MC), "--conf", "scoring_tta", "true",
+        "--conf", "train_epochs", "1", "--conf", "zoo_source", "local",
+    ]
+    log = app.parent / "server.log"
+    proc = _start(cmd, log, env=env, cwd=str(app.parent))
+    url = f"http://127.0.0.1:{port}"
+    client = MONAILabelClient(url, tmpdir=str(tmp_path_factory.mktemp("client")))
+    try:
+        deadline = time.time() + 180
+        info = None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                info = client.info()
+                break
+            except (OSError, MONAILabelClientException):
+                time.sleep(1)
+        if info is None:
+            pytest.fail(f"server did not start:\n{log.read_text()[-4000:]}")
+        yield {"url": url, "client": client, "info": info, "proc": proc, "log": log, "bundle": bundle_root}
+    finally:
+        _stop(proc)
+
+
+def _error(call, *args, **kwargs) -> tuple[int, str]:
+    """Status and message of a request that must fail."""
+    with pytest.raises(MONAILabelClientException) as err:
+        call(*args, **kwargs)
+    msg = err.value.msg
+    status = int(msg.split("Status: ")[1].split(";")[0])
+    return status, msg
+
+
+def _image_geometry(path: Path):
+    img = itk.imread(str(path))
+    size = tuple(int(s) for s in img.GetLargestPossibleRegion().GetSize())
+    return img, size[:2], tuple(img.GetSpacing())[:2], tuple(img.GetOrigin())[:2]
+
+
+def _study_file(studies, image_id: str) -> Path:
+    return next(p for p in studies["folder"].iterdir() if p.name.split(".")[0] == image_id and p.is_file())
+
+
+def _final_labels(client) -> dict:
+    return {k: v["labels"]["final"] for k, v in client.datastore()["objects"].items() if "final" in v["labels"]}
+
+
+# --------------------------------------------------------------------------- conversions (no server)
+
+
+def test_label_map_round_trip_through_physical_space(tmp_path):
+    """A disc map written on an oblique, anisotropic grid and read back against the image's
+    geometry gives the landmarks back; Slicer's segment list (label_info) renames values."""
+    from maht_net.labels import ImageGeometry, read_landmark_label, render_label_map, viewer_markups, write_label_map
+
+    rng = np.random.default_rng(0)
+    points = np.stack([rng.choice(np.arange(4, 96, 4), 19, replace=False), rng.choice(np.arange(4, 76, 3), 19, replace=False)], 1).astype(float)
+    c, s = np.cos(0.3), np.sin(0.3)
+    geom = ImageGeometry(100, 80, (0.2, 0.3, 1.0), (5.0, -7.0, 2.0), ((c, -s, 0.0), (s, c, 0.0), (0.0, 0.0, 1.0)))
+    label = render_label_map(points, 100, 80, radius=1)
+    assert set(np.unique(label)) == set(range(20))
+    write_label_map(tmp_path / "l.nii.gz", label, geom)
+    back, kind = read_landmark_label(tmp_path / "l.nii.gz", geom)
+    assert kind == "labelmap"
+    np.testing.assert_allclose(back, points, atol=1e-4)
+    # values renumbered by the viewer: value 1 is "articulare", value 19 is "sella"
+    renamed = np.where(label > 0, 20 - label, 0).astype(np.uint8)
+    write_label_map(tmp_path / "r.nrrd", renamed, geom)
+    info = [{"name": name, "idx": 19 - k} for k, name in enumerate(ISBI2015.names)]
+    back, _ = read_landmark_label(tmp_path / "r.nrrd", geom, label_info=info)
+    np.testing.assert_allclose(back, points, atol=1e-4)
+    # markups positions use the same geometry and read back to the same pixels
+    pred = {"id": "x", "spacing": [0.2, 0.3], "origin": [0, 0], "landmarks": [
+        {"index": k + 1, "name": n, "x": float(x), "y": float(y), "uncertainty_mm": None} for k, (n, (x, y)) in enumerate(zip(ISBI2015.names, points))]}
+    (tmp_path / "m.mrk.json").write_text(json.dumps(viewer_markups(pred, geom)))
+    back, kind = read_landmark_label(tmp_path / "m.mrk.json", geom)
+    assert kind == "markups"
+    np.testing.assert_allclose(back, points, atol=1e-6)
+
+
+def test_discs_keep_every_landmark_when_centres_coincide():
+    from maht_net.labels import label_map_landmarks, render_label_map
+
+    points = np.full((19, 2), 20.0)
+    label = render_label_map(points, 64, 48, radius=3)
+    assert set(np.unique(label)) == set(range(20))
+    centroids = label_map_landmarks(label, {k + 1: k for k in range(19)}, 19)
+    assert np.all(np.linalg.norm(centroids - 20.0, axis=1) < 4)
+
+
+# --------------------------------------------------------------------------- info / infer
+
+
+def test_info_lists_model_labels_strategies_scoring(server):
+    info = server["client"].info()
+    model = info["models"]["maht_net"]
+    assert model["type"] == "segmentation" and model["dimension"] == 2
+    assert list(model["labels"]) == ISBI2015.names and list(model["labels"].values()) == list(range(1, 20))
+    assert list(info["labels"]) == ISBI2015.names
+    assert {"maht_uncertainty", "random", "first"} <= set(info["strategies"])
+    assert "maht_uncertainty" in info["scoring"] and "maht_net" in info["trainers"]
+    assert info["datastore"]["total"] == 9  # 8 phantoms + 1 unreadable file
+    assert info["model_version"]["sha256"] and model["model_version"]["path"].endswith("model.pt")
+
+
+@pytest.mark.parametrize("image_id", ["phantom_0000", NRRD_ID, DICOM_ID])
+def test_infer_label_map_overlays_the_image(server, studies, image_id):
+    client = server["client"]
+    result, params = client.infer("maht_net", image_id, {})
+    assert result.endswith(".nrrd")
+    label = itk.imread(result)
+    array = itk.array_from_image(label)
+    _, size, spacing, origin = _image_geometry(_study_file(studies, image_id))
+    assert array.shape == (1, size[1], size[0])  # one slice of H x W
+    np.testing.assert_allclose(tuple(label.GetSpacing())[:2], spacing, rtol=1e-6)
+    np.testing.assert_allclose(tuple(label.GetOrigin())[:2], origin, atol=1e-6)
+    if image_id == NRRD_ID:
+        np.testing.assert_allclose(spacing, studies["spacing"], rtol=1e-6)
+        np.testing.assert_allclose(origin, NRRD_ORIGIN)
+    if image_id == DICOM_ID:
+        np.testing.assert_allclose(spacing, DICOM_SPACING, rtol=1e-6)
+    assert set(np.unique(array)) == set(range(20))  # background + one disc per landmark
+    assert params["label_names"] == {name: k + 1 for k, name in enumerate(ISBI2015.names)}
+    rows = params["landmarks"]
+    assert [r["name"] for r in rows] == ISBI2015.names
+    w, h = params["width"], params["height"]
+    assert (w, h) == size
+    for r in rows:
+        assert -0.5 <= r["x"] <= w - 0.5 and -0.5 <= r["y"] <= h - 0.5
+        assert r["uncertainty_mm"] is not None and r["confidence"] is not None
+    sx, sy = params["spacing"]
+    expected = {"phantom_0000": studies["spacing"], NRRD_ID: studies["spacing"], DICOM_ID: DICOM_SPACING}[image_id]
+    np.testing.assert_allclose((sx, sy), expected, rtol=1e-6)
+    x0, y0 = params["origin"]
+    np.testing.assert_allclose(rows[0]["x_mm"], x0 + rows[0]["x"] * sx, rtol=1e-9)
+
+
+def test_infer_markups_for_slicer(server, studies):
+    result, params = server["client"].infer("maht_net", NRRD_ID, {"result_extension": ".json"})
+    assert result.endswith(".json")
+    doc = json.loads(Path(result).read_text())
+    assert doc["@schema"].endswith("markups-schema-v1.0.3.json#")
+    (markup,) = doc["markups"]
+    assert markup["type"] == "Fiducial" and markup["coordinateSystem"] == "LPS" and markup["coordinateUnits"] == "mm"
+    points = markup["controlPoints"]
+    assert [p["label"] for p in points] == ISBI2015.names
+    sx, sy = studies["spacing"]
+    for p, r in zip(points, params["landmarks"]):
+        assert p["positionStatus"] == "defined" and len(p["position"]) == 3
+        # where Slicer puts pixel (x, y) of this NRRD: origin + (x sx, y sy)
+        np.testing.assert_allclose(p["position"][:2], [NRRD_ORIGIN[0] + r["x"] * sx, NRRD_ORIGIN[1] + r["y"] * sy], atol=1e-6)
+    # the conf/request switch gives the same file type
+    result2, _ = server["client"].infer("maht_net", "phantom_0000", {"output": "markups"})
+    assert result2.endswith(".mrk.json")
+
+
+def test_infer_on_an_uploaded_file(server, phantom):
+    """A film sent with the request (not in the datastore) is inferred and not stored."""
+    image = phantom["items"]["phantom_0003"]["image"]
+    result, params = server["client"].infer("maht_net", "", {}, file=image)
+    assert params["width"] == 256 and params["height"] == 320 and len(params["landmarks"]) == 19
+    assert itk.array_from_image(itk.imread(result)).shape == (1, 320, 256)
+    assert server["client"].info()["datastore"]["total"] == 9
+
+
+def test_bad_requests_answer_4xx_and_the_server_lives(server, studies):
+    client = server["client"]
+    for image in ("no_such_image", "../../etc/passwd", "/etc/passwd", str(_study_file(studies, "phantom_0000"))):
+        status, msg = _error(client.infer, "maht_net", image, {})
+        assert status == 404 and "not found" in msg, msg
+    status, msg = _error(client.infer, "nope", "phantom_0000", {})
+    assert status == 404 and "no model 'nope'" in msg
+    status, msg = _error(client.infer, "maht_net", "phantom_0000", {"result_extension": ".exe"})
+    assert status == 400 and "result_extension" in msg
+    status, msg = _error(client.infer, "maht_net", BROKEN_ID, {})
+    assert status == 422 and BROKEN_ID in msg, msg
+    image = str(_study_file(studies, "phantom_0000"))
+    status, msg = _error(client.upload_image, image, image_id="../../escaped")
+    assert status == 400 and "invalid image id" in msg
+    status, msg = _error(client.upload_image, str(_study_file(studies, BROKEN_ID)), image_id="another")
+    assert status == 400 and "image rejected" in msg
+    assert not (studies["folder"].parent.parent / "escaped.png").exists()
+    assert server["proc"].poll() is None and client.info()["datastore"]["total"] == 9
+
+
+def test_no_model_gives_a_clear_error(server):
+    model = Path(server["bundle"]) / "models" / "model.pt"
+    aside = model.with_name("model.pt.aside")
+    os.replace(model, aside)
+    try:
+        status, msg = _error(server["client"].infer, "maht_net", "phantom_0000", {})
+        assert status == 409 and "no trained model yet: run training" in msg, msg
+    finally:
+        os.replace(aside, model)
+    server["client"].infer("maht_net", "phantom_0000", {})  # back again, no restart
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _disc_map_like(image_path: Path, points: np.ndarray, out: Path, values=None, radius: int = 3) -> Path:
+    """A Slicer-style disc label map (value k = landmark k) on the image's grid."""
+    img, (w, h), _, _ = _image_geometry(image_path)
+    label = np.zeros((1, h, w), np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for k, (x, y) in enumerate(points):
+        label[0][(xx - x) ** 2 + (yy - y) ** 2 <= radius**2] = (values or {}).get(k + 1, k + 1)
+    out_img = itk.image_from_array(label)
+    out_img.SetSpacing(list(img.GetSpacing()) + [1.0] * (3 - img.GetImageDimension()))
+    out_img.SetOrigin(list(img.GetOrigin()) + [0.0] * (3 - img.GetImageDimension()))
+    itk.imwrite(out_img, str(out))
+    return out
+
+
+def test_save_disc_label_map(server, studies, tmp_path):
+    client, image_id = server["client"], "phantom_0000"  # landmarks >= 8.9 px apart: radius-3 discs do not touch
+    truth = np.round(studies["truth"][image_id])  # integer centres: the disc's centroid is exact
+    path = _disc_map_like(_study_file(studies, image_id), truth, tmp_path / "label.nrrd")
+    assert client.save_label(image_id, str(path), tag="final")["label"] == image_id
+    stored = _final_labels(client)[image_id]["info"]
+    assert stored["label_format"] == "labelmap" and stored["landmark_set"] == "isbi2015"
+    np.testing.assert_allclose(np.array(stored["landmarks"]), truth, atol=1e-6)
+    # the stored file is a disc map on the image's grid that the viewer can download
+    downloaded = client.download_label(image_id, "final")
+    assert itk.array_from_image(itk.imread(downloaded)).shape == (1, 320, 256)
+
+
+def test_save_markups_and_json_labels(server, studies, tmp_path):
+    client = server["client"]
+    # Slicer markups for the NRRD image: LPS mm positions through its spacing and origin
+    truth = studies["truth"][NRRD_ID]
+    sx, sy = studies["spacing"]
+    markups = {
+        "@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#",
+        "markups": [{"type": "Fiducial", "coordinateSystem": "RAS", "controlPoints": [
+            {"label": lm.abbreviation, "position": [-(NRRD_ORIGIN[0] + x * sx), -(NRRD_ORIGIN[1] + y * sy), 0.0]}
+            for lm, (x, y) in zip(ISBI2015, truth)
+        ][::-1]}],  # reversed order, RAS, abbreviations: matched by label
+    }
+    (tmp_path / "m.mrk.json").write_text(json.dumps(markups))
+    client.save_label(NRRD_ID, str(tmp_path / "m.mrk.json"), tag="final")
+    # plain landmark JSON for the DICOM image
+    (tmp_path / "p.json").write_text(json.dumps({"landmarks": studies["truth"][DICOM_ID].tolist()}))
+    client.save_label(DICOM_ID, str(tmp_path / "p.json"), tag="final")
+    labels = _final_labels(client)
+    assert labels[NRRD_ID]["info"]["label_format"] == "markups"
+    np.testing.assert_allclose(np.array(labels[NRRD_ID]["info"]["landmarks"]), truth, atol=1e-6)
+    np.testing.assert_allclose(np.array(labels[DICOM_ID]["info"]["landmarks"]), studies["truth"][DICOM_ID], atol=1e-9)
+
+
+def test_bad_labels_are_rejected_and_nothing_is_stored(server, studies, tmp_path):
+    client, image_id = server["client"], "phantom_0004"  # landmarks >= 7.2 px apart
+    image = _study_file(studies, image_id)
+    truth = np.round(studies["truth"][image_id])
+    cases = {
+        "missing": (_disc_map_like(image, truth, tmp_path / "a.nrrd", values={3: 0}), "18 of 19 landmarks; missing: orbitale"),
+        "extra": (_disc_map_like(image, truth, tmp_path / "b.nrrd", values={19: 42}), "values [42] that name no landmark"),
+        "unreadable": (tmp_path / "c.nrrd", "not a readable .nrrd image"),
+        "outside": (tmp_path / "d.json", "outside the 256x320 px image"),
+        "count": (tmp_path / "e.json", "has 18 points, expected 19"),
+        "not json": (tmp_path / "f.json", "not valid JSON"),
+        "unknown name": (tmp_path / "g.mrk.json", "'F-1' is not a landmark name"),
+        "wrong type": (tmp_path / "h.txt", "unsupported label file type '.txt'"),
+    }
+    (tmp_path / "c.nrrd").write_bytes(b"NRRD0004\nnot really\n" * 5)
+    far = truth.copy()
+    far[4] = [1000.0, 10.0]
+    (tmp_path / "d.json").write_text(json.dumps({"landmarks": far.tolist()}))
+    (tmp_path / "e.json").write_text(json.dumps(truth[:18].tolist()))
+    (tmp_path / "f.json").write_text("{not json")
+    (tmp_path / "g.mrk.json").write_text(json.dumps({"markups": [{"type": "Fiducial", "controlPoints": [
+        {"label": f"F-{i + 1}", "position": [1.0, 2.0, 0.0]} for i in range(3)]}]}))
+    (tmp_path / "h.txt").write_text("19 landmarks")
+    for name, (path, expected) in cases.items():
+        status, msg = _error(client.save_label, image_id, str(path), tag="final")
+        assert status == 400 and expected in msg, (name, msg)
+    status, msg = _error(client.save_label, image_id, str(tmp_path / "d.json"), tag="../../escape")
+    assert status == 400 and "invalid label tag" in msg
+    status, msg = _error(client.save_label, "no_such_image", str(tmp_path / "d.json"), tag="final")
+    assert status == 404
+    assert image_id not in _final_labels(client)
+    assert not list((studies["folder"] / "labels" / "final").glob(f"{image_id}*"))
+    assert not (studies["folder"].parent / "escape").exists()
+
+
+# --------------------------------------------------------------------------- active learning
+
+
+def _own_uncertainty(model_path: Path, image: Path, spacing_fallback) -> float:
+    """Mean landmark spread in mm, computed here with the library's Predictor (same seed)."""
+    import torch
+
+    from maht_net.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(model_path, mc_samples=SCORING_MC, tta=True)
+    torch.manual_seed(0)
+    pred = predictor.predict([str(image)])[0]
+    spacing = pred["spacing"] or spacing_fallback
+    unc = np.array([r["uncertainty_px"] for r in pred["landmarks"]]) * (spacing[0] + spacing[1]) / 2.0
+    return float(unc.mean())
+
+
+def test_scoring_then_next_sample_serves_the_most_uncertain(server, studies):
+    client = server["client"]
+    status, body, _, _ = MONAILabelUtils.http_method("POST", server["url"], "/scoring/maht_uncertainty?run_sync=true")
+    assert status == 200, body
+    result = json.loads(body)
+    labelled = set(_final_labels(client))
+    unlabeled = sorted(set(studies["truth"]) - labelled)
+    assert sorted(result["scored"]) == unlabeled and list(result["failed"]) == [BROKEN_ID]
+    model = Path(server["bundle"]) / "models" / "model.pt"
+    own = {i: _own_uncertainty(model, _study_file(studies, i), studies["spacing"]) for i in unlabeled}
+    objects = client.datastore()["objects"]
+    for i in unlabeled:
+        stored = objects[i]["image"]["info"]["maht_uncertainty"]
+        assert stored == pytest.approx(own[i], rel=1e-3), i
+        assert objects[i]["image"]["info"]["maht_uncertainty_detail"]["unit"] == "mm"
+    expected = max(own, key=own.get)
+    sample = client.next_sample("maht_uncertainty", {})
+    assert sample["id"] == expected, (sample, own)
+    assert client.next_sample("first", {})["id"] == unlabeled[0]
+    assert client.next_sample("random", {})["id"] in unlabeled + [BROKEN_ID]
+
+
+def test_training_publishes_a_new_model_served_without_restart(server):
+    client = server["client"]
+    before = client.info()["model_version"]
+    n_final = len(_final_labels(client))
+    assert n_final >= 3
+    client.train_start("maht_net", {"epochs": 1})
+    deadline = time.time() + 420
+    while time.time() < deadline:
+        time.sleep(2)
+        status = client.train_status()
+        if status["status"] not in ("SUBMITTED", "RUNNING"):
+            break
+    assert status["status"] == "DONE", status
+    info = client.info()
+    after = info["model_version"]
+    assert after["sha256"] != before["sha256"] and after["mtime"] > before["mtime"]
+    stats = info["train_stats"]["maht_net"]
+    assert stats["status"] == "DONE" and stats["fine_tuned"] and stats["images"] == n_final
+    _, params = client.infer("maht_net", "phantom_0000", {})
+    assert params["model"]["sha256"] == after["sha256"]
+    assert (Path(server["bundle"]) / "models" / "model_previous.pt").is_file()
+
+
+# --------------------------------------------------------------------------- DICOMweb (Orthanc)
+
+ORTHANC = shutil.which("Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+@pytest.mark.skipif(not ORTHANC or not DICOMWEB_PLUGIN.is_file(), reason="Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, tmp_path):
+    """A DX film stored in Orthanc, served to the app over DICOMweb: infer works with the film's
+    spacing, label submission is refused (DX cannot become DICOM SEG)."""
+    import requests
+
+    orthanc_port, dicom_port, port = _free_port(), _free_port(), _free_port()
+    (tmp_path / "db").mkdir()
+    config = {
+        "Name": "maht-net-test", "StorageDirectory": str(tmp_path / "db"), "IndexDirectory": str(tmp_path / "db"),
+        "HttpPort": orthanc_port, "DicomPort": dicom_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    (tmp_path / "orthanc.json").write_text(json.dumps(config))
+    orthanc = _start([ORTHANC, str(tmp_path / "orthanc.json")], tmp_path / "orthanc.log")
+    app = tmp_path / "monailabel_app"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model", "bin"))
+    server = None
+    try:
+        base = f"http://127.0.0.1:{orthanc_port}"
+        for _ in range(60):
+            try:
+                if requests.get(f"{base}/system", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        dx = _study_file(studies, DICOM_ID)
+        assert requests.post(f"{base}/instances", data=dx.read_bytes(), timeout=30).json()["Status"] == "Success"
+        env = dict(os.environ)
+        env.update(
+            MONAI_LABEL_AUTO_UPDATE_SCORING="false", MONAI_LABEL_SESSIONS="false", MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
+            MONAI_LABEL_DICOMWEB_SEARCH_FILTER='{"Modality": "DX"}', MONAI_LABEL_DICOMWEB_CACHE_PATH=str(tmp_path / "cache"),
+            PYTHONPATH=str(REPO),
+        )
+        server = _start(
+            [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", f"{base}/dicom-web",
+             "--host", "127.0.0.1", "--port", str(port), "--conf", "bundle", str(bundle_root)],
+            tmp_path / "server.log", env=env, cwd=str(tmp_path),
+        )
+        client = MONAILabelClient(f"http://127.0.0.1:{port}", tmpdir=str(tmp_path))
+        info = None
+        for _ in range(180):
+            try:
+                info = client.info()
+                break
+            except (OSError, MONAILabelClientException):
+                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                time.sleep(1)
+        assert info is not None and info["datastore"]["total"] == 1
+        series = client.next_sample("first", {})["id"]
+        result, params = client.infer("maht_net", series, {})
+        label = itk.imread(result)
+        assert itk.array_from_image(label).shape == (1, 320, 256)
+        np.testing.assert_allclose(tuple(label.GetSpacing())[:2], DICOM_SPACING, rtol=1e-6)
+        np.testing.assert_allclose(params["spacing"], DICOM_SPACING, rtol=1e-6)
+        assert len(params["landmarks"]) == 19
+        status, msg = _error(client.save_label, series, result, tag="final")
+        assert status == 409 and "read-only" in msg
+        status, _ = _error(client.infer, "maht_net", "../../etc", {})
+        assert status == 404
+    finally:
+        if server is not None:
+            _stop(server)
+        _stop(orthanc)
+
+
+# --------------------------------------------------------------------------- simulation script
+
+
+def test_simulate_active_learning_tiny(tmp_path):
+    out = tmp_path / "sim.json"
+    cmd = [
+        sys.executable, str(REPO / "scripts" / "simulate_active_learning.py"), "--work", str(tmp_path / "work"),
+        "--n", "10", "--size", "256", "320", "--test", "2", "--initial", "2", "--k", "2", "--rounds", "1",
+        "--epochs", "1", "--initial-epochs", "2", "--input-size", "64", "96", "--tiny", "--mc-samples", "1", "--out", str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "round 1" in proc.stdout and "uncertainty" in proc.stdout and "random" in proc.stdout
+    result = json.loads(out.read_text())
+    for arm in ("uncertainty", "random"):
+        assert len(result["arms"][arm]) == 2  # round 0 (initial model) and round 1
+        assert all(np.isfinite(r["mre_mm"]) for r in result["arms"][arm])
