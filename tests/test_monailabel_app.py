@@ -33,18 +33,11 @@ from maht_net.datalist import load_datalist  # noqa: E402
 from maht_net.landmarks import ISBI2015  # noqa: E402
 from maht_net.phantom import make_phantom_dataset  # noqa: E402
 
+from test_bundle import TINY  # noqa: E402  (the same tiny training recipe as the bundle tests)
+
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "monailabel_app"
 CONFIGS = REPO / "bundle" / "configs"
-TINY = {
-    "input_size": [64, 96],
-    "batch_size": 4,
-    "epochs": 2,
-    "stage_epochs": [1, 1],
-    "progress_bar": False,
-    "num_workers": 0,
-    "network_kwargs": {"encoder": "efficientnet_b0", "decoder_channels": 32, "transformer_dim": 64, "transformer_depth": 1, "transformer_heads": 4},
-}
 SCORING_MC = 2
 NRRD_ID, DICOM_ID = "phantom_0005", "phantom_0006"
 BROKEN_ID = "zz_broken"
