@@ -830,11 +830,9 @@ def uncertainty_calibration(
 
 def save_reliability_plot(calibration: Mapping[str, Any], out: str | os.PathLike, title: str | None = None) -> Path:
     """PNG of the reliability curve: predicted RMS uncertainty vs actual RMS error per bin."""
-    import matplotlib
+    from .visualize import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     unit = calibration["unit"]
     x = [b["predicted_rms"] for b in calibration["bins"]]
     y = [b["actual_rms"] for b in calibration["bins"]]
@@ -853,11 +851,7 @@ def save_reliability_plot(calibration: Mapping[str, Any], out: str | os.PathLike
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(out)
-    with atomic_write(out, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 # ---- predictions vs truth --------------------------------------------------------------------

@@ -31,6 +31,7 @@ from .errors import InputError
 from .io.atomic import atomic_write
 from .io.predictions import prediction_points, read_prediction
 from .landmarks import get_landmark_set
+from .visualize import pyplot
 
 __all__ = ["DISCLAIMER", "ANALYSIS_LINES", "RADIUS_95", "render_report_png", "build_report_html", "explain_landmarks", "write_report", "register"]
 
@@ -58,15 +59,6 @@ ANALYSIS_LINES: tuple[tuple[str, str, str, str, float], ...] = (
 ``extension`` times its length beyond both ends (planes) or not at all (segments)."""
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _png_bytes(fig, plt) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -85,7 +77,7 @@ def render_report_png(pred: Mapping[str, Any], analysis: Mapping[str, Any], imag
     """
     import matplotlib.patheffects as pe
 
-    plt = _pyplot()
+    plt = pyplot()
     lset = get_landmark_set(pred.get("landmark_set", "isbi2015"))
     points = prediction_points(pred)  # type: ignore[arg-type]
     h, w = image.shape[:2]
@@ -243,7 +235,7 @@ def _render_explanation(
     names: Sequence[str],
     window: float,
 ) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     h, w = film.shape
     panels = len(names) + len(gates) + (transformer is not None)
     cols = 5

@@ -11,15 +11,21 @@ import numpy as np
 from .io.atomic import atomic_write
 from .landmarks import LandmarkSet, get_landmark_set
 
-__all__ = ["save_overlay", "save_mean_shape"]
+__all__ = ["pyplot", "save_figure", "save_overlay", "save_mean_shape"]
 
 
-def _figure(width_px: int, height_px: int, max_side: float = 9.0):
+def pyplot():
+    """``matplotlib.pyplot`` on the headless Agg backend (servers and CI have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _figure(width_px: int, height_px: int, max_side: float = 9.0):
+    plt = pyplot()
     scale = max_side / max(width_px, height_px)
     fig = plt.figure(figsize=(width_px * scale, height_px * scale), dpi=110)
     ax = fig.add_axes([0, 0, 1, 1])
@@ -27,11 +33,12 @@ def _figure(width_px: int, height_px: int, max_side: float = 9.0):
     return plt, fig, ax
 
 
-def _save(fig, plt, out: str | os.PathLike) -> Path:
+def save_figure(fig, out: str | os.PathLike) -> Path:
+    """Save a figure as PNG atomically and close it."""
     out = Path(out)
     with atomic_write(out, "wb") as f:
         fig.savefig(f, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
     return out
 
 
@@ -76,7 +83,7 @@ def save_overlay(
         ax.text(0.01, 0.99, title, transform=ax.transAxes, va="top", color="white", fontsize=9, backgroundcolor="black")
     if points is not None or truth is not None:
         ax.legend(loc="lower left", fontsize=7, framealpha=0.6)
-    return _save(fig, plt, out)
+    return save_figure(fig, out)
 
 
 def save_mean_shape(
@@ -107,4 +114,4 @@ def save_mean_shape(
     ax.set_ylim(h - 0.5, -0.5)
     if title:
         ax.text(0.01, 0.99, title, transform=ax.transAxes, va="top", color="white", fontsize=9, backgroundcolor="black")
-    return _save(fig, plt, out)
+    return save_figure(fig, out)
