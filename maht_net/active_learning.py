@@ -173,7 +173,7 @@ def train_bundle(
     Raises:
         InputError: bad datalist or checkpoint; RuntimeError: training wrote no model.
     """
-    from monai.bundle import ConfigParser, ConfigWorkflow
+    from monai.bundle import ConfigWorkflow
 
     configs = Path(configs_dir)
     train_json = configs / "train.json"
@@ -187,15 +187,7 @@ def train_bundle(
         recipe = checkpoint_recipe(init_checkpoint)
         args.setdefault("progressive", False)
         args.update(recipe)  # the weights decide the network, whatever the overrides say
-        parser = ConfigParser()
-        parser.read_config(str(train_json))
-        checkpoint = str(Path(init_checkpoint).absolute())
-        if "pretrained_checkpoint" in parser.get():
-            args["pretrained_checkpoint"] = checkpoint  # the config loads it in its own "initialize"
-        else:  # older train.json: load the weights in an extra "initialize" step
-            initialize = list(parser.get("initialize", []))
-            initialize.append(f"$@network.load_state_dict(maht_net.engine.load_checkpoint_file({checkpoint!r})['model'])")
-            args["initialize"] = initialize
+        args["pretrained_checkpoint"] = str(Path(init_checkpoint).absolute())  # loaded by the config's "initialize"
     start = time.time()
     wf = ConfigWorkflow(
         config_file=str(train_json),
