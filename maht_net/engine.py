@@ -100,8 +100,8 @@ class ProgressiveTrainingHandler:
     (3) everything, encoder at a tenth of the LR.
 
     The optimizer must have the two groups of :meth:`MAHTNet.parameter_groups` (encoder first).
-    A network without ``use_transformer`` (the U-Net baseline) is trained end to end and the
-    stages only change loss weights.
+    A network without ``use_transformer`` (the U-Net baseline), or built with it off, is trained
+    end to end with the stages changing only encoder freezing, learning rates and loss weights.
     """
 
     DEFAULT_STAGES = (
@@ -121,6 +121,8 @@ class ProgressiveTrainingHandler:
         enabled: bool = True,
     ) -> None:
         self.network = network.module if hasattr(network, "module") else network
+        # a network built with the bottleneck off (the "no transformer" ablation) keeps it off
+        self.transformer_available = bool(getattr(self.network, "use_transformer", False))
         self.optimizer, self.base_lr, self.loss, self.scheduler = optimizer, float(base_lr), loss, scheduler
         self.stages = [dict(s) for s in (stages or self.DEFAULT_STAGES)]
         for s in self.stages[:-1]:
@@ -152,7 +154,7 @@ class ProgressiveTrainingHandler:
         s = self.stages[stage]
         net = self.network
         if hasattr(net, "use_transformer"):
-            net.use_transformer = bool(s.get("transformer", True))
+            net.use_transformer = self.transformer_available and bool(s.get("transformer", True))
         if hasattr(net, "freeze_encoder"):
             net.freeze_encoder(None if s.get("freeze_encoder") else 0)
             net.train(net.training)
@@ -180,33 +182,49 @@ class TimeBudgetHandler:
     """Stop training cleanly once ``minutes`` of wall-clock time have passed since it started.
 
     Checked after every iteration; the engine then completes normally, so ``COMPLETED``
-    handlers (final checkpoint, logs) run and the best checkpoint stays.
+    handlers (final checkpoint, logs) run and the best checkpoint stays. The first epoch always
+    runs to its end (and its validation), so a budgeted run always leaves a validated model.
     """
 
     def __init__(self, minutes: float | None) -> None:
         self.seconds = None if minutes is None or minutes <= 0 else float(minutes) * 60.0
         self.start: float | None = None
         self.stopped = False
+        self._stop_after_epoch = False
 
     def attach(self, engine: Engine) -> None:
         if self.seconds is None:
             return
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._check)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
 
     def _started(self, engine: Engine) -> None:
         self.start = time.monotonic()
 
     def _check(self, engine: Engine) -> None:
+        if self.stopped or self._stop_after_epoch:
+            return
         over = self.start is not None and time.monotonic() - self.start > self.seconds
         if _distributed():  # every rank must stop at the same iteration, or the others hang
             flag = torch.tensor([float(over)])
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             over = bool(flag.item())
-        if over:
-            self.stopped = True
-            logger.info("time budget of %.1f min reached at epoch %d, iteration %d: stopping", self.seconds / 60, engine.state.epoch, engine.state.iteration)
-            engine.terminate()
+        if not over:
+            return
+        if engine.state.epoch <= 1:  # no validated model yet: finish this epoch first
+            self._stop_after_epoch = True
+            return
+        self._stop(engine)
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        if self._stop_after_epoch and not self.stopped:
+            self._stop(engine)  # handlers of this event (validation, checkpoints) still run
+
+    def _stop(self, engine: Engine) -> None:
+        self.stopped = True
+        logger.info("time budget of %.1f min reached at epoch %d, iteration %d: stopping", self.seconds / 60, engine.state.epoch, engine.state.iteration)
+        engine.terminate()
 
 
 class CheckpointInfo:
@@ -313,7 +331,8 @@ class TrainingCheckpoint:
     ``objects`` are things with ``state_dict``/``load_state_dict`` (network, optimizer,
     scheduler, EMA model, :class:`CheckpointInfo`, :class:`BestMetricState`); the trainer is
     added at :meth:`attach` (a config cannot reference the trainer from its own handlers).
-    Writes are atomic: a kill mid-write leaves the previous checkpoint intact. Under DDP every
+    Writes are atomic: a kill mid-write leaves the previous checkpoint intact (and its temporary
+    file is removed at the next start). Under DDP every
     rank resumes, rank 0 alone writes.
     """
 
@@ -329,6 +348,9 @@ class TrainingCheckpoint:
         engine.add_event_handler(Events.COMPLETED, self._save)
 
     def _load(self, engine: Engine) -> None:
+        if not _distributed() or torch.distributed.get_rank() == 0:
+            for partial in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # a write a killed run never finished
+                partial.unlink(missing_ok=True)
         if not (self.resume and self.path.is_file()):
             return
         state = load_checkpoint_file(self.path)

@@ -9,7 +9,9 @@ and the MONAI Label app all use them.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,12 @@ __all__ = [
     "LandmarkInferer",
     "Predictor",
     "image_items",
+    "screen_images",
+    "report_failures",
     "register",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -253,6 +259,41 @@ def image_items(items: Iterable[str | os.PathLike | Mapping[str, Any]] | str | o
     return out
 
 
+def screen_images(items: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Split inference items into readable ones and failures ``{"image", "problem"}``.
+
+    Each image is fully decoded once (:func:`~maht_net.io.image.load_xray`), so a batch run
+    processes every good film and lists the bad ones instead of stopping at the first.
+    """
+    good, failed = [], []
+    for it in items:
+        try:
+            load_xray(it["image"])
+        except InputError as e:
+            logger.error("skipping %s", e)
+            failed.append({"image": os.fspath(it["image"]), "problem": e.problem})
+            continue
+        good.append(dict(it))
+    return good, failed
+
+
+def report_failures(failed: Sequence[Mapping[str, str]], output_dir: str | os.PathLike) -> None:
+    """Write ``failed.json`` beside the predictions and raise when any image failed (non-zero exit).
+
+    Raises:
+        InputError: naming every failed file and its problem.
+    """
+    from .io.atomic import write_json_atomic
+
+    path = Path(output_dir) / "failed.json"
+    if not failed:
+        path.unlink(missing_ok=True)
+        return
+    write_json_atomic(path, {"failed": list(failed)})
+    lines = "; ".join(f"{f['image']}: {f['problem']}" for f in failed)
+    raise InputError(path, f"{len(failed)} image(s) could not be read and were skipped: {lines}")
+
+
 def _surface_input_errors(loader: Iterable) -> Iterable:
     """Iterate ``loader``, re-raising a bad file's :class:`InputError` that MONAI wrapped."""
     iterator = iter(loader)
@@ -301,12 +342,21 @@ def _run_infer(args: argparse.Namespace) -> int:
         items = [dict(it, spacing=(sx, sy)) for it in items]
     predictor = Predictor(network, info, mc_samples=args.mc_samples, tta=args.tta)
     out = Path(args.out)
-    for item in items:  # one at a time: a bad file is reported by name and stops the run
-        pred = predictor.predict([item])[0]
+    failed = []
+    for item in items:  # one at a time: a bad file is reported by name and the others still run
+        try:
+            pred = predictor.predict([item])[0]
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed.append(item["image"])
+            continue
         write_outputs(pred, out, overlay=not args.no_overlay)
         unit = "mm" if pred["spacing"] else "px"
         unc = [r["uncertainty_mm"] if unit == "mm" else r["uncertainty_px"] for r in pred["landmarks"]]
-        print(f"{pred['id']}: 19 landmarks, median uncertainty {float(np.median(unc)):.2f} {unit} -> {out}/{pred['id']}_landmarks.json")
+        print(f"{pred['id']}: {len(unc)} landmarks, median uncertainty {float(np.median(unc)):.2f} {unit} -> {out}/{pred['id']}_landmarks.json")
+    if failed:
+        print(f"error: {len(failed)} of {len(items)} images failed (see above); the others were written to {out}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -23,3 +23,19 @@ def hamedan_dir() -> Path:
 @pytest.fixture(scope="session")
 def hamedan_spacing_mm() -> float:
     return HAMEDAN_SPACING_MM
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained ``maht_net_small`` (64x96 input) in the bundle checkpoint format."""
+    import torch
+
+    from maht_net.engine import CheckpointInfo
+    from maht_net.networks import create_network
+
+    torch.manual_seed(0)
+    net = create_network("maht_net_small", num_landmarks=19)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    info = CheckpointInfo(network="maht_net_small", input_size=(64, 96)).state_dict()
+    torch.save({"model": net.state_dict(), "info": info}, path)
+    return path

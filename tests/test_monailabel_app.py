@@ -10,18 +10,20 @@ endpoint, which the client has no method for).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 pytest.importorskip("monailabel")
 itk = pytest.importorskip("itk")
@@ -33,6 +35,8 @@ from maht_net.datalist import load_datalist  # noqa: E402
 from maht_net.landmarks import ISBI2015  # noqa: E402
 from maht_net.phantom import make_phantom_dataset  # noqa: E402
 
+from bad_inputs import SIZE, make_image_cases, make_label_cases, write_dicom  # noqa: E402
+from servers import free_port, start_process, stop_process  # noqa: E402
 from test_bundle import TINY  # noqa: E402  (the same tiny training recipe as the bundle tests)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,29 +83,6 @@ def bundle_root(phantom, tmp_path_factory):
     return root
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, spacing_xy) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray for presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientID = "DX", "PHANTOM"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelData = pixels.astype(np.uint8).tobytes()
-    ds.ImagerPixelSpacing = [spacing_xy[1], spacing_xy[0]]
-    ds.save_as(str(path), write_like_original=False)
-
-
 @pytest.fixture(scope="module")
 def studies(phantom, tmp_path_factory):
     """Studies folder: PNGs, one NRRD (phantom spacing, shifted origin), one DICOM DX."""
@@ -118,7 +99,7 @@ def studies(phantom, tmp_path_factory):
             img.SetOrigin(list(NRRD_ORIGIN))
             itk.imwrite(img, str(folder / f"{image_id}.nrrd"))
         elif image_id == DICOM_ID:
-            _write_dicom(folder / f"{image_id}.dcm", pixels, DICOM_SPACING)
+            write_dicom(folder / f"{image_id}.dcm", pixels.astype(np.uint8), ImagerPixelSpacing=[DICOM_SPACING[1], DICOM_SPACING[0]])
         else:
             shutil.copy(src, folder / src.name)
         truth[image_id] = item["landmarks"]
@@ -126,34 +107,14 @@ def studies(phantom, tmp_path_factory):
     return {"folder": folder, "truth": truth, "spacing": phantom["items"]["phantom_0000"]["spacing"]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cmd, log: Path, **kwargs) -> subprocess.Popen:
-    """A process in its own group (so ``_stop`` ends it with its children), output to ``log``."""
-    with open(log, "w") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-
-
-@pytest.fixture(scope="module")
-def server(bundle_root, studies, tmp_path_factory):
-    """``monailabel start_server`` in a subprocess; yields ``(url, client, info)``; killed at the end."""
-    app = tmp_path_factory.mktemp("app") / "monailabel_app"
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model", "bin"))
-    port = _free_port()
+@contextlib.contextmanager
+def running_server(bundle_root: Path, studies_folder: Path, work: Path, spacing: float, *extra: str):
+    """``monailabel start_server`` on 127.0.0.1 (a copy of the app in ``work``) until the block
+    ends; yields ``{"url", "client", "info", "proc", "log"}``."""
+    app = work / "monailabel_app"
+    if not app.exists():
+        shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model", "bin"))
+    port = free_port()
     env = dict(os.environ)
     env.update(
         MONAI_LABEL_AUTO_UPDATE_SCORING="false",
@@ -161,18 +122,19 @@ def server(bundle_root, studies, tmp_path_factory):
         MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
         PYTHONPATH=str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
     )
-    sx = studies["spacing"][0]
     cmd = [
-        sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies["folder"]),
+        sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies_folder),
         "--host", "127.0.0.1", "--port", str(port),
-        "--conf", "bundle", str(bundle_root), "--conf", "default_spacing", str(sx),
+        "--conf", "bundle", str(bundle_root), "--conf", "default_spacing", str(spacing),
         "--conf", "scoring_mc_samples", str(SCORING_MC), "--conf", "scoring_tta", "true",
-        "--conf", "train_epochs", "1", "--conf", "zoo_source", "local",
+        "--conf", "train_epochs", "1", "--conf", "zoo_source", "local", *extra,
     ]
-    log = app.parent / "server.log"
-    proc = _start(cmd, log, env=env, cwd=str(app.parent))
+    log = work / f"server-{port}.log"
+    proc = start_process(cmd, log, env=env, cwd=str(work))
     url = f"http://127.0.0.1:{port}"
-    client = MONAILabelClient(url, tmpdir=str(tmp_path_factory.mktemp("client")))
+    client_dir = work / f"client-{port}"
+    client_dir.mkdir()
+    client = MONAILabelClient(url, tmpdir=str(client_dir))
     try:
         deadline = time.time() + 180
         info = None
@@ -184,9 +146,16 @@ def server(bundle_root, studies, tmp_path_factory):
                 time.sleep(1)
         if info is None:
             pytest.fail(f"server did not start:\n{log.read_text()[-4000:]}")
-        yield {"url": url, "client": client, "info": info, "proc": proc, "log": log, "bundle": bundle_root}
+        yield {"url": url, "client": client, "info": info, "proc": proc, "log": log}
     finally:
-        _stop(proc)
+        stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def server(bundle_root, studies, tmp_path_factory):
+    """The module's server on the studies folder; yields :func:`running_server`'s dict + ``bundle``."""
+    with running_server(bundle_root, studies["folder"], tmp_path_factory.mktemp("app"), studies["spacing"][0]) as srv:
+        yield {**srv, "bundle": bundle_root}
 
 
 def _error(call, *args, **kwargs) -> tuple[int, str]:
@@ -450,6 +419,100 @@ def test_bad_labels_are_rejected_and_nothing_is_stored(server, studies, tmp_path
     assert not (studies["folder"].parent / "escape").exists()
 
 
+# --------------------------------------------------------------------------- robustness
+
+
+def test_bad_input_catalogue_against_the_server(server, tmp_path):
+    """Every film of tests/bad_inputs.py sent with an infer request and every bad label file
+    submitted: a 4xx naming the problem, the good films inferred, and the server keeps serving."""
+    client = server["client"]
+    cases = make_image_cases(tmp_path / "img")
+    for name, case in cases.items():
+        if case.problem:
+            status, msg = _error(client.infer, "maht_net", "", {}, file=str(case.path))
+            assert 400 <= status < 500 and case.problem in msg, (name, msg)
+        else:
+            _, params = client.infer("maht_net", "", {}, file=str(case.path))
+            assert len(params["landmarks"]) == 19 and (params["width"], params["height"]) == SIZE, name
+    client.upload_image(str(cases["rgb.png"].path), image_id="robust_rgb")  # a film of the labels' size
+    try:
+        for name, (path, problem) in make_label_cases(tmp_path / "labels").items():
+            status, msg = _error(client.save_label, "robust_rgb", str(path), tag="final")
+            assert status == 400 and problem in msg, (name, msg)
+        assert "robust_rgb" not in _final_labels(client)
+    finally:
+        requests.delete(f"{server['url']}/datastore/", params={"id": "robust_rgb"}, timeout=60)
+    assert server["proc"].poll() is None and client.info()["datastore"]["total"] == 9
+
+
+def test_sigkill_while_saving_labels_loses_no_acknowledged_label(bundle_root, studies, tmp_path):
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    for path in studies["folder"].glob("phantom_*.png"):
+        shutil.copy(path, folder / path.name)
+    ids = sorted(p.stem for p in folder.glob("*.png"))
+    acked, attempted = {}, {}  # image id -> points of its last acknowledged / last sent label
+    stop = threading.Event()
+    with running_server(bundle_root, folder, tmp_path, studies["spacing"][0]) as srv:
+
+        def save_in_a_loop() -> None:
+            k = 0
+            while not stop.is_set():
+                image_id = ids[k % len(ids)]
+                points = np.asarray(studies["truth"][image_id]) + (k % 5) * 0.25  # each save differs
+                label = tmp_path / f"label_{k}.json"
+                label.write_text(json.dumps({"landmarks": points.tolist()}))
+                attempted[image_id] = points
+                try:
+                    srv["client"].save_label(image_id, str(label), tag="final")
+                except Exception:  # the server is gone
+                    return
+                acked[image_id] = points
+                k += 1
+
+        saver = threading.Thread(target=save_in_a_loop)
+        saver.start()
+        deadline = time.time() + 120
+        while sum(1 for _ in acked) < len(ids) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(float(np.random.default_rng().uniform(0.0, 0.3)))  # somewhere inside a save
+        os.killpg(srv["proc"].pid, signal.SIGKILL)
+        srv["proc"].wait(timeout=30)
+        stop.set()
+        saver.join(timeout=60)
+    assert len(acked) == len(ids)
+    json.loads((folder / "datastore_v2.json").read_text())  # whole, whatever the kill interrupted
+    with running_server(bundle_root, folder, tmp_path, studies["spacing"][0]) as srv:
+        labels = _final_labels(srv["client"])
+        for image_id, points in acked.items():
+            stored = np.array(labels[image_id]["info"]["landmarks"])
+            assert np.allclose(stored, points) or np.allclose(stored, attempted[image_id]), image_id
+        for image_id in acked:
+            assert itk.array_from_image(itk.imread(srv["client"].download_label(image_id, "final"))).shape == (1, 320, 256)
+    assert not [p.name for p in folder.rglob(".*") if p.name != ".lock"]  # no half-written file remains
+
+
+def _load_test_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("load_test", REPO / "scripts" / "load_test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_load_test_answers_every_request_and_the_server_stays_up(server):
+    load_test = _load_test_module()
+    result = load_test.run_load(server["url"], "maht_net", ["phantom_0000", "phantom_0001", "phantom_0002"], clients=4, seconds=6, pid=server["proc"].pid)
+    assert result["requests"] >= 4 and result["ok"] == result["requests"] and result["unanswered"] == 0
+    assert result["server_alive_after"] and result["rss_mb"]["max"] > 100
+    assert 0 < result["latency_s"]["p50"] <= result["latency_s"]["p99"] <= result["latency_s"]["max"]
+    with pytest.raises(ValueError, match="only targets a server on this machine"):
+        load_test.run_load("http://192.0.2.1:8000", "maht_net", ["x"], clients=1, seconds=1)
+    with pytest.raises(ValueError, match="clients must be"):
+        load_test.run_load(server["url"], "maht_net", ["x"], clients=500, seconds=1)
+
+
 # --------------------------------------------------------------------------- active learning
 
 
@@ -524,7 +587,7 @@ def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, tmp_path)
     spacing, label submission is refused (DX cannot become DICOM SEG)."""
     import requests
 
-    orthanc_port, dicom_port, port = _free_port(), _free_port(), _free_port()
+    orthanc_port, dicom_port, port = free_port(), free_port(), free_port()
     (tmp_path / "db").mkdir()
     config = {
         "Name": "maht-net-test", "StorageDirectory": str(tmp_path / "db"), "IndexDirectory": str(tmp_path / "db"),
@@ -532,7 +595,7 @@ def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, tmp_path)
         "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
     (tmp_path / "orthanc.json").write_text(json.dumps(config))
-    orthanc = _start([ORTHANC, str(tmp_path / "orthanc.json")], tmp_path / "orthanc.log")
+    orthanc = start_process([ORTHANC, str(tmp_path / "orthanc.json")], tmp_path / "orthanc.log")
     app = tmp_path / "monailabel_app"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model", "bin"))
     server = None
@@ -552,7 +615,7 @@ def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, tmp_path)
             MONAI_LABEL_DICOMWEB_SEARCH_FILTER='{"Modality": "DX"}', MONAI_LABEL_DICOMWEB_CACHE_PATH=str(tmp_path / "cache"),
             PYTHONPATH=str(REPO),
         )
-        server = _start(
+        server = start_process(
             [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", f"{base}/dicom-web",
              "--host", "127.0.0.1", "--port", str(port), "--conf", "bundle", str(bundle_root)],
             tmp_path / "server.log", env=env, cwd=str(tmp_path),
@@ -580,8 +643,8 @@ def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, tmp_path)
         assert status == 404
     finally:
         if server is not None:
-            _stop(server)
-        _stop(orthanc)
+            stop_process(server)
+        stop_process(orthanc)
 
 
 # --------------------------------------------------------------------------- simulation script

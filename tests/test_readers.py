@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bad_inputs import write_dicom as _dicom
 from maht_net import cli
 from maht_net.datalist import load_datalist
 from maht_net.io.image import load_xray
@@ -337,32 +338,6 @@ def test_cldetection_truncated_compressed_stack(tmp_path, run):
 
 
 # --------------------------------------------------------------------------- DICOM
-
-
-def _dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2", **tags) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray for presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    if pixels is not None:
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-        ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
-        ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, 0
-        ds.PixelData = pixels.tobytes()
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(str(path), write_like_original=False)
-    return path
 
 
 def _ramp(h: int = 40, w: int = 50) -> np.ndarray:

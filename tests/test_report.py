@@ -8,13 +8,10 @@ import tempfile
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from maht_net.engine import CheckpointInfo
 from maht_net.errors import InputError
 from maht_net.io.predictions import build_prediction, write_prediction
-from maht_net.networks import create_network
 from maht_net.report import DISCLAIMER, RADIUS_95, explain_landmarks, write_report
 
 from test_analysis import MEAN_SHAPE, _run_cli
@@ -35,17 +32,6 @@ def prediction(tmp_path):
     pred = build_prediction(image, w, h, MEAN_SHAPE * SCALE, spacing=(0.508, 0.508), uncertainty_px=unc,
                             confidence=np.full(19, 0.9), item_id="case")
     return write_prediction(pred, tmp_path / "pred", formats=("json",))["json"]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """An untrained maht_net_small in the bundle checkpoint format."""
-    torch.manual_seed(0)
-    net = create_network("maht_net_small", num_landmarks=19)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    info = CheckpointInfo(network="maht_net_small", input_size=(64, 96)).state_dict()
-    torch.save({"model": net.state_dict(), "info": info}, path)
-    return path
 
 
 def test_report_is_self_contained_with_table_flags_and_disclaimer(prediction, tmp_path):

@@ -13,6 +13,7 @@ from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose
 from PIL import Image
 
+from bad_inputs import write_dicom
 from maht_net.errors import InputError
 from maht_net.transforms.intensity import (
     CLAHE,
@@ -21,6 +22,8 @@ from maht_net.transforms.intensity import (
     NormalizeXRayd,
     RandXRayIntensity,
     RandXRayIntensityd,
+    RandXRayInvert,
+    RandXRayInvertd,
 )
 from maht_net.transforms.io import (
     NONLINEAR_WARP,
@@ -45,31 +48,6 @@ def _png(path: Path, width: int = 97, height: int = 61) -> Path:
     return path
 
 
-def _dicom(path: Path, pixels: np.ndarray, **tags) -> Path:
-    from pydicom.dataset import Dataset as DicomDataset
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray for presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = DicomDataset()
-    ds.file_meta = meta
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit, ds.PixelRepresentation = 15, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.save_as(str(path), write_like_original=False)
-    return path
-
-
 # ----------------------------------------------------------------------------- loading
 
 
@@ -88,7 +66,7 @@ def test_load_xray_axis_convention_and_meta(tmp_path):
 
 def test_dicom_spacing_lands_in_meta_and_item(tmp_path):
     # DICOM states (row, column) spacing: 0.12 mm between rows (y), 0.1 mm between columns (x).
-    path = _dicom(tmp_path / "a.dcm", np.arange(40 * 50).reshape(40, 50) % 4096, ImagerPixelSpacing=[0.12, 0.1])
+    path = write_dicom(tmp_path / "a.dcm", (np.arange(40 * 50).reshape(40, 50) % 4096).astype(np.uint16), ImagerPixelSpacing=[0.12, 0.1])
     out = LoadXRayd()({"image": str(path), "spacing": None})
     np.testing.assert_allclose(out["image"].meta[ORIGINAL_SPACING], (0.1, 0.12))
     assert out["spacing"] == pytest.approx((0.1, 0.12))
@@ -96,7 +74,7 @@ def test_dicom_spacing_lands_in_meta_and_item(tmp_path):
 
 
 def test_datalist_spacing_wins_and_warns_when_it_disagrees(tmp_path):
-    path = _dicom(tmp_path / "a.dcm", np.zeros((40, 50)), ImagerPixelSpacing=[0.1, 0.1])
+    path = write_dicom(tmp_path / "a.dcm", np.zeros((40, 50), np.uint16), ImagerPixelSpacing=[0.1, 0.1])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # within 1%: silent
         close = LoadXRayd()({"image": str(path), "spacing": (0.1005, 0.1)})
@@ -239,3 +217,12 @@ def test_blur_matches_scipy_gaussian_filter():
     x = torch.rand(2, 40, 50, dtype=torch.float64)
     ref = np.stack([gaussian_filter(c.numpy(), 0.7, mode="mirror", truncate=3 / 0.7) for c in x])  # radius 3
     np.testing.assert_allclose(_gaussian_blur(x, 0.7).numpy(), ref, atol=1e-12)
+
+
+def test_rand_invert_flips_polarity_within_the_range_and_keeps_meta():
+    img = MetaTensor(torch.tensor([[[0.2, 0.5], [0.9, 0.3]]]), meta={"spacing": (0.1, 0.1)})
+    out = RandXRayInvert(prob=1.0)(img)
+    assert torch.allclose(out, torch.tensor([[[0.9, 0.6], [0.2, 0.8]]])) and out.meta["spacing"] == (0.1, 0.1)
+    assert torch.equal(RandXRayInvert(prob=0.0)(img), img)
+    flips = [not torch.equal(RandXRayInvertd(prob=0.5).set_random_state(k)({"image": img})["image"], img) for k in range(200)]
+    assert 70 < sum(flips) < 130  # about half

@@ -108,11 +108,22 @@ def _to_gray(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _load_pil(path: Path) -> XRay:
-    from PIL import Image, UnidentifiedImageError
+def _open_pil(path: Path):
+    """``PIL.Image.open``, with PIL's decompression-bomb refusal (a header declaring hundreds of
+    megapixels, refused before any pixel is decoded) reported as our size limit."""
+    from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        return Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise InputError(path, f"image is over the {MAX_PIXELS / 1e6:.0f} MP limit ({e}); downscale it first") from None
+
+
+def _load_pil(path: Path) -> XRay:
+    from PIL import UnidentifiedImageError
+
+    try:
+        with _open_pil(path) as im:
             width, height = im.size
             _check_size(path, height, width)
             if getattr(im, "n_frames", 1) > 1:
@@ -292,11 +303,13 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     path = Path(path)
     suffix = _suffix(path)
     if suffix in PIL_SUFFIXES:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
         try:
-            with Image.open(path) as im:
+            with _open_pil(path) as im:
                 return im.size
+        except InputError:
+            raise
         except FileNotFoundError:
             raise InputError(path, "file not found") from None
         except (UnidentifiedImageError, OSError) as e:

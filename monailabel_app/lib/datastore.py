@@ -12,15 +12,20 @@ On top of MONAI Label's :class:`LocalDatastore`:
 - Reads and read-modify-writes reload ``datastore_v2.json`` when another process changed it
   (scoring and training run as subprocesses), under the datastore's file lock, so uncertainty
   scores written by a scoring job are seen by the next ``next_sample`` and are not overwritten.
+- Every write is atomic (temporary file, fsync, rename): MONAI Label itself rewrites
+  ``datastore_v2.json`` in place, and a server killed mid-write would leave a truncated file
+  that stops the next start. Temporary files a killed server left behind are removed at start.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +33,7 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore, LocalDatastoreModel
 
 from maht_net.datalist import points_to_json
+from maht_net.io.atomic import atomic_write
 from maht_net.labels import read_geometry, read_landmark_label, render_label_map, write_label_map
 
 from .errors import http_error, user_errors
@@ -36,6 +42,19 @@ logger = logging.getLogger(__name__)
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 LABEL_EXT = ".nrrd"
+PARTIAL_SUFFIXES = (".tmp", ".part" + LABEL_EXT)  # hidden files being written (atomic_write, save_label)
+
+
+def remove_partial_writes(datastore_path: str | os.PathLike) -> list[Path]:
+    """Delete the hidden temporary files of writes a killed server never finished; returns them."""
+    removed = []
+    for path in Path(datastore_path).rglob(".*"):
+        if path.is_file() and path.name.endswith(PARTIAL_SUFFIXES):
+            path.unlink()
+            removed.append(path)
+    if removed:
+        logger.warning("removed %d unfinished write(s) of an interrupted server: %s", len(removed), ", ".join(p.name for p in removed))
+    return removed
 
 
 def check_name(value: str, what: str) -> str:
@@ -56,7 +75,23 @@ class LandmarkDatastore(LocalDatastore):
     def __init__(self, datastore_path: str, landmark_set=lambda: "isbi2015", disc_radius=None, **kwargs: Any) -> None:
         self._landmark_set = landmark_set
         self._disc_radius = disc_radius
+        remove_partial_writes(datastore_path)  # before MONAI Label scans the folder for images/labels
         super().__init__(datastore_path, **kwargs)
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        """Write ``datastore_v2.json`` atomically (MONAI Label's own version truncates it first)."""
+
+        def write() -> None:
+            self._ignore_event_config = True
+            with atomic_write(self._datastore_config_path, "w", encoding="utf-8") as f:
+                f.write(json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str))
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
 
     # ------------------------------------------------------------------ freshness
     def _reload_unlocked(self) -> None:
@@ -176,7 +211,7 @@ class LandmarkDatastore(LocalDatastore):
         )
         label_dir = self._datastore.label_path(label_tag)
         os.makedirs(label_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{image_id}.", suffix=LABEL_EXT, dir=label_dir)
+        fd, tmp = tempfile.mkstemp(prefix=f".{image_id}.", suffix=".part" + LABEL_EXT, dir=label_dir)
         os.close(fd)
         try:
             write_label_map(tmp, canonical, geometry)
