@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo test test-slow install freeze clean serve
+.PHONY: demo test test-slow install freeze clean serve bench-install bench-accuracy bench-robustness bench-speed
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,3 +41,24 @@ serve: $(STAMP)
 	@test -d "$(STUDIES)" || { echo "STUDIES=$(STUDIES) is not a folder" >&2; exit 2; }
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m monailabel.main start_server --app monailabel_app \
 		--studies "$(STUDIES)" --host $(HOST) --port $(PORT) --conf bundle $(BUNDLE) --conf zoo_source local $(SERVE_CONF)
+
+# Benchmarks on the real films (../shared/data/hamedan-ceph; docs/benchmarks.md). Long: ~20 min per
+# contender on the cpu track. The peer toolkit landmarker 0.4.1 caps scipy below 1.16 while this
+# stack pins scipy 1.17.1, so it is installed without its dependency list (it runs on 1.17; the
+# benchmark and tests/test_benchmark.py exercise it); hence a make target, not a pip extra.
+TRACK ?= cpu
+CONTENDERS ?=
+BENCH_OUT ?= runs/bench-accuracy
+bench-install: $(STAMP)
+	$(PY) -m pip install -q --no-deps landmarker==0.4.1
+
+bench-accuracy: bench-install
+	$(PY) scripts/benchmark_accuracy.py --track $(TRACK) --out $(BENCH_OUT) $(if $(CONTENDERS),--contenders $(CONTENDERS))
+
+bench-robustness: $(STAMP)
+	$(PY) scripts/benchmark_robustness.py --checkpoint $(BENCH_OUT)/$(TRACK)/runs/fixed/maht_net/models/model.pt \
+		--datalist $(BENCH_OUT)/$(TRACK)/hamedan.json
+
+bench-speed: bench-install
+	$(PY) scripts/benchmark_speed.py --checkpoint $(BENCH_OUT)/$(TRACK)/runs/fixed/maht_net/models/model.pt \
+		--datalist $(BENCH_OUT)/$(TRACK)/hamedan.json

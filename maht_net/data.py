@@ -17,7 +17,7 @@ from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose
 
 from .datalist import load_datalist
-from .transforms.intensity import CLAHEd, NormalizeXRayd, RandXRayIntensityd
+from .transforms.intensity import CLAHEd, NormalizeXRayd, RandXRayIntensityd, RandXRayInvertd
 from .transforms.io import LoadXRayd, unwrap_input_error
 from .transforms.spatial import LandmarkResizePadd, RandLandmarkAffineElasticd
 from .transforms.targets import PackLandmarksd
@@ -46,13 +46,15 @@ def preprocessing_transforms(size: int | Sequence[int] = (256, 320), normalize: 
     return steps
 
 
-def augmentation_transforms(strength: float = 1.0) -> list:
+def augmentation_transforms(strength: float = 1.0, invert_prob: float = 0.0) -> list:
     """Landmark-consistent geometric and radiographic augmentation; ``strength`` scales every
-    range (0 = none). No flips: a mirrored lateral cephalogram faces the other way."""
+    range (0 = none). No flips: a mirrored lateral cephalogram faces the other way.
+    ``invert_prob``: probability of a polarity inversion (:class:`RandXRayInvertd`)."""
     if strength <= 0:
         return []
     s = float(strength)
-    return [
+    inversion = [RandXRayInvertd("image", prob=invert_prob)] if invert_prob > 0 else []
+    return inversion + [
         RandLandmarkAffineElasticd(
             "image",
             prob=0.9,
@@ -68,9 +70,14 @@ def augmentation_transforms(strength: float = 1.0) -> list:
 
 
 def training_transforms(
-    size: int | Sequence[int] = (256, 320), augment: float = 1.0, num_landmarks: int = 19, normalize: str = "percentile", clahe: bool = False
+    size: int | Sequence[int] = (256, 320),
+    augment: float = 1.0,
+    num_landmarks: int = 19,
+    normalize: str = "percentile",
+    clahe: bool = False,
+    invert_prob: float = 0.0,
 ) -> Compose:
-    return Compose(preprocessing_transforms(size, normalize, clahe) + augmentation_transforms(augment) + [PackLandmarksd(num_landmarks=num_landmarks)])
+    return Compose(preprocessing_transforms(size, normalize, clahe) + augmentation_transforms(augment, invert_prob) + [PackLandmarksd(num_landmarks=num_landmarks)])
 
 
 def evaluation_transforms(

@@ -5,7 +5,7 @@
 All variants are measured in one run on the same machine, so the ratios between them hold even
 when absolute numbers vary between machines. Latency: median of ``--repeats`` eval-mode forward
 passes of one image (after a warm-up), ``--threads`` torch threads. Memory: peak resident memory of
-a child process doing one forward/backward/step at batch ``--batch``, minus the same child's
+a child process doing two forward/backward/steps at batch ``--batch`` (the second is timed), minus the same child's
 resident memory after building the model and batch (so it counts activations, gradients and
 optimizer state, not the Python/torch runtime). FLOPs: ``torch.utils.flop_counter`` (a
 multiply-add counts 2).
@@ -47,9 +47,12 @@ import gc; gc.collect()
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with open("/proc/self/status") as f:
     rss = [int(l.split()[1]) for l in f if l.startswith("VmRSS")][0]
-opt.zero_grad(); loss(net(x), target).backward(); opt.step()
+import time
+steps = []
+for _ in range(2):  # the second step is timed (the first allocates)
+    t0 = time.perf_counter(); opt.zero_grad(); loss(net(x), target).backward(); opt.step(); steps.append(time.perf_counter() - t0)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_mb": (peak - max(base, rss)) / 1024}))
+print(json.dumps({"peak_mb": (peak - max(base, rss)) / 1024, "step_s": steps[-1]}))
 """
 
 

@@ -16,3 +16,38 @@ def test_profile_networks_prints_a_table():
     assert len(rows) == 2 and all("failed" not in r for r in rows)
     params = [float(r.split("|")[2]) for r in rows]
     assert all(p > 0.5 for p in params)
+
+
+def _phantom_datalist(tmp_path):
+    from maht_net.phantom import make_phantom_dataset
+
+    return make_phantom_dataset(tmp_path / "phantom", n=12, seed=4, size=(128, 160))
+
+
+def test_benchmark_speed_prints_every_table(tiny_checkpoint, tmp_path):
+    datalist = _phantom_datalist(tmp_path)
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark_speed.py"), "--checkpoint", str(tiny_checkpoint), "--datalist", str(datalist),
+         "--images", "2", "--repeats", "1", "--pipeline-size", "64", "--pipeline-images", "16", "--train-sizes", "64", "--batch", "2",
+         "--json", str(tmp_path / "speed.json")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = __import__("json").loads((tmp_path / "speed.json").read_text())
+    assert {"PyTorch eager", "TorchScript", "ONNX Runtime", "ONNX Runtime int8 (dynamic)"} <= set(result["latency"])
+    eager, ts, ort = (result["latency"][k]["mre_mm"] for k in ("PyTorch eager", "TorchScript", "ONNX Runtime"))
+    assert abs(eager - ts) < 0.01 and abs(eager - ort) < 0.01  # the same model, deployed three ways
+    assert all(r > 0 for r in result["pipeline_images_per_s"].values())
+    assert result["training_step"]["64"]["step_s"] > 0 and result["training_step"]["64"]["peak_mb"] >= 0  # tiny: may stay under the baseline
+    assert "| PyTorch eager |" in run.stdout and "| 64x64 |" in run.stdout
+
+
+def test_benchmark_robustness_script(tiny_checkpoint, tmp_path):
+    datalist = _phantom_datalist(tmp_path)
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark_robustness.py"), "--checkpoint", str(tiny_checkpoint), "--datalist", str(datalist),
+         "--corruptions", "blur", "crop_chin", "--severities", "2", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| blur | 2 |" in run.stdout and "| crop_chin | 2 |" in run.stdout and (tmp_path / "out" / "results.json").is_file()

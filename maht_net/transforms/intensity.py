@@ -17,7 +17,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 
-__all__ = ["NormalizeXRay", "NormalizeXRayd", "CLAHE", "CLAHEd", "RandXRayIntensity", "RandXRayIntensityd"]
+__all__ = ["NormalizeXRay", "NormalizeXRayd", "CLAHE", "CLAHEd", "RandXRayIntensity", "RandXRayIntensityd", "RandXRayInvert", "RandXRayInvertd"]
 
 _MAX_QUANTILE_SAMPLES = 1 << 20  # percentiles from at most ~1M evenly strided pixels: cheap and stable
 
@@ -388,4 +388,48 @@ class RandXRayIntensityd(RandomizableTransform, MapTransform):
                 d[key] = self.augment(d[key], randomize=False)
             else:
                 d[key] = convert_to_tensor(d[key], track_meta=isinstance(d[key], MetaTensor))
+        return d
+
+
+class RandXRayInvert(RandomizableTransform):
+    """Random polarity inversion ``x -> lo + hi - x`` (``lo``, ``hi``: the image's minimum and maximum).
+
+    A MONOCHROME1 film exported to PNG/JPEG without its inversion shows bone dark and air
+    bright; training with this transform makes the network read either polarity (a model
+    trained without it fails on such films: ``docs/benchmarks.md``, robustness table).
+
+    Notes:
+        - Image ``(C, H, W)`` in and out; any intensity range.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __call__(self, img: Any, randomize: bool = True) -> torch.Tensor:
+        if randomize:
+            self.randomize(None)
+        if not self._do_transform:
+            return convert_to_tensor(img, track_meta=isinstance(img, MetaTensor))
+        x = _as_float_tensor(img)
+        return _restore(x.amin() + x.amax() - x, img)
+
+
+class RandXRayInvertd(RandomizableTransform, MapTransform):
+    """Dictionary-based :class:`RandXRayInvert`; all keys get the same draw.
+
+    Notes:
+        - Images ``(C, H, W)`` in and out.
+    """
+
+    backend = RandXRayInvert.backend
+
+    def __init__(self, keys: KeysCollection = "image", prob: float = 0.5, allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.invert = RandXRayInvert(1.0)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        for key in self.key_iterator(d):
+            d[key] = self.invert(d[key], randomize=False) if self._do_transform else convert_to_tensor(d[key], track_meta=isinstance(d[key], MetaTensor))
         return d

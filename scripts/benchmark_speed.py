@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""Speed and memory: end-to-end inference latency on real films for the deployment variants of a
+trained model (PyTorch eager, TorchScript, ONNX Runtime, ONNX Runtime int8) and for the peer
+toolkit's network at the same input size, with the MRE of each variant on the test split; data
+pipeline throughput; training step time and peak memory. Everything is measured in one run, so
+the ratios hold even where absolute figures vary between machines.
+
+    python scripts/benchmark_speed.py --checkpoint runs/bench-accuracy/cpu/runs/fixed/maht_net/models/model.pt \\
+        --datalist runs/bench-accuracy/cpu/hamedan.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maht_net.data import landmark_dataset, training_transforms
+from maht_net.datalist import load_datalist
+from maht_net.export import OnnxNetwork, export_onnx, export_torchscript
+from maht_net.inference import Predictor, load_model
+from maht_net.io.predictions import prediction_points, write_prediction
+from maht_net.losses import target_heatmaps
+from maht_net.metrics import radial_errors
+
+SCRIPTS = Path(__file__).resolve().parent
+
+
+def end_to_end(network, info, items, repeats: int, out: Path) -> tuple[float, float]:
+    """Median seconds per film for read + preprocess + network + decode + write JSON, and the MRE (mm)."""
+    predictor = Predictor(network, info)
+    predictor.predict(items[:1])  # warm-up
+    times, errors = [], []
+    for r in range(repeats):
+        for it in items:
+            t0 = time.perf_counter()
+            pred = predictor.predict([it])[0]
+            write_prediction(pred, out, formats=("json",))
+            times.append(time.perf_counter() - t0)
+            if r == 0:
+                errors.append(radial_errors(prediction_points(pred), np.asarray(it["landmarks"], dtype=float), np.asarray(it["spacing"], dtype=float)))
+    return statistics.median(times), float(np.nanmean(np.stack(errors)))
+
+
+def quantize_int8(onnx_path: Path, out: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def pipeline_throughput(datalist: Path, size: int, n: int) -> dict[str, float]:
+    """Images/s of the training pipeline (augment + pack), from cached preprocessing and from
+    files (decode + normalise + resize first), and of the Gaussian heatmap targets, which the loss
+    builds from the coordinates (:func:`maht_net.losses.target_heatmaps`, stride 4)."""
+    rates = {}
+    for name, cache in (("cached preprocessing", True), ("from files", False)):
+        ds = landmark_dataset(datalist, "training", training_transforms((size, size)), cache=cache)
+        for workers in (0, 2):
+            loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True, num_workers=workers)
+            seen, t0 = 0, time.perf_counter()
+            while seen < n:
+                for batch in loader:
+                    seen += batch["image"].shape[0]
+                    if seen >= n:
+                        break
+            rates[f"load + augment + pack, {name}, {workers} workers"] = seen / (time.perf_counter() - t0)
+    points = torch.rand(64, 19, 2) * (size - 1)
+    t0 = time.perf_counter()
+    target_heatmaps(points, (size // 4, size // 4), stride=4, sigma=2.5)
+    rates["heatmap targets (19 per image, in the loss)"] = 64 / (time.perf_counter() - t0)
+    return rates
+
+
+def training_steps(sizes: list[int], batch: int, threads: int) -> dict[str, dict]:
+    """Step time and peak memory of one training step (profile_networks.py's child process)."""
+    sys.path.insert(0, str(SCRIPTS))
+    from profile_networks import CHILD
+
+    recipe = ("maht_net", {"encoder": "efficientnet_b0", "decoder_channels": 64, "transformer_dim": 128})
+    rows = {}
+    for size in sizes:
+        child = subprocess.run([sys.executable, "-c", CHILD, json.dumps([*recipe, size, batch, threads])], capture_output=True, text=True, timeout=1800)
+        rows[str(size)] = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {"error": child.stderr[-500:]}
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--datalist", type=Path, required=True, help="films with truth (the 'test' section is timed)")
+    ap.add_argument("--images", type=int, default=20, help="test films timed")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pipeline-size", type=int, default=256)
+    ap.add_argument("--pipeline-images", type=int, default=400)
+    ap.add_argument("--train-sizes", type=int, nargs="*", default=[256, 512])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    items = load_datalist(args.datalist, "test", check_files=True)[: args.images]
+    network, info = load_model(args.checkpoint)
+    size_hw = (info["input_size"][1], info["input_size"][0])
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
+        "input_size": info["input_size"],
+        "films": len(items),
+        "latency": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        variants = {"PyTorch eager": network}
+        export_torchscript(network, tmp / "m.ts", size_hw)
+        variants["TorchScript"] = torch.jit.load(str(tmp / "m.ts"))
+        export_onnx(network, tmp / "m.onnx", size_hw)
+        variants["ONNX Runtime"] = OnnxNetwork(tmp / "m.onnx", threads=args.threads, stride=info["stride"])
+        variants["ONNX Runtime int8 (dynamic)"] = OnnxNetwork(quantize_int8(tmp / "m.onnx", tmp / "m.int8.onnx"), threads=args.threads, stride=info["stride"])
+        for name, net in variants.items():
+            seconds, mre = end_to_end(net, info, items, args.repeats, tmp / "out")
+            result["latency"][name] = {"seconds": seconds, "mre_mm": mre}
+            print(f"{name}: {seconds:.3f} s/film, MRE {mre:.2f} mm", file=sys.stderr, flush=True)
+        try:
+            from landmarker.models import ProbSpatialConfigurationNet
+
+            peer = ProbSpatialConfigurationNet(spatial_dims=2, in_channels=1, out_channels=len(info["landmark_names"])).eval()
+            peer_info = dict(info, stride=1, decoder="argmax")
+            seconds, _ = end_to_end(peer, peer_info, items, args.repeats, tmp / "out")  # untrained: time only
+            result["latency"]["landmarker PSCN (eager)"] = {"seconds": seconds, "mre_mm": None}
+        except ImportError:
+            print("landmarker not installed (make bench-install): no peer timing", file=sys.stderr)
+    result["pipeline_images_per_s"] = pipeline_throughput(args.datalist, args.pipeline_size, args.pipeline_images)
+    result["training_step"] = training_steps(args.train_sizes, args.batch, args.threads)
+    peer = result["latency"].get("landmarker PSCN (eager)", {}).get("seconds")
+    print(f"\nEnd to end per {items[0].get('width', '?')}x{items[0].get('height', '?')} film (read, preprocess at "
+          f"{info['input_size'][0]}x{info['input_size'][1]}, network, decode, write JSON), median of {args.repeats} x {len(items)}, {result['machine']}:\n")
+    print("| variant | s/film | x landmarker's time | MRE mm (test) |\n|---|---|---|---|")
+    for name, r in result["latency"].items():
+        ratio = f"{r['seconds'] / peer:.2f}" if peer else "-"
+        mre = "-" if r["mre_mm"] is None else f"{r['mre_mm']:.2f}"
+        print(f"| {name} | {r['seconds']:.3f} | {ratio} | {mre} |")
+    print(f"\nTraining pipeline at {args.pipeline_size}x{args.pipeline_size}, batch 8:\n\n| source | images/s |\n|---|---|")
+    for name, rate in result["pipeline_images_per_s"].items():
+        print(f"| {name} | {rate:.0f} |")
+    print(f"\nTraining step, bundle CPU recipe, batch {args.batch}:\n\n| input | s/step | peak MB (activations, grads, optimizer) |\n|---|---|---|")
+    for size, r in result["training_step"].items():
+        print(f"| {size}x{size} | {r.get('step_s', float('nan')):.2f} | {r.get('peak_mb', float('nan')):.0f} |")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
