@@ -207,3 +207,12 @@ def test_same_seed_gives_identical_training_on_cpu(phantom, tmp_path):
     (m0, w0), (m1, w1) = runs
     assert m0 == m1
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_make_serve_binds_loopback_unless_told_otherwise(tmp_path):
+    def serve_command(*args: str) -> str:
+        out = subprocess.run(["make", "-n", "serve", f"STUDIES={tmp_path}", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        return next(line for line in out.replace("\\\n", " ").splitlines() if "start_server" in line)
+
+    assert "--host 127.0.0.1 " in serve_command()
+    assert "--host 0.0.0.0 " in serve_command("HOST=0.0.0.0")
