@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from .data import landmark_dataset, training_transforms
 from .datalist import load_datalist, read_datalist
-from .engine import TimeBudgetHandler, prepare_landmark_batch
+from .engine import CheckpointInfo, TimeBudgetHandler, prepare_landmark_batch
 from .errors import InputError
 from .inference import Predictor
 from .io.atomic import atomic_write, write_json_atomic
@@ -265,7 +265,8 @@ def _train_landmarker(contender: Contender, datalist: Path, track: Mapping[str, 
 
     set_determinism(seed)
     size = track["input_size"]
-    n = len(get_landmark_set(read_datalist(datalist).get("landmark_set", "isbi2015")))
+    landmark_set = read_datalist(datalist).get("landmark_set", "isbi2015")
+    n = len(get_landmark_set(landmark_set))
     network = ProbSpatialConfigurationNet(spatial_dims=2, in_channels=1, out_channels=n)
     network.stride = 1
     loss_fn = _LandmarkerLoss(n, size)
@@ -292,16 +293,8 @@ def _train_landmarker(contender: Contender, datalist: Path, track: Mapping[str, 
     logger.info("%s: %.2f s/iteration -> %d epochs in %.1f min", contender.name, iter_s, epochs, budget_minutes)
     start = time.monotonic()
     trainer.run()
-    info = {
-        "network": "landmarker.ProbSpatialConfigurationNet",
-        "landmark_set": read_datalist(datalist).get("landmark_set", "isbi2015"),
-        "landmark_names": get_landmark_set(read_datalist(datalist).get("landmark_set", "isbi2015")).names,
-        "input_size": list(size),
-        "normalize": "percentile",
-        "clahe": False,
-        "decoder": "argmax",  # landmarker's recommended decoder (its local soft-argmax returned NaN here)
-        "stride": 1,
-    }
+    # landmarker's recommended decoder is argmax (its local soft-argmax returned NaN here)
+    info = CheckpointInfo("landmarker.ProbSpatialConfigurationNet", landmark_set=landmark_set, input_size=size, sigma=3.0, decoder="argmax", stride=1).state_dict()
     stats = {
         "train_seconds": round(time.monotonic() - start, 1),
         "epochs_planned": epochs,
