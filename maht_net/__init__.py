@@ -13,8 +13,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "audit", "bundle_support", "cli", "data", "datalist", "engine", "errors", "evaluation", "export", "heatmaps",
-    "inference", "io", "landmarks", "losses", "metrics", "networks", "phantom", "readers", "transforms", "visualize",
+    "active_learning", "analysis", "audit", "benchmark", "bundle_support", "cli", "data", "datalist", "engine", "errors",
+    "evaluation", "export", "heatmaps", "inference", "io", "labels", "landmarks", "losses", "metrics", "networks",
+    "phantom", "readers", "report", "robustness", "transforms", "uncertainty", "visualize",
 }
 
 

@@ -29,6 +29,7 @@ import torch
 
 from .errors import InputError
 from .io.predictions import build_prediction, prediction_points
+from .uncertainty import landmark_covariances
 
 __all__ = [
     "UNCERTAINTY_KEY",
@@ -64,6 +65,7 @@ def with_fallback_spacing(pred: dict[str, Any], spacing: Sequence[float] | None)
         landmark_set=pred["landmark_set"],
         item_id=pred["id"],
         origin=tuple(pred.get("origin") or (0.0, 0.0)),
+        covariance_px=landmark_covariances(pred) if any(r.get("covariance_px") is not None for r in rows) else None,
         **keep,
     )
     out["spacing_source"] = "fallback"

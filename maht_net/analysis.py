@@ -19,11 +19,12 @@ challenge (Wang et al., Medical Image Analysis 31:63-76, 2016) as implemented by
 classification script; see ``docs/analysis.md`` for the sources and the one deliberate
 deviation (the MW edge-to-edge band).
 
-Uncertainty propagation (:func:`analyze_points`): each landmark with predicted radial spread
-``u`` (the RMS distance ``sqrt(E|p - c|^2)`` that inference reports as ``uncertainty_px``) is
-sampled from an isotropic Gaussian with per-axis standard deviation ``u / sqrt(2)`` (so the
-RMS radial deviation equals ``u``); every measurement is computed on every sample (seeded), and
-its central ``level`` interval, its class probability and a ``needs_review`` flag follow.
+Uncertainty propagation (:func:`analyze_points`): each landmark is sampled from a Gaussian with
+its predicted covariance (``covariance_px``, see :mod:`maht_net.uncertainty`), or, when only
+the radial spread ``u`` is known (``uncertainty_px``, the RMS distance ``sqrt(E|p - c|^2)``),
+from an isotropic Gaussian with per-axis standard deviation ``u / sqrt(2)``; every measurement
+is computed on every sample (seeded), and its central ``level`` interval, its class probability
+and a ``needs_review`` flag follow.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .errors import InputError
 from .io.atomic import atomic_write, write_json_atomic
 from .io.predictions import PREDICTION_SUFFIX, find_predictions, prediction_points, read_prediction
 from .landmarks import COORDINATE_CONVENTION, LandmarkSet, get_landmark_set
+from .uncertainty import CHI2_2DOF_95, isotropic_covariance, landmark_covariances
 
 __all__ = [
     "ANALYSIS_FORMAT",
@@ -78,8 +80,6 @@ __all__ = [
 ]
 
 ANALYSIS_FORMAT = "maht-net-analysis"
-RMS_TO_SIGMA = 1.0 / math.sqrt(2.0)
-"""Per-axis standard deviation of an isotropic 2-D Gaussian whose RMS radial deviation is 1."""
 
 Points = Mapping[str, np.ndarray]
 
@@ -488,6 +488,7 @@ def analyze_points(
     seed: int = 0,
     level: float = 0.95,
     measurements: Sequence[Measurement] = MEASUREMENTS,
+    covariance_px: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Measure, classify and propagate landmark uncertainty for one image.
 
@@ -500,6 +501,8 @@ def analyze_points(
         policy: review thresholds (:class:`ReviewPolicy`).
         n_samples, seed: Monte-Carlo samples and the generator seed (results are reproducible).
         level: central probability of the reported intervals.
+        covariance_px: ``(N, 2, 2)`` Gaussian covariance over ``(x, y)`` px per landmark, used for
+            the sampling where finite (elongated uncertainty); else isotropic from ``uncertainty_px``.
 
     Returns:
         A JSON-serialisable dict (format ``maht-net-analysis``): ``measurements`` (one row per
@@ -530,7 +533,15 @@ def analyze_points(
     samples = None
     if has_unc.any() and n_samples > 0:
         rng = np.random.default_rng(seed)
-        noise = rng.standard_normal((int(n_samples), len(lset), 2)) * (np.where(has_unc, unc, 0.0) * RMS_TO_SIGMA)[None, :, None]
+        cov = isotropic_covariance(np.where(has_unc, unc, 0.0))
+        if covariance_px is not None:
+            given = np.asarray(covariance_px, dtype=float)
+            if given.shape != (len(lset), 2, 2):
+                raise ValueError(f"covariance_px must have shape ({len(lset)}, 2, 2), got {given.shape}")
+            cov = np.where((np.isfinite(given).all((1, 2)) & has_unc)[:, None, None], given, cov)
+        values, vectors = np.linalg.eigh(cov)
+        root = vectors * np.sqrt(np.clip(values, 0.0, None))[:, None, :]  # root @ root.T = cov
+        noise = np.einsum("nij,snj->sni", root, rng.standard_normal((int(n_samples), len(lset), 2)))
         samples = _landmark_arrays(points[None] + noise, lset, scale)
     q = ((1 - level) / 2 * 100, (1 + level) / 2 * 100)
 
@@ -594,7 +605,7 @@ def analyze_points(
         "distance_unit": dist_unit,
         "uncertainty": None if samples is None else {
             "method": "monte_carlo", "samples": int(n_samples), "seed": int(seed), "level": float(level),
-            "model": "isotropic Gaussian per landmark, per-axis sigma = uncertainty_px / sqrt(2)",
+            "model": "Gaussian per landmark with its covariance_px (isotropic, per-axis sigma = uncertainty_px / sqrt(2), where absent)",
         },
         "review_policy": asdict(policy),
         "measurements": rows,
@@ -637,7 +648,7 @@ def analyze_prediction(
     lset = get_landmark_set(pred.get("landmark_set", "isbi2015"))
     points = np.asarray(pred["points"], dtype=float) if "points" in pred else prediction_points(pred)  # type: ignore[arg-type]
     unc = [r.get("uncertainty_px") for r in pred["landmarks"]]
-    result = analyze_points(points, pred.get("spacing"), unc, lset, policy, n_samples, seed, level)
+    result = analyze_points(points, pred.get("spacing"), unc, lset, policy, n_samples, seed, level, covariance_px=landmark_covariances(pred))
     return {"id": pred.get("id"), "image": pred.get("image"), **result}
 
 
@@ -769,6 +780,7 @@ def uncertainty_calibration(
     spacing: np.ndarray | Sequence[Sequence[float] | None] | None = None,
     n_bins: int = 8,
     policy: ReviewPolicy | None = None,
+    covariance_px: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Does the predicted uncertainty match the actual error? Binned reliability + flag check.
 
@@ -778,12 +790,15 @@ def uncertainty_calibration(
         spacing: ``(B, 2)`` mm/px (or a list with ``None``); any unknown spacing puts everything in px.
         n_bins: equal-count bins of predicted uncertainty.
         policy: the landmark threshold that decides "flagged" (:class:`ReviewPolicy`).
+        covariance_px: ``(B, N, 2, 2)`` predicted covariances over ``(x, y)`` px: adds
+            ``ellipse_coverage``, the fraction of true positions inside their 95 % ellipse.
 
     Returns:
         ``{"unit", "n", "bins": [{"low", "high", "n", "predicted_rms", "actual_rms",
         "actual_mean"}], "flagged": {"threshold", "n", "mean_error", "median_error"},
-        "unflagged": {...}, "spearman": rho}``. A calibrated model has ``actual_rms`` close to
-        ``predicted_rms`` in every bin (the predicted spread is an RMS radial distance).
+        "unflagged": {...}, "spearman": rho, "ellipse_coverage": fraction or None}``. A
+        calibrated model has ``actual_rms`` close to ``predicted_rms`` in every bin (the
+        predicted spread is an RMS radial distance) and a coverage close to 0.95.
     """
     policy = policy or ReviewPolicy()
     pred, truth = np.asarray(pred_points, dtype=float), np.asarray(truth_points, dtype=float)
@@ -822,9 +837,18 @@ def uncertainty_calibration(
     from scipy.stats import spearmanr
 
     rho = spearmanr(u, e).statistic if len(e) > 2 and np.ptp(u) > 0 else float("nan")
+    coverage = None
+    if covariance_px is not None:
+        cov = np.asarray(covariance_px, dtype=float)
+        d = pred - truth
+        valid = np.isfinite(d).all(-1) & np.isfinite(cov).all((-2, -1)) & (np.linalg.det(np.where(np.isfinite(cov), cov, 1.0)) > 0)
+        if valid.any():
+            m2 = np.einsum("ki,kij,kj->k", d[valid], np.linalg.inv(cov[valid]), d[valid])  # squared Mahalanobis distance
+            coverage = float(np.mean(m2 <= CHI2_2DOF_95))
     return {
         "unit": unit, "n": int(len(e)), "bins": bins, "threshold": threshold,
         "flagged": group(u > threshold), "unflagged": group(u <= threshold), "spearman": _float(rho),
+        "ellipse_coverage": coverage,
     }
 
 
@@ -884,13 +908,13 @@ def compare_with_truth(
     if not matched:
         raise InputError(datalist, f"no prediction id matches a datalist item with landmarks ({len(preds)} predictions)")
     truths, analyses, per_image = [], [], []
-    pp, tp, uu, ss = [], [], [], []
+    pp, tp, uu, ss, cc = [], [], [], [], []
     for pred in matched:
         item = items[pred["id"]]
         spacing = item["spacing"] if item["spacing"] is not None else pred.get("spacing")
         points = np.asarray(pred["points"], dtype=float) if "points" in pred else prediction_points(pred)  # type: ignore[arg-type]
         unc = np.array([np.nan if r.get("uncertainty_px") is None else r["uncertainty_px"] for r in pred["landmarks"]], dtype=float)
-        a = analyze_points(points, spacing, unc, lset, policy, n_samples, seed)
+        a = analyze_points(points, spacing, unc, lset, policy, n_samples, seed, covariance_px=landmark_covariances(pred))
         t = analyze_points(item["landmarks"], spacing, None, lset, policy)
         analyses.append(a)
         truths.append(t)
@@ -899,9 +923,10 @@ def compare_with_truth(
         tp.append(item["landmarks"])
         uu.append(unc)
         ss.append(spacing)
+        cc.append(landmark_covariances(pred))
     calibration = None
     if np.isfinite(np.array(uu)).any():
-        calibration = uncertainty_calibration(np.stack(pp), np.stack(uu), np.stack(tp), ss, policy=policy)
+        calibration = uncertainty_calibration(np.stack(pp), np.stack(uu), np.stack(tp), ss, policy=policy, covariance_px=np.stack(cc))
     reference = None
     if any(isinstance(items[p["id"]].get("annotators"), Mapping) for p in matched):
         reference = annotator_agreement([items[p["id"]] for p in matched], landmark_set=lset)
@@ -1043,6 +1068,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"\nuncertainty calibration ({cal['n']} landmarks, Spearman rho {_fmt(cal['spearman'])}): flagged "
                 f"(> {cal['threshold']:g} {cal['unit']}) n={fl['n']} mean error {_fmt(fl['mean_error'])} {cal['unit']}; "
                 f"unflagged n={un['n']} mean error {_fmt(un['mean_error'])} {cal['unit']}"
+                + ("" if cal["ellipse_coverage"] is None else f"; true position inside its 95 % ellipse for {cal['ellipse_coverage']:.1%}")
             )
             if args.reliability_plot:
                 save_reliability_plot(cal, args.reliability_plot)

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "maht_net.audit",
     "maht_net.evaluation",
     "maht_net.inference",
+    "maht_net.uncertainty",
     "maht_net.analysis",
     "maht_net.report",
 )

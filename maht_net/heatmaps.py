@@ -22,6 +22,8 @@ __all__ = [
     "decode_argmax",
     "soft_argmax",
     "refine_dark",
+    "heatmap_covariance",
+    "covariance_to_spread",
     "heatmap_spread",
     "DecodedLandmarks",
     "decode_heatmaps",
@@ -164,26 +166,41 @@ def refine_dark(heatmaps: torch.Tensor, points: torch.Tensor, smooth_sigma: floa
     return (base + off).to(heatmaps.dtype)
 
 
-def heatmap_spread(heatmaps: torch.Tensor, centers: torch.Tensor, floor: float | None = 0.1) -> torch.Tensor:
-    """Radial spread ``sqrt(E|p - c|^2)`` of each channel's mass around ``centers``, in pixels.
+def heatmap_covariance(heatmaps: torch.Tensor, centers: torch.Tensor, floor: float | None = 0.1) -> torch.Tensor:
+    """Second moments of each channel's mass around ``centers``: ``E[(p - c)(p - c)^T]`` in px^2.
 
     Mass is the heatmap clipped below at ``floor * peak`` (so a flat noise floor does not
-    dominate), over the whole map: a second mode far from the peak makes the spread large, which
-    is what flags an ambiguous landmark. For a clean Gaussian of std ``s`` and the default floor
-    it is ``1.22 s`` (the Rayleigh second moment truncated at ``exp(-r^2/2s^2) = 0.1``).
-    Returns ``(B, N)``.
+    dominate), over the whole map: a second mode far from the peak makes the moments large,
+    which is what flags an ambiguous landmark; an elongated mode gives an elongated ellipse.
+    Returns ``(B, N, 2, 2)`` over ``(x, y)``: ``[[Cxx, Cxy], [Cxy, Cyy]]``.
     """
     hm, _ = _as_batch(heatmaps.detach().float())
     b, n, h, w = hm.shape
     peak = hm.reshape(b, n, -1).amax(-1).clamp_min(1e-12)[..., None, None]
     mass = hm.clamp_min(0) if floor is None else torch.where(hm >= floor * peak, hm, torch.zeros_like(hm)).clamp_min(0)
     total = mass.sum((-2, -1)).clamp_min(1e-12)
-    xs = torch.arange(w, dtype=hm.dtype, device=hm.device)
-    ys = torch.arange(h, dtype=hm.dtype, device=hm.device)
     c = centers.reshape(b, n, 2).float()
-    ex = (mass.sum(-2) * (xs - c[..., 0:1]) ** 2).sum(-1)
-    ey = (mass.sum(-1) * (ys - c[..., 1:2]) ** 2).sum(-1)
-    return torch.sqrt((ex + ey) / total)
+    dx = torch.arange(w, dtype=hm.dtype, device=hm.device) - c[..., 0:1]  # (B, N, W)
+    dy = torch.arange(h, dtype=hm.dtype, device=hm.device) - c[..., 1:2]  # (B, N, H)
+    cxx = (mass.sum(-2) * dx**2).sum(-1) / total
+    cyy = (mass.sum(-1) * dy**2).sum(-1) / total
+    cxy = (mass * dy[..., :, None] * dx[..., None, :]).sum((-2, -1)) / total
+    return torch.stack([torch.stack([cxx, cxy], -1), torch.stack([cxy, cyy], -1)], -2)
+
+
+def covariance_to_spread(covariance: torch.Tensor) -> torch.Tensor:
+    """Radial spread ``sqrt(E|p - c|^2) = sqrt(Cxx + Cyy)`` from ``(..., 2, 2)`` covariances."""
+    return torch.sqrt((covariance[..., 0, 0] + covariance[..., 1, 1]).clamp_min(0))
+
+
+def heatmap_spread(heatmaps: torch.Tensor, centers: torch.Tensor, floor: float | None = 0.1) -> torch.Tensor:
+    """Radial spread ``sqrt(E|p - c|^2)`` of each channel's mass around ``centers``, in pixels.
+
+    The trace of :func:`heatmap_covariance`. For a clean Gaussian of std ``s`` and the default
+    floor it is ``1.22 s`` (the Rayleigh second moment truncated at ``exp(-r^2/2s^2) = 0.1``).
+    Returns ``(B, N)``.
+    """
+    return covariance_to_spread(heatmap_covariance(heatmaps, centers, floor))
 
 
 @dataclass
@@ -193,12 +210,18 @@ class DecodedLandmarks:
     Attributes:
         points: ``(B, N, 2)`` ``(x, y)``.
         confidence: ``(B, N)`` heatmap peak value clipped to ``[0, 1]``.
-        spread: ``(B, N)`` radial spread in pixels (:func:`heatmap_spread`).
+        covariance: ``(B, N, 2, 2)`` second moments around the point over ``(x, y)``, in px^2
+            (:func:`heatmap_covariance`).
     """
 
     points: torch.Tensor
     confidence: torch.Tensor
-    spread: torch.Tensor
+    covariance: torch.Tensor
+
+    @property
+    def spread(self) -> torch.Tensor:
+        """``(B, N)`` radial spread in pixels: ``sqrt(trace(covariance))``."""
+        return covariance_to_spread(self.covariance)
 
 
 def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", beta: float = 50.0, smooth_sigma: float = 0.0) -> DecodedLandmarks:
@@ -213,7 +236,7 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", beta: float = 
         points = soft_argmax(hm, beta=beta)
     else:
         points = refine_dark(hm, peaks, smooth_sigma=smooth_sigma)
-    return DecodedLandmarks(points=points, confidence=peak_values.clamp(0, 1), spread=heatmap_spread(hm, points))
+    return DecodedLandmarks(points=points, confidence=peak_values.clamp(0, 1), covariance=heatmap_covariance(hm, points))
 
 
 def decode_logits(
@@ -227,7 +250,8 @@ def decode_logits(
 
     Returns:
         :class:`DecodedLandmarks` in input pixels (``x_in = (x_h + 0.5) * stride - 0.5``):
-        ``spread`` = radial standard deviation of ``p`` around the point, counting only pixels
+        ``covariance`` = second moments of ``p`` around the point (``spread`` its radial RMS),
+        counting only pixels
         above :data:`SPREAD_FLOOR` of the peak (the softmax puts a little mass on every pixel of
         the film, and that far-away floor would otherwise make the spread nearly the same for
         every landmark); ``confidence`` = mass of ``p`` within ``confidence_radius`` input pixels
@@ -238,9 +262,9 @@ def decode_logits(
     heat = torch.exp(lg - lg.reshape(b, n, -1).amax(-1)[..., None, None])
     decoded = decode_heatmaps(heat, method=method)
     prob = torch.softmax(lg.reshape(b, n, -1), -1).reshape(b, n, h, w)
-    spread = heatmap_spread(prob, decoded.points, floor=SPREAD_FLOOR) * stride
+    covariance = heatmap_covariance(prob, decoded.points, floor=SPREAD_FLOOR) * stride**2
     xs = torch.arange(w, dtype=prob.dtype, device=prob.device)
     ys = torch.arange(h, dtype=prob.dtype, device=prob.device)
     d2 = (xs - decoded.points[..., 0:1])[..., None, :] ** 2 + (ys - decoded.points[..., 1:2])[..., :, None] ** 2
     confidence = (prob * (d2 <= (confidence_radius / stride) ** 2)).sum((-2, -1))
-    return DecodedLandmarks(points=heatmap_to_input(decoded.points, stride), confidence=confidence, spread=spread)
+    return DecodedLandmarks(points=heatmap_to_input(decoded.points, stride), confidence=confidence, covariance=covariance)

@@ -31,6 +31,7 @@ from .io.predictions import build_prediction, write_prediction
 from .networks import create_network
 from .transforms.io import unwrap_input_error
 from .transforms.targets import DecodeLandmarksd
+from .uncertainty import calibration_for, landmark_covariances
 from .visualize import save_overlay
 
 __all__ = [
@@ -92,12 +93,14 @@ def prediction_from_batch(batch: Mapping[str, Any], output: Mapping[str, Any], l
     """Prediction documents (see :mod:`maht_net.io.predictions`) for one decoded batch.
 
     ``batch`` holds the collated samples (``image`` MetaTensor with its meta, ``id``,
-    ``orig_spacing``); ``output`` the ``pred_points``/``pred_spread``/``pred_confidence`` of
-    :class:`DecodeLandmarksd`, all in original pixels. Each document carries the cephalometric
+    ``orig_spacing``); ``output`` the ``pred_points``/``pred_spread``/``pred_covariance``/
+    ``pred_confidence`` (and ``uncertainty_calibration``) of :class:`DecodeLandmarksd`, all in
+    original pixels. Each document carries the cephalometric
     measurements of :func:`maht_net.analysis.analyze_prediction` under ``"measurements"``.
     """
     points = torch.as_tensor(output["pred_points"]).detach().cpu().numpy()
     spread = torch.as_tensor(output["pred_spread"]).detach().cpu().numpy()
+    covariance = torch.as_tensor(output["pred_covariance"]).detach().cpu().numpy() if "pred_covariance" in output else None
     conf = torch.as_tensor(output["pred_confidence"]).detach().cpu().numpy()
     n = points.shape[0]
     meta = getattr(batch["image"], "meta", {})
@@ -122,6 +125,8 @@ def prediction_from_batch(batch: Mapping[str, Any], output: Mapping[str, Any], l
                 landmark_set=landmark_set,
                 item_id=str(ids[i]),
                 origin=tuple(float(v) for v in np.asarray(origins[i])) if origins[i] is not None else (0.0, 0.0),
+                covariance_px=None if covariance is None else covariance[i],
+                uncertainty_calibration=output.get("uncertainty_calibration"),
             )
         )
         preds[-1]["measurements"] = analyze_prediction(preds[-1])
@@ -134,14 +139,13 @@ def write_outputs(pred: dict[str, Any], out_dir: str | os.PathLike, formats: Seq
     if overlay:
         from .io.predictions import prediction_points
 
-        unc = np.array([np.nan if r["uncertainty_px"] is None else r["uncertainty_px"] for r in pred["landmarks"]])
         paths["overlay"] = save_overlay(
             load_xray(pred["image"]).image,
             Path(out_dir) / f"{pred['id']}_overlay.png",
             points=prediction_points(pred),
             truth=truth,
             landmark_set=pred["landmark_set"],
-            uncertainty_px=unc,
+            covariance_px=landmark_covariances(pred),
             title=str(pred["id"]),
         )
     return paths
@@ -202,14 +206,26 @@ class Predictor:
         network: a MAHT-Net/U-Net module, or an :class:`~maht_net.export.OnnxNetwork`.
         info: the checkpoint's inference spec (:class:`~maht_net.engine.CheckpointInfo`).
         mc_samples, tta: see :class:`LandmarkInferer`.
+        calibrate: apply the checkpoint's uncertainty calibration when it was fitted for this
+            ``mc_samples``/``tta`` (:func:`~maht_net.uncertainty.calibration_for`).
     """
 
-    def __init__(self, network: Any, info: Mapping[str, Any], device: str | torch.device = "cpu", mc_samples: int = 0, tta: bool = False, batch_size: int = 1) -> None:
+    def __init__(
+        self,
+        network: Any,
+        info: Mapping[str, Any],
+        device: str | torch.device = "cpu",
+        mc_samples: int = 0,
+        tta: bool = False,
+        batch_size: int = 1,
+        calibrate: bool = True,
+    ) -> None:
         self.network, self.info, self.device = network, dict(info), torch.device(device)
         self.batch_size = int(batch_size)
         self.transform = evaluation_transforms(info["input_size"], len(info["landmark_names"]), info.get("normalize", "percentile"), info.get("clahe", False))
         self.inferer = LandmarkInferer(mc_samples, tta, int(info["stride"]))
-        self.decode = DecodeLandmarksd(stride=int(info["stride"]), method=info.get("decoder", "dark"))
+        calibration = calibration_for(info, mc_samples, tta) if calibrate else None
+        self.decode = DecodeLandmarksd(stride=int(info["stride"]), method=info.get("decoder", "dark"), calibration=calibration)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str = "cpu", **kwargs: Any) -> Predictor:

@@ -2,7 +2,7 @@
 
 One self-contained HTML file (the picture embedded as base64 PNG, inline CSS, no script, no
 external resource) and the same picture as PNG: the film with the named landmarks, their 95 %
-uncertainty circles and the analysis lines (S-N, N-A, N-B, Frankfort, mandibular and palatal
+uncertainty ellipses and the analysis lines (S-N, N-A, N-B, Frankfort, mandibular and palatal
 planes, facial plane, lip line), then the measurement table of :mod:`maht_net.analysis` with
 classes, intervals and review flags, the landmark table and the definitions. On request
 (``--explain``) a per-landmark explanation from the network: the predicted heatmap over the film
@@ -31,18 +31,15 @@ from .errors import InputError
 from .io.atomic import atomic_write
 from .io.predictions import prediction_points, read_prediction
 from .landmarks import get_landmark_set
-from .visualize import pyplot
+from .uncertainty import landmark_covariances
+from .visualize import ellipse_patch, pyplot
 
-__all__ = ["DISCLAIMER", "ANALYSIS_LINES", "RADIUS_95", "render_report_png", "build_report_html", "explain_landmarks", "write_report", "register"]
+__all__ = ["DISCLAIMER", "ANALYSIS_LINES", "render_report_png", "build_report_html", "explain_landmarks", "write_report", "register"]
 
 DISCLAIMER = (
     "Research use only. Not a medical device and not a diagnosis. Every landmark and every "
     "measurement must be reviewed by a qualified clinician before any clinical use."
 )
-
-RADIUS_95 = float(np.sqrt(-2.0 * np.log(0.05)) / np.sqrt(2.0))
-"""Radius of the 95 % region of an isotropic 2-D Gaussian, in units of its RMS radial spread
-(the ``uncertainty_px`` of a prediction): ``sqrt(2 ln 20) / sqrt(2) = 1.73``."""
 
 ANALYSIS_LINES: tuple[tuple[str, str, str, str, float], ...] = (
     ("S-N", "sella", "nasion", "#ffd700", 0.15),
@@ -101,20 +98,20 @@ def render_report_png(pred: Mapping[str, Any], analysis: Mapping[str, Any], imag
         (line,) = ax.plot([p0[0], p1[0]], [p0[1], p1[1]], color=colour, linewidth=1.4, alpha=0.9, label=label)
         handles.append(line)
     flags = {r["name"]: r["needs_review"] for r in analysis["landmarks"]}
+    covariances = landmark_covariances(pred)
     fontsize = 9 * max_side_px / 1200
     offsets = _label_offsets(np.array([pos[lm.name] for lm in lset if lm.name in pos]), 8 * max(w, h) / max_side_px * dpi / 72)
     for k, lm in enumerate(n for n in lset if n.name in pos):
         x, y = pos[lm.name]
         colour = "#ff3030" if flags.get(lm.name) else "#00ffff"
-        unc = pred["landmarks"][lm.index - 1].get("uncertainty_px")
-        if unc is not None and np.isfinite(unc):
-            ax.add_patch(plt.Circle((x, y), RADIUS_95 * unc, fill=False, color=colour, linewidth=1.0, alpha=0.9))
+        if np.isfinite(covariances[lm.index - 1]).all():
+            ax.add_patch(ellipse_patch((x, y), covariances[lm.index - 1], color=colour, linewidth=1.0, alpha=0.9))
         ax.plot([x], [y], marker="+", markersize=8, color=colour, markeredgewidth=1.6)
         dx, dy = offsets[k]
         ax.annotate(lm.abbreviation, (x, y), xytext=(dx, -dy), textcoords="offset points", color=colour, fontsize=fontsize,
                     fontweight="bold", path_effects=outline, ha="left" if dx > 0 else "right", va="top" if dy > 0 else "bottom")
     handles += [
-        plt.Line2D([], [], color="#00ffff", marker="+", linestyle="none", markersize=8, label="landmark (circle: 95 % region)"),
+        plt.Line2D([], [], color="#00ffff", marker="+", linestyle="none", markersize=8, label="landmark (ellipse: 95 % region)"),
         plt.Line2D([], [], color="#ff3030", marker="+", linestyle="none", markersize=8, label="landmark to review"),
     ]
     ax.legend(handles=handles, loc="lower left", fontsize=fontsize * 0.8, framealpha=0.7, facecolor="black", labelcolor="white")
@@ -362,6 +359,11 @@ def build_report_html(
     """The self-contained HTML report (no external resource: images are base64 ``data:`` URIs)."""
     spacing = pred.get("spacing")
     sp_text = f"{spacing[0]:.4g} x {spacing[1]:.4g} mm/px" if spacing else "unknown: distances in pixels, mm classes not applied"
+    cal = pred.get("uncertainty_calibration")
+    calibration_text = (
+        f"uncertainty calibrated on {cal.get('n_images', '?')} held-out {cal.get('section', '')} films ({cal.get('method', '')})"
+        if cal else "uncertainty NOT calibrated (the network's raw spread, which over-states the error on real films)"
+    )
     s = analysis["skeletal_class"]
     skeletal = "not available" if s["class"] is None else (
         f"{_e(s['label'])} (ANB {s['anb']:.1f}&deg;" + (f", probability {s['class_probability']:.0%}" if s["class_probability"] is not None else "")
@@ -402,8 +404,8 @@ def build_report_html(
 <div><b>Review:</b> {review}</div>
 </div>
 <h2>Film with landmarks and analysis lines</h2>
-<p class="muted">Crosses: predicted landmarks (abbreviations in the landmark table). Circles: region holding the true position with 95 %
-probability if the predicted uncertainty is right. Red: landmark uncertainty above {policy['landmark_uncertainty_mm']:g} mm
+<p class="muted">Crosses: predicted landmarks (abbreviations in the landmark table). Ellipses: region holding the true position with 95 %
+probability if the predicted uncertainty is right; {_e(calibration_text)}. Red: landmark uncertainty above {policy['landmark_uncertainty_mm']:g} mm
 ({policy['landmark_uncertainty_px']:g} px without spacing).</p>
 <img class="film" alt="film with landmarks" src="data:image/png;base64,{base64.b64encode(figure_png).decode()}">
 <h2>Measurements</h2>
@@ -498,7 +500,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="clinician-readable HTML (+PNG) report: film with landmarks, uncertainty and analysis lines, measurement table",
         description="Render one prediction as a self-contained HTML report (embedded PNG) and a PNG: named landmarks with "
-        "95 % uncertainty circles, analysis lines, measurements with ISBI 2015 classes, intervals and review flags.",
+        "95 % uncertainty ellipses, analysis lines, measurements with ISBI 2015 classes, intervals and review flags.",
     )
     p.add_argument("prediction", help="prediction JSON (<id>_landmarks.json)")
     p.add_argument("--out", required=True, help="HTML file to write")

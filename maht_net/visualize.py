@@ -10,8 +10,9 @@ import numpy as np
 
 from .io.atomic import atomic_write
 from .landmarks import LandmarkSet, get_landmark_set
+from .uncertainty import ellipse_axes
 
-__all__ = ["pyplot", "save_figure", "save_overlay", "save_mean_shape"]
+__all__ = ["pyplot", "save_figure", "ellipse_patch", "save_overlay", "save_mean_shape"]
 
 
 def pyplot():
@@ -42,13 +43,22 @@ def save_figure(fig, out: str | os.PathLike) -> Path:
     return out
 
 
+def ellipse_patch(center: Sequence[float], covariance: np.ndarray, **kwargs):
+    """Matplotlib patch of the 95 % region of a 2-D Gaussian (``covariance`` ``(2, 2)`` over ``(x, y)``
+    px) centred on ``center`` ``(x, y)``; ``kwargs`` style it (unfilled by default)."""
+    from matplotlib.patches import Ellipse
+
+    major, minor, angle = ellipse_axes(covariance)
+    return Ellipse(tuple(center), 2 * major, 2 * minor, angle=angle, **{"fill": False, **kwargs})
+
+
 def save_overlay(
     image: np.ndarray,
     out: str | os.PathLike,
     points: np.ndarray | None = None,
     truth: np.ndarray | None = None,
     landmark_set: str | LandmarkSet = "isbi2015",
-    uncertainty_px: np.ndarray | None = None,
+    covariance_px: np.ndarray | None = None,
     title: str | None = None,
 ) -> Path:
     """Draw landmarks on an X-ray and save a PNG.
@@ -57,7 +67,7 @@ def save_overlay(
         image: ``(H, W)`` grayscale (any range).
         points: ``(N, 2)`` ``(x, y)`` predicted (red, labelled with abbreviations).
         truth: ``(N, 2)`` ``(x, y)`` ground truth (green); a line joins each pair.
-        uncertainty_px: ``(N,)`` radii of dashed circles around the predictions.
+        covariance_px: ``(N, 2, 2)`` over ``(x, y)`` px: dashed 95 % ellipses around the predictions.
     """
     lset = get_landmark_set(landmark_set)
     h, w = image.shape[:2]
@@ -77,8 +87,8 @@ def save_overlay(
         for k, p in enumerate(points):
             if np.isfinite(p).all():
                 ax.annotate(lset[k].abbreviation, (p[0], p[1]), xytext=(4, -4), textcoords="offset points", color="orange", fontsize=7)
-                if uncertainty_px is not None and np.isfinite(uncertainty_px[k]):
-                    ax.add_patch(plt.Circle(p, uncertainty_px[k], fill=False, color="cyan", linestyle="--", linewidth=0.7))
+                if covariance_px is not None and np.isfinite(covariance_px[k]).all():
+                    ax.add_patch(ellipse_patch(p, covariance_px[k], color="cyan", linestyle="--", linewidth=0.7))
     if title:
         ax.text(0.01, 0.99, title, transform=ax.transAxes, va="top", color="white", fontsize=9, backgroundcolor="black")
     if points is not None or truth is not None:

@@ -81,7 +81,7 @@ def test_metadata_is_valid_against_the_schema():
 
 def test_bundle_layout():
     for rel in ("configs/metadata.json", "configs/train.json", "configs/evaluate.json", "configs/inference.json",
-                "configs/multi_gpu_train.json", "configs/logging.conf", "docs/README.md", "docs/data_license.txt", "LICENSE"):
+                "configs/multi_gpu_train.json", "configs/train_gpu.json", "configs/logging.conf", "docs/README.md", "docs/data_license.txt", "LICENSE"):
         assert (BUNDLE / rel).is_file(), rel
 
 
@@ -95,6 +95,9 @@ def test_training_writes_checkpoints_with_inference_info(trained):
     state = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert set(state) == {"model", "info"}
     assert state["info"]["landmark_names"][0] == "sella" and state["info"]["input_size"] == [64, 96]
+    calibration = state["info"]["uncertainty_calibration"]  # fitted on the validation section when training ends
+    assert calibration["section"] == "validation" and calibration["method"] == "sigma_scaling"
+    assert len(calibration["scale"]) == 19 and all(s > 0 for s in calibration["scale"])
     last = torch.load(trained / "models" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "trainer", "lr_scheduler", "best", "info"} <= set(last)
     assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"]  # both epochs done
@@ -110,6 +113,8 @@ def test_train_and_evaluate_workflow(trained, phantom):
     n_test = len(read_datalist(phantom)["test"])
     assert metrics["summary"]["counts"]["images"] == n_test and metrics["unit"] == "mm"
     assert len(list((trained / "eval" / "predictions").glob("*_landmarks.json"))) == n_test
+    pred = json.loads(next((trained / "eval" / "predictions").glob("*_landmarks.json")).read_text())
+    assert pred["uncertainty_calibration"]["section"] == "validation"  # evaluation reports calibrated uncertainty
 
 
 def test_inference_workflow_writes_all_outputs(trained, phantom, tmp_path):
@@ -124,6 +129,9 @@ def test_inference_workflow_writes_all_outputs(trained, phantom, tmp_path):
         assert pred["width"] == 256 and pred["height"] == 320 and pred["spacing"] == [0.3, 0.3]
         assert len(pred["landmarks"]) == 19 and all(0 <= r["x"] < 256 and 0 <= r["y"] < 320 for r in pred["landmarks"])
         assert (out / f"{p.stem}_landmarks.mrk.json").is_file() and (out / f"{p.stem}_overlay.png").is_file()
+        assert pred["uncertainty_calibration"]["method"] == "sigma_scaling"
+        cov = np.array([r["covariance_px"] for r in pred["landmarks"]])
+        np.testing.assert_allclose(np.sqrt(cov[:, 0, 0] + cov[:, 1, 1]), [r["uncertainty_px"] for r in pred["landmarks"]], rtol=1e-5)
 
 
 def test_ckpt_export_torchscript_loads_and_matches(trained, tmp_path):
@@ -222,6 +230,16 @@ def test_package_download_and_run_at_another_site(trained, phantom, tmp_path):
     x = torch.rand(1, 1, info["input_size"][1], info["input_size"][0])
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
+
+
+def test_gpu_recipe_layers_on_train_json(phantom, tmp_path):
+    wf = workflow(["train.json", "train_gpu.json"], "train", tmp_path, datalist=str(phantom), progress_bar=False)
+    wf.initialize()
+    assert wf.check_properties() == []
+    assert wf.parser.get_parsed_content("input_size") == [512, 640] and wf.parser.get_parsed_content("sigma") == 5.0
+    assert [s["epochs"] for s in wf.parser.get_parsed_content("progressive_stages")[:2]] == [36, 12]
+    sample = wf.parser.get_parsed_content("validate#dataset")[0]
+    assert tuple(sample["image"].shape) == (1, 640, 512)  # (C, H, W) at the GPU recipe's (W, H) = (512, 640)
 
 
 def test_configs_import_only_packages_the_metadata_lists():

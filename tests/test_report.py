@@ -12,7 +12,7 @@ from PIL import Image
 
 from maht_net.errors import InputError
 from maht_net.io.predictions import build_prediction, write_prediction
-from maht_net.report import DISCLAIMER, RADIUS_95, explain_landmarks, write_report
+from maht_net.report import DISCLAIMER, explain_landmarks, write_report
 
 from test_analysis import MEAN_SHAPE, _run_cli
 
@@ -49,6 +49,26 @@ def test_report_is_self_contained_with_table_flags_and_disclaimer(prediction, tm
     assert "needs pronasale" in text  # E-line unavailable with the ISBI set, said so
     assert "0.508 x 0.508 mm/px" in text and "Skeletal class" in text
     assert paths["analysis"]["landmarks"][9]["needs_review"]
+    assert "uncertainty NOT calibrated" in text  # the fixture's prediction carries no calibration
+
+
+def test_report_draws_each_landmark_s_ellipse_and_says_how_it_was_calibrated(prediction, tmp_path):
+    import json
+
+    doc = json.loads(prediction.read_text())
+    doc["uncertainty_calibration"] = {"method": "sigma_scaling", "section": "validation", "n_images": 10}
+    text = write_report(doc, tmp_path / "cal.html", n_samples=100)["html"].read_text()
+    assert "calibrated on 10 held-out validation films" in text and "Ellipses" in text
+    # a long thin ellipse along x and along y around one landmark colour different pixels of the film
+    pngs = []
+    for cov in ([[400.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 400.0]]):
+        doc["landmarks"][0]["covariance_px"] = cov
+        path = write_report(doc, tmp_path / f"e{len(pngs)}.html", n_samples=0)["png"]
+        pngs.append(np.asarray(Image.open(path).convert("RGB"), dtype=int))
+    changed = np.abs(pngs[0] - pngs[1]).sum(-1) > 60
+    ys, xs = np.nonzero(changed)
+    sella = np.array([doc["landmarks"][0]["x"], doc["landmarks"][0]["y"]]) * pngs[0].shape[1] / doc["width"]
+    assert changed.sum() > 50 and np.hypot(xs - sella[0], ys - sella[1]).max() < 0.25 * pngs[0].shape[1]
 
 
 def test_report_without_spacing_says_distances_are_pixels(prediction, tmp_path):
@@ -68,13 +88,6 @@ def test_report_refuses_a_missing_or_mismatched_image(prediction, tmp_path):
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "small.png")
     with pytest.raises(InputError, match="prediction is for 335x418"):
         write_report(prediction, tmp_path / "r.html", image=tmp_path / "small.png")
-
-
-def test_uncertainty_circle_radius_is_the_95_percent_radius():
-    rng = np.random.default_rng(0)
-    rms = 3.0
-    pts = rng.standard_normal((200000, 2)) * rms / np.sqrt(2)
-    assert np.mean(np.linalg.norm(pts, axis=1) <= RADIUS_95 * rms) == pytest.approx(0.95, abs=0.005)
 
 
 def test_explanation_renders_heatmaps_and_gate_attention(prediction, tiny_checkpoint, tmp_path):

@@ -8,12 +8,21 @@ One image gives ``<id>_landmarks.json``::
      "landmarks": [{"index": 1, "name": "sella", "abbreviation": "S", "x": float, "y": float,
                     "x_mm": float | null, "y_mm": float | null,
                     "uncertainty_px": float | null, "uncertainty_mm": float | null,
+                    "covariance_px": [[cxx, cxy], [cxy, cyy]] | null,
                     "confidence": float | null}, ...],
+     "uncertainty_calibration": {...} | null,
      "measurements": {...}}   # optional: maht_net.analysis.analyze_prediction (SNA, ANB, ...)
 
 ``x``/``y`` are pixels of the original image (x = column, y = row, origin top-left pixel
 centre); a landmark that could not be placed has ``x = y = null``. Beside it,
 ``<id>_landmarks.mrk.json`` (Slicer markups point list, LPS, mm) and ``<id>_landmarks.csv``.
+
+Uncertainty (:mod:`maht_net.uncertainty`): ``covariance_px`` is the landmark's Gaussian error
+model over ``(x, y)`` original pixels (its 95 % ellipse is what reports draw) and
+``uncertainty_px = sqrt(cxx + cyy)`` its RMS radial size. When ``uncertainty_calibration`` is
+set (the fitted record: method, per-landmark ``scale``, the section it was fitted on), both
+are calibrated: ``uncertainty_px`` is the expected RMS error; when it is ``null`` they are the
+network's raw spread, which over-states the error on real films.
 """
 
 from __future__ import annotations
@@ -71,6 +80,8 @@ def build_prediction(
     landmark_set: str | LandmarkSet = "isbi2015",
     item_id: str | None = None,
     origin: Sequence[float] = (0.0, 0.0),
+    covariance_px: np.ndarray | None = None,
+    uncertainty_calibration: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Assemble the prediction document for one image.
@@ -80,6 +91,8 @@ def build_prediction(
         spacing: ``(sx, sy)`` mm/px or ``None`` (then every ``*_mm`` field is ``null``).
         uncertainty_px: ``(N,)`` radial spread in pixels, converted to mm with the mean spacing.
         confidence: ``(N,)`` in ``[0, 1]``.
+        covariance_px: ``(N, 2, 2)`` over ``(x, y)`` pixels (``null`` where not finite).
+        uncertainty_calibration: the calibration record applied to both, or ``None`` (raw).
     """
     lset = get_landmark_set(landmark_set)
     points = np.asarray(points, dtype=float)
@@ -92,6 +105,7 @@ def build_prediction(
         if x is None or y is None:
             x = y = None
         unc = None if uncertainty_px is None else _opt(uncertainty_px[k])
+        cov = None if covariance_px is None or not np.all(np.isfinite(covariance_px[k])) else np.asarray(covariance_px[k], dtype=float).tolist()
         rows.append(
             {
                 "index": lm.index,
@@ -103,6 +117,7 @@ def build_prediction(
                 "y_mm": None if y is None or sy is None else origin[1] + y * sy,
                 "uncertainty_px": unc,
                 "uncertainty_mm": None if unc is None or sx is None else unc * (sx + sy) / 2.0,
+                "covariance_px": cov,
                 "confidence": None if confidence is None else _opt(confidence[k]),
             }
         )
@@ -119,6 +134,9 @@ def build_prediction(
         "landmark_set": lset.key,
         "coordinate_convention": COORDINATE_CONVENTION,
         "landmarks": rows,
+        "uncertainty_calibration": None if uncertainty_calibration is None else {
+            k: v for k, v in uncertainty_calibration.items() if k != "landmark_names"
+        },
         **extra,
     }
 

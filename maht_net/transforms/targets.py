@@ -11,7 +11,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from ..heatmaps import DECODERS, decode_logits
+from ..heatmaps import DECODERS, covariance_to_spread, decode_logits
 from .io import NONLINEAR_WARP, ORIG_TO_CURRENT, ORIGINAL_SIZE, ORIGINAL_SPACING
 from .spatial import current_to_original
 
@@ -74,18 +74,29 @@ class DecodeLandmarksd(MapTransform):
 
     Reads ``d[pred_key]`` logits ``(B, N, h, w)`` and ``d["to_original"]`` ``(B, 3, 3)``; writes
     ``pred_points`` ``(B, N, 2)`` float64 ``(x, y)`` original pixels (clamped to the image when
-    ``orig_size`` is given), ``pred_spread`` ``(B, N)`` radial
-    spread in original pixels (scaled by the mean resize factor) and ``pred_confidence`` ``(B, N)``;
-    copies the truth (``orig_landmarks``, ``orig_spacing``) to ``true_points``/``true_spacing``
-    when present, since MONAI engines keep only new keys in ``engine.state.output`` where the
-    metrics read. Works on batches (MONAI engines with ``decollate=False``).
+    ``orig_size`` is given), ``pred_covariance`` ``(B, N, 2, 2)`` over ``(x, y)`` original pixels
+    (the decoded second moments carried through the affine map, ``A C A^T``), ``pred_spread``
+    ``(B, N)`` its radial RMS and ``pred_confidence`` ``(B, N)``; with a ``calibration`` record
+    (:mod:`maht_net.uncertainty`) the covariance is scaled by each landmark's factor squared and
+    the record is passed on as ``uncertainty_calibration``. Copies the truth (``orig_landmarks``,
+    ``orig_spacing``) to ``true_points``/``true_spacing`` when present, since MONAI engines keep
+    only new keys in ``engine.state.output`` where the metrics read. Works on batches (MONAI
+    engines with ``decollate=False``).
     """
 
-    def __init__(self, pred_key: str = "pred", stride: int = 4, method: str = "dark", confidence_radius: float = 4.0) -> None:
+    def __init__(
+        self,
+        pred_key: str = "pred",
+        stride: int = 4,
+        method: str = "dark",
+        confidence_radius: float = 4.0,
+        calibration: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__([pred_key])
         if method not in DECODERS:
             raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
         self.pred_key, self.stride, self.method, self.confidence_radius = pred_key, int(stride), method, float(confidence_radius)
+        self.calibration = dict(calibration) if calibration else None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -98,8 +109,16 @@ class DecodeLandmarksd(MapTransform):
             size = torch.as_tensor(d["orig_size"]).to(points)[:, None, :]
             points = torch.minimum(points.clamp_min(0.0), size - 1)
         d["pred_points"] = points
-        scale = torch.sqrt(torch.linalg.det(to_original[:, :2, :2]).abs()).float()
-        d["pred_spread"] = decoded.spread * scale[:, None]
+        linear = to_original[:, None, :2, :2].float()
+        covariance = linear @ decoded.covariance @ linear.transpose(-1, -2)
+        if self.calibration is not None:
+            scale = torch.as_tensor(self.calibration["scale"], dtype=covariance.dtype, device=covariance.device)
+            if scale.shape != covariance.shape[1:2]:
+                raise ValueError(f"calibration has {scale.numel()} factors for {covariance.shape[1]} landmarks")
+            covariance = covariance * (scale**2)[None, :, None, None]
+            d["uncertainty_calibration"] = self.calibration
+        d["pred_covariance"] = covariance
+        d["pred_spread"] = covariance_to_spread(covariance)
         d["pred_confidence"] = decoded.confidence
         if "orig_landmarks" in d:
             d["true_points"], d["true_spacing"] = d["orig_landmarks"], d["orig_spacing"]

@@ -83,9 +83,9 @@ class ModelStore:
                 self._network, self._info, self._key = network, info, key
             return self._network, self._info
 
-    def predictor(self, mc_samples: int = 0, tta: bool = False) -> Predictor:
+    def predictor(self, mc_samples: int = 0, tta: bool = False, calibrate: bool = True) -> Predictor:
         network, info = self.load()
-        return Predictor(network, info, device=self.device, mc_samples=mc_samples, tta=tta)
+        return Predictor(network, info, device=self.device, mc_samples=mc_samples, tta=tta, calibrate=calibrate)
 
     @property
     def landmark_set(self) -> str:

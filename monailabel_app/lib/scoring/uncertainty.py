@@ -76,7 +76,8 @@ class LandmarkUncertaintyScoring(ScoringMethod):
                 item["spacing"] = spacing
             try:
                 with self.models.lock:
-                    predictor = self.models.predictor(mc, tta)
+                    # ranking needs the spread, not its calibration (fitted for plain passes, not MC-dropout)
+                    predictor = self.models.predictor(mc, tta, calibrate=False)
                     _, summary = image_uncertainty(predictor, item, seed=seed, fallback_spacing=self.cfg.default_spacing)
             except HTTPException:
                 raise  # the model itself is unusable: stop, with its message
