@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo test test-slow install freeze clean serve bench-install bench-accuracy bench-robustness bench-speed
+.PHONY: demo test test-slow install freeze clean serve bench-install bench-accuracy bench-robustness bench-speed tune
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,3 +62,12 @@ bench-robustness: $(STAMP)
 bench-speed: bench-install
 	$(PY) scripts/benchmark_speed.py --checkpoint $(BENCH_OUT)/$(TRACK)/runs/fixed/maht_net/models/model.pt \
 		--datalist $(BENCH_OUT)/$(TRACK)/hamedan.json
+
+# Hyper-parameter search over the training recipe on the development films (docs/tuning.md): an
+# Optuna study in $(TUNE_OUT)/study.db; re-running the same command resumes it. Long: each trial
+# trains for the track's budget (20 min on the cpu track), shared by its folds.
+TRIALS ?= 20
+FOLDS ?= 3
+TUNE_OUT ?= runs/tune
+tune: $(STAMP)
+	$(PY) scripts/tune.py --track $(TRACK) --trials $(TRIALS) --folds $(FOLDS) --out $(TUNE_OUT)

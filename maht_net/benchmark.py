@@ -45,6 +45,7 @@ __all__ = [
     "Contender",
     "TrainedModel",
     "cross_validation_datalists",
+    "train_bundle_contender",
     "train_contender",
     "predict",
     "EnsembleNetwork",
@@ -184,7 +185,20 @@ def _params(network: nn.Module) -> int:
     return int(sum(p.numel() for p in network.parameters()))
 
 
-def _train_bundle_contender(contender: Contender, datalist: Path, track: Mapping[str, Any], budget_minutes: float, workdir: Path, seed: int, progress: bool) -> TrainedModel:
+def train_bundle_contender(
+    contender: Contender,
+    datalist: Path,
+    track: Mapping[str, Any],
+    budget_minutes: float,
+    workdir: Path,
+    seed: int = 0,
+    progress: bool = True,
+    epochs: int | None = None,
+) -> TrainedModel:
+    """Train a bundle recipe (``contender.overrides`` of ``train.json``) on ``track``'s input size and
+    batch; epochs fitted to ``budget_minutes`` from a timing of real steps unless ``epochs`` is
+    given (the budget stays a hard stop). The accuracy benchmark and the hyper-parameter search
+    (:mod:`maht_net.tuning`) both train through here."""
     from .active_learning import train_bundle
     from .inference import load_model
 
@@ -203,7 +217,8 @@ def _train_bundle_contender(contender: Contender, datalist: Path, track: Mapping
     loader = torch.utils.data.DataLoader(train_ds, batch_size=int(track["batch_size"]), shuffle=True, num_workers=0)
     n_val = len(load_datalist(datalist, "validation"))
     iter_s = _seconds_per_iteration(network, loss_fn, optimizer, loader)
-    epochs, epoch_s = _fit_epochs(budget_minutes * 60, iter_s, len(loader), _seconds_per_eval_image(network, track["input_size"]), n_val)
+    fitted, epoch_s = _fit_epochs(budget_minutes * 60, iter_s, len(loader), _seconds_per_eval_image(network, track["input_size"]), n_val)
+    epochs = fitted if epochs is None else int(epochs)
     params = _params(network)
     del parser, network, loss_fn, optimizer, train_ds, loader
 
@@ -253,7 +268,7 @@ class _LandmarkerLoss(nn.Module):
         return self.nll(logits, heat)
 
 
-def _train_landmarker(contender: Contender, datalist: Path, track: Mapping[str, Any], budget_minutes: float, seed: int, progress: bool) -> TrainedModel:
+def _train_landmarker(contender: Contender, datalist: Path, track: Mapping[str, Any], budget_minutes: float, seed: int, progress: bool, epochs: int | None) -> TrainedModel:
     try:
         from landmarker.models import ProbSpatialConfigurationNet
     except ImportError as e:
@@ -274,7 +289,7 @@ def _train_landmarker(contender: Contender, datalist: Path, track: Mapping[str, 
     train_ds = landmark_dataset(datalist, "training", training_transforms(size, 1.0, n))
     loader = torch.utils.data.DataLoader(train_ds, batch_size=int(track["batch_size"]), shuffle=True, num_workers=0)
     iter_s = _seconds_per_iteration(network, loss_fn, optimizer, loader)
-    epochs, _ = _fit_epochs(budget_minutes * 60, iter_s, len(loader), 0.0, 0)
+    epochs = _fit_epochs(budget_minutes * 60, iter_s, len(loader), 0.0, 0)[0] if epochs is None else int(epochs)
     network = ProbSpatialConfigurationNet(spatial_dims=2, in_channels=1, out_channels=n)  # fresh weights after timing
     network.stride = 1
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
@@ -306,15 +321,29 @@ def _train_landmarker(contender: Contender, datalist: Path, track: Mapping[str, 
     return TrainedModel(contender.name, network.eval(), info, stats)
 
 
-def train_contender(name: str, datalist: str | os.PathLike, track: Mapping[str, Any], workdir: str | os.PathLike, budget_minutes: float | None = None, seed: int = 0, progress: bool = True) -> TrainedModel:
-    """Train one contender of :data:`CONTENDERS` on ``datalist``'s ``training`` section within the budget."""
+def train_contender(
+    name: str,
+    datalist: str | os.PathLike,
+    track: Mapping[str, Any],
+    workdir: str | os.PathLike,
+    budget_minutes: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    epochs: int | None = None,
+) -> TrainedModel:
+    """Train one contender of :data:`CONTENDERS` on ``datalist``'s ``training`` section within the budget.
+
+    ``epochs`` fixes the epoch count instead of fitting it to the budget from a timing of real
+    steps (the budget stays a hard stop): ablations compared at equal epochs do not depend on how
+    busy the machine was.
+    """
     if name not in CONTENDERS:
         raise ValueError(f"unknown contender {name!r}; available: {sorted(CONTENDERS)}")
     contender = CONTENDERS[name]
     budget = float(track["budget_minutes"] if budget_minutes is None else budget_minutes)
     if contender.kind == "landmarker":
-        return _train_landmarker(contender, Path(datalist), track, budget, seed, progress)
-    return _train_bundle_contender(contender, Path(datalist), track, budget, Path(workdir), seed, progress)
+        return _train_landmarker(contender, Path(datalist), track, budget, seed, progress, epochs)
+    return train_bundle_contender(contender, Path(datalist), track, budget, Path(workdir), seed, progress, epochs)
 
 
 # ----------------------------------------------------------------------------- testing
@@ -377,6 +406,7 @@ def run_accuracy_benchmark(
     seed: int = 0,
     tta: bool = True,
     progress: bool = True,
+    epochs: int | None = None,
 ) -> dict[str, Any]:
     """Train and test every contender; returns (and writes to ``out_dir/results.json``) the results.
 
@@ -389,6 +419,8 @@ def run_accuracy_benchmark(
             development images (see :func:`cross_validation_datalists`) with the same test set,
             plus the fold ensembles (mean heatmap and mean coordinates) of the first contender.
         tta: also test the first contender with test-time augmentation (gain and latency).
+        epochs: train every contender for this many epochs instead of fitting them to the budget
+            (see :func:`train_contender`).
     """
     if track not in TRACKS:
         raise ValueError(f"unknown track {track!r}; available: {sorted(TRACKS)}")
@@ -413,7 +445,7 @@ def run_accuracy_benchmark(
     results: dict[str, Any] = {
         "benchmark": "accuracy",
         "track": track,
-        "settings": {**cfg, "folds": folds, "seed": seed, "test_images": len(test_items), "datalist": str(datalist)},
+        "settings": {**cfg, "folds": folds, "seed": seed, "test_images": len(test_items), "datalist": str(datalist), "fixed_epochs": epochs},
         "machine": _machine(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "mean_shape_baseline_mre": baseline["overall"]["mre"],
@@ -425,7 +457,7 @@ def run_accuracy_benchmark(
         fold_errors, fold_stats, latencies = [], [], []
         for k, split in enumerate(splits):
             logger.info("== %s (%s track, %s)", name, track, f"fold {k + 1}/{len(splits)}" if folds else "fixed split")
-            model = train_contender(name, split, cfg, out / "runs" / (f"fold{k + 1}" if folds else "fixed"), cfg["budget_minutes"], seed, progress)
+            model = train_contender(name, split, cfg, out / "runs" / (f"fold{k + 1}" if folds else "fixed"), cfg["budget_minutes"], seed, progress, epochs)
             points, latency = predict(model.network, model.info, test_items)
             fold_errors.append(_errors(points, test_items))
             fold_stats.append(model.stats)
@@ -496,7 +528,8 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     keys = [str(float(t)) for t in REPORTED_SDR_MM]  # summarize()'s SDR keys
     lines = [
         f"Track `{results['track']}`: input {s['input_size'][0]}x{s['input_size'][1]} (W x H), batch {s['batch_size']}, "
-        f"{s['budget_minutes']:g} min training budget per contender{' and fold' if s['folds'] else ''}, "
+        f"{s['budget_minutes']:g} min training budget per contender{' and fold' if s['folds'] else ''}"
+        f"{', %d epochs each (fixed)' % s['fixed_epochs'] if s.get('fixed_epochs') else ''}, "
         f"{s['test_images']} test films, {'%d-fold CV (errors averaged over fold models)' % s['folds'] if s['folds'] else 'fixed split'}. "
         f"Mean-shape baseline MRE {_f(results['mean_shape_baseline_mre'])} mm. {results['date']}; "
         f"{results['machine']['processor']}, {results['machine']['cpu_count']} cores, torch {results['machine']['torch']}"

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS), help="the first is the paired tests' reference")
     ap.add_argument("--budget-minutes", type=float, help="training budget per contender (default: the track's)")
     ap.add_argument("--folds", type=int, default=0, help="k-fold CV over the development images (0 = fixed split)")
+    ap.add_argument("--epochs", type=int, help="train every contender for this many epochs (the budget stays a hard stop) "
+                    "instead of fitting epochs to the budget: for ablations compared at equal epochs")
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.data}: no images/ folder (pass --data or --datalist)", file=sys.stderr)
         return 2
     datalist = args.datalist or prepare_hamedan(args.data, out)
-    run_accuracy_benchmark(datalist, out, args.track, args.contenders, args.budget_minutes, args.folds, args.seed, not args.no_tta)
+    run_accuracy_benchmark(datalist, out, args.track, args.contenders, args.budget_minutes, args.folds, args.seed, not args.no_tta, epochs=args.epochs)
     print((out / "results.md").read_text())
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
     return 0

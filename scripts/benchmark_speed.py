@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Speed and memory: end-to-end inference latency on real films for the deployment variants of a
-trained model (PyTorch eager, TorchScript, ONNX Runtime, ONNX Runtime int8) and for the peer
+trained model (PyTorch eager, TorchScript, ONNX Runtime, ONNX Runtime int8 dynamic and static) and for the peer
 toolkit's network at the same input size, with the MRE of each variant on the test split; data
 pipeline throughput; training step time and peak memory. Everything is measured in one run, so
 the ratios hold even where absolute figures vary between machines.
@@ -52,10 +52,42 @@ def end_to_end(network, info, items, repeats: int, out: Path) -> tuple[float, fl
 
 
 def quantize_int8(onnx_path: Path, out: Path) -> Path:
+    """Dynamic int8: weights quantized ahead, activation ranges computed at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8)
     return out
+
+
+def quantize_int8_static(onnx_path: Path, out: Path, inputs: list[np.ndarray]) -> Path:
+    """Static int8 (QDQ): per-channel int8 weights and uint8 activations whose ranges are
+    calibrated on ``inputs`` (preprocessed ``(1, 1, H, W)`` films, not the timed test films)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Films(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{name: x} for x in inputs])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    prepared = out.with_name(out.stem + ".prepared.onnx")
+    quant_pre_process(str(onnx_path), str(prepared))
+    quantize_static(str(prepared), str(out), Films(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def calibration_inputs(items: list[dict], info: dict) -> list[np.ndarray]:
+    """Preprocessed ``(1, 1, H, W)`` float32 inputs of ``items``, as inference feeds the network."""
+    from maht_net.data import evaluation_transforms
+
+    transform = evaluation_transforms(info["input_size"], len(info["landmark_names"]), info.get("normalize", "percentile"), info.get("clahe", False))
+    return [np.asarray(transform(dict(it))["image"], dtype=np.float32)[None] for it in items]
 
 
 def pipeline_throughput(datalist: Path, size: int, n: int) -> dict[str, float]:
@@ -97,7 +129,8 @@ def training_steps(sizes: list[int], batch: int, threads: int) -> dict[str, dict
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, required=True)
-    ap.add_argument("--datalist", type=Path, required=True, help="films with truth (the 'test' section is timed)")
+    ap.add_argument("--datalist", type=Path, required=True, help="films with truth (the 'test' section is timed; "
+                    "'validation' calibrates static int8)")
     ap.add_argument("--images", type=int, default=20, help="test films timed")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -126,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         export_onnx(network, tmp / "m.onnx", size_hw)
         variants["ONNX Runtime"] = OnnxNetwork(tmp / "m.onnx", threads=args.threads, stride=info["stride"])
         variants["ONNX Runtime int8 (dynamic)"] = OnnxNetwork(quantize_int8(tmp / "m.onnx", tmp / "m.int8.onnx"), threads=args.threads, stride=info["stride"])
+        calibration = calibration_inputs(load_datalist(args.datalist, "validation", check_files=True)[: args.images], info)
+        static = quantize_int8_static(tmp / "m.onnx", tmp / "m.int8s.onnx", calibration)
+        variants["ONNX Runtime int8 (static, QDQ)"] = OnnxNetwork(static, threads=args.threads, stride=info["stride"])
         for name, net in variants.items():
             seconds, mre = end_to_end(net, info, items, args.repeats, tmp / "out")
             result["latency"][name] = {"seconds": seconds, "mre_mm": mre}

@@ -60,6 +60,12 @@ def test_benchmark_run_trains_tests_and_tabulates(datalist, tmp_path, monkeypatc
     assert json.loads((tmp_path / "results.json").read_text())["track"] == "tiny"
 
 
+def test_fixed_epochs_override_the_budget_fit(datalist, tmp_path):
+    model = benchmark.train_contender("maht_net_no_gates", datalist, {**TINY_TRACK, "budget_minutes": 30.0}, tmp_path, progress=False, epochs=2)
+    assert model.stats["epochs_planned"] == 2 and model.stats["epochs"] == 2  # a 30-minute budget would fit far more
+    assert model.info["network_kwargs"]["attention_gates"] is False
+
+
 def test_unknown_names_are_refused(datalist, tmp_path):
     with pytest.raises(ValueError, match="unknown contender"):
         benchmark.run_accuracy_benchmark(datalist, tmp_path, "cpu", ["maht_net", "nope"])
