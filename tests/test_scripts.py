@@ -35,7 +35,7 @@ def test_benchmark_speed_prints_every_table(tiny_checkpoint, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     result = __import__("json").loads((tmp_path / "speed.json").read_text())
     assert {"PyTorch eager", "TorchScript", "ONNX Runtime", "ONNX Runtime int8 (dynamic)", "ONNX Runtime int8 (static, QDQ)"} <= set(result["latency"])
-    assert result["latency"]["ONNX Runtime int8 (static, QDQ)"]["seconds"] > 0
+    assert all(r["seconds"] > r["network_seconds"] > 0 for r in result["latency"].values())  # end to end includes the network
     eager, ts, ort = (result["latency"][k]["mre_mm"] for k in ("PyTorch eager", "TorchScript", "ONNX Runtime"))
     assert abs(eager - ts) < 0.01 and abs(eager - ort) < 0.01  # the same model, deployed three ways
     assert all(r > 0 for r in result["pipeline_images_per_s"].values())
