@@ -33,7 +33,7 @@ from .data import landmark_dataset, training_transforms
 from .datalist import load_datalist, read_datalist
 from .engine import CheckpointInfo, TimeBudgetHandler, prepare_landmark_batch
 from .errors import InputError
-from .inference import Predictor
+from .inference import EnsembleNetwork, Predictor
 from .io.atomic import atomic_write, write_json_atomic
 from .io.predictions import prediction_points
 from .landmarks import get_landmark_set
@@ -48,7 +48,6 @@ __all__ = [
     "train_bundle_contender",
     "train_contender",
     "predict",
-    "EnsembleNetwork",
     "run_accuracy_benchmark",
     "format_markdown",
 ]
@@ -347,30 +346,6 @@ def train_contender(
 
 
 # ----------------------------------------------------------------------------- testing
-class EnsembleNetwork(nn.Module):
-    """Mean of the members' spatial-softmax heatmaps, returned as log-probabilities ``(B, N, h, w)``.
-
-    Members must share input size and output stride.
-    """
-
-    def __init__(self, members: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(members)
-        strides = {int(getattr(m, "stride", 1)) for m in members}
-        if len(strides) != 1:
-            raise ValueError(f"ensemble members have different output strides {sorted(strides)}")
-        self.stride = strides.pop()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        log_p = []
-        for m in self.members:
-            out = m(x)
-            out = out["heatmaps"] if isinstance(out, Mapping) else out
-            b, n, h, w = out.shape
-            log_p.append(torch.log_softmax(out.float().reshape(b, n, -1), -1).reshape(b, n, h, w))
-        return torch.logsumexp(torch.stack(log_p), 0) - math.log(len(log_p))
-
-
 def predict(network: nn.Module, info: Mapping[str, Any], items: Sequence[Mapping[str, Any]], tta: bool = False) -> tuple[np.ndarray, float]:
     """Predicted ``(B, N, 2)`` ``(x, y)`` original pixels for datalist items, and the median
     seconds per image (read, preprocess, network, decode; 1 image per call)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +40,9 @@ __all__ = [
     "enable_mc_dropout",
     "prediction_from_batch",
     "write_outputs",
+    "EnsembleNetwork",
+    "ENSEMBLE_KEYS",
+    "load_ensemble",
     "LandmarkInferer",
     "Predictor",
     "image_items",
@@ -48,6 +52,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+ENSEMBLE_KEYS = ("landmark_set", "landmark_names", "input_size", "normalize", "clahe", "stride", "decoder")
+"""Checkpoint-info fields every member of an ensemble must share."""
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -149,6 +156,59 @@ def write_outputs(pred: dict[str, Any], out_dir: str | os.PathLike, formats: Seq
             title=str(pred["id"]),
         )
     return paths
+
+
+class EnsembleNetwork(nn.Module):
+    """Mean of the members' spatial-softmax heatmaps, returned as log-probabilities ``(B, N, h, w)``.
+
+    Members must share input size and output stride.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        strides = {int(getattr(m, "stride", 1)) for m in members}
+        if len(strides) != 1:
+            raise ValueError(f"ensemble members have different output strides {sorted(strides)}")
+        self.stride = strides.pop()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_p = []
+        for m in self.members:
+            out = m(x)
+            out = out["heatmaps"] if isinstance(out, Mapping) else out
+            b, n, h, w = out.shape
+            log_p.append(torch.log_softmax(out.float().reshape(b, n, -1), -1).reshape(b, n, h, w))
+        return torch.logsumexp(torch.stack(log_p), 0) - math.log(len(log_p))
+
+
+def load_ensemble(checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """An :class:`EnsembleNetwork` of several checkpoints (e.g. the k fold models) and its inference spec.
+
+    The members must share what preprocessing and decoding depend on (landmarks, input size,
+    normalisation, stride, decoder). Their uncertainty calibrations do not describe the
+    mixture, so the ensemble reports the raw spread (``uncertainty_calibration`` null).
+
+    Raises:
+        InputError: naming the first checkpoint that does not match the first one.
+    """
+    from .uncertainty import CALIBRATION_KEY
+
+    members, info = [], None
+    for path in checkpoints:
+        network, member_info = load_model(path, device)
+        if info is None:
+            info = member_info
+        else:
+            differs = [k for k in ENSEMBLE_KEYS if member_info.get(k) != info.get(k)]
+            if differs:
+                raise InputError(path, f"cannot join the ensemble: its {', '.join(differs)} differ from {checkpoints[0]}'s")
+        members.append(network)
+    if info is None:
+        raise ValueError("an ensemble needs at least one checkpoint")
+    info = {k: v for k, v in info.items() if k != CALIBRATION_KEY}
+    info["ensemble"] = [os.fspath(p) for p in checkpoints]
+    return EnsembleNetwork(members).to(device).eval(), info
 
 
 class LandmarkInferer(Inferer):
@@ -336,13 +396,19 @@ def _shift(x: torch.Tensor, dx: int, dy: int, fill: float = 0.0) -> torch.Tensor
     return padded[..., y0 : y0 + h, x0 : x0 + w]
 
 
-def _checkpoint_path(args: argparse.Namespace) -> Path:
-    return Path(args.checkpoint) if args.checkpoint else Path(args.bundle) / "models" / "model.pt"
+def _checkpoint_paths(args: argparse.Namespace) -> list[Path]:
+    return [Path(c) for c in args.checkpoint] if args.checkpoint else [Path(args.bundle) / "models" / "model.pt"]
 
 
 def _run_infer(args: argparse.Namespace) -> int:
-    ckpt = _checkpoint_path(args)
-    network, info = load_model(ckpt)
+    checkpoints = _checkpoint_paths(args)
+    if len(checkpoints) > 1:
+        if args.onnx:
+            raise InputError(args.onnx, "an ensemble runs the PyTorch checkpoints; drop --onnx or pass one --checkpoint")
+        network, info = load_ensemble(checkpoints)
+        print(f"ensemble of {len(checkpoints)} models (mean heatmap); uncertainty reported uncalibrated")
+    else:
+        network, info = load_model(checkpoints[0])
     if args.onnx:
         from .export import OnnxNetwork
 
@@ -379,7 +445,7 @@ def _run_infer(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     from .export import export_onnx, export_torchscript
 
-    network, info = load_model(_checkpoint_path(args))
+    network, info = load_model(Path(args.checkpoint) if args.checkpoint else Path(args.bundle) / "models" / "model.pt")
     size = (int(info["input_size"][1]), int(info["input_size"][0]))  # (H, W)
     diff = (export_onnx if args.format == "onnx" else export_torchscript)(network, args.out, size=size)
     print(f"wrote {args.out} ({args.format}); max |logit difference| vs eager on a random input: {diff:.2e}")
@@ -389,7 +455,8 @@ def _run_export(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("infer", help="landmarks for images with a trained bundle (JSON, Slicer markups, CSV, overlay)")
     p.add_argument("--bundle", default="bundle", help="bundle folder (its models/model.pt is used)")
-    p.add_argument("--checkpoint", help="a checkpoint file instead of <bundle>/models/model.pt")
+    p.add_argument("--checkpoint", nargs="+", help="a checkpoint file instead of <bundle>/models/model.pt; several = "
+                   "an ensemble (e.g. the k fold models): their heatmaps are averaged")
     p.add_argument("--input", nargs="+", required=True, help="image files, or one folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="pixel spacing (one value or SX SY) when the files do not state it")

@@ -387,6 +387,37 @@ def test_maht_net_infer_cli_pytorch_and_onnx(trained, phantom, tmp_path, capsys)
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 
 
+def test_ensemble_of_checkpoints_averages_heatmaps_and_refuses_mismatched_members(trained, tiny_checkpoint, phantom, tmp_path, capsys):
+    from maht_net.cli import main
+    from maht_net.inference import Predictor, load_ensemble, load_model
+
+    model = trained / "models" / "model.pt"
+    image = str(sorted((phantom.parent / "images").glob("*.png"))[0])
+    single = Predictor(*load_model(model), calibrate=False).predict([image])[0]
+    twice = Predictor(*load_ensemble([model, model])).predict([image])[0]  # a mixture of one distribution is itself
+    np.testing.assert_allclose([[r["x"], r["y"]] for r in twice["landmarks"]], [[r["x"], r["y"]] for r in single["landmarks"]], atol=1e-3)
+    assert twice["uncertainty_calibration"] is None  # the members' calibration does not describe the mixture
+
+    ensemble, info = load_ensemble([model, tiny_checkpoint])  # different architectures, same input and decoding
+    assert info["ensemble"] == [str(model), str(tiny_checkpoint)]
+    x = torch.randn(2, 1, 96, 64)
+    with torch.no_grad():
+        probs = [torch.softmax(m(x).flatten(2), -1) for m in ensemble.members]
+        np.testing.assert_allclose(ensemble(x).flatten(2).exp().numpy(), ((probs[0] + probs[1]) / 2).numpy(), atol=1e-6)
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["info"]["input_size"] = [96, 128]
+    other = tmp_path / "other_size.pt"
+    torch.save(state, other)
+    with pytest.raises(InputError, match="input_size differ"):
+        load_ensemble([model, other])
+
+    out = tmp_path / "ens"
+    assert main(["infer", "--checkpoint", str(model), str(tiny_checkpoint), "--input", image, "--out", str(out), "--no-overlay"]) == 0
+    assert "ensemble of 2 models" in capsys.readouterr().out and (out / f"{Path(image).stem}_landmarks.json").is_file()
+    assert main(["infer", "--checkpoint", str(model), str(tiny_checkpoint), "--input", image, "--out", str(out), "--onnx", "m.onnx"]) == 2
+
+
 def test_checkpoint_saved_in_stage_one_rebuilds_without_the_transformer(phantom, tmp_path):
     from maht_net.inference import load_model
 
