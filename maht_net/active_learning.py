@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .io.predictions import build_prediction, prediction_points
+from .io.predictions import build_prediction, prediction_points, prediction_uncertainty
 from .uncertainty import landmark_covariances
 
 __all__ = [
@@ -51,7 +51,7 @@ def with_fallback_spacing(pred: dict[str, Any], spacing: Sequence[float] | None)
     if pred.get("spacing") or not spacing:
         return pred
     rows = pred["landmarks"]
-    unc = np.array([np.nan if r.get("uncertainty_px") is None else r["uncertainty_px"] for r in rows])
+    unc = prediction_uncertainty(pred)
     conf = np.array([np.nan if r.get("confidence") is None else r["confidence"] for r in rows])
     keep = {k: v for k, v in pred.items() if k not in _PREDICTION_FIELDS}
     out = build_prediction(

@@ -42,7 +42,7 @@ import numpy as np
 from .datalist import load_datalist, points_from_json, read_datalist
 from .errors import InputError
 from .io.atomic import atomic_write, write_json_atomic
-from .io.predictions import PREDICTION_SUFFIX, find_predictions, prediction_points, read_prediction
+from .io.predictions import PREDICTION_SUFFIX, find_predictions, prediction_points, prediction_uncertainty, read_prediction
 from .landmarks import COORDINATE_CONVENTION, LandmarkSet, get_landmark_set
 from .uncertainty import CHI2_2DOF_95, isotropic_covariance, landmark_covariances
 
@@ -913,7 +913,7 @@ def compare_with_truth(
         item = items[pred["id"]]
         spacing = item["spacing"] if item["spacing"] is not None else pred.get("spacing")
         points = np.asarray(pred["points"], dtype=float) if "points" in pred else prediction_points(pred)  # type: ignore[arg-type]
-        unc = np.array([np.nan if r.get("uncertainty_px") is None else r["uncertainty_px"] for r in pred["landmarks"]], dtype=float)
+        unc = prediction_uncertainty(pred)
         a = analyze_points(points, spacing, unc, lset, policy, n_samples, seed, covariance_px=landmark_covariances(pred))
         t = analyze_points(item["landmarks"], spacing, None, lset, policy)
         analyses.append(a)

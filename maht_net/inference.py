@@ -396,12 +396,8 @@ def _shift(x: torch.Tensor, dx: int, dy: int, fill: float = 0.0) -> torch.Tensor
     return padded[..., y0 : y0 + h, x0 : x0 + w]
 
 
-def _checkpoint_paths(args: argparse.Namespace) -> list[Path]:
-    return [Path(c) for c in args.checkpoint] if args.checkpoint else [Path(args.bundle) / "models" / "model.pt"]
-
-
 def _run_infer(args: argparse.Namespace) -> int:
-    checkpoints = _checkpoint_paths(args)
+    checkpoints = [Path(c) for c in args.checkpoint] if args.checkpoint else [Path(args.bundle) / "models" / "model.pt"]
     if len(checkpoints) > 1:
         if args.onnx:
             raise InputError(args.onnx, "an ensemble runs the PyTorch checkpoints; drop --onnx or pass one --checkpoint")

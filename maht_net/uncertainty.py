@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .io.predictions import prediction_uncertainty
 
 __all__ = [
     "CHI2_2DOF_95",
@@ -70,15 +71,11 @@ def landmark_covariances(pred: Mapping[str, Any]) -> np.ndarray:
     Uses ``covariance_px`` when present, else the isotropic covariance of ``uncertainty_px``
     (older predictions); NaN where neither is known.
     """
-    out = []
-    for r in pred["landmarks"]:
-        cov = r.get("covariance_px")
-        if cov is not None:
-            out.append(np.asarray(cov, dtype=float))
-        else:
-            u = r.get("uncertainty_px")
-            out.append(isotropic_covariance(np.nan if u is None else float(u)))
-    return np.stack(out) if out else np.zeros((0, 2, 2))
+    covariance = isotropic_covariance(prediction_uncertainty(pred))
+    for k, r in enumerate(pred["landmarks"]):
+        if r.get("covariance_px") is not None:
+            covariance[k] = np.asarray(r["covariance_px"], dtype=float)
+    return covariance
 
 
 def ellipse_axes(covariance: np.ndarray, chi2: float = CHI2_2DOF_95) -> tuple[float, float, float]:
@@ -193,14 +190,15 @@ def calibrate_checkpoint(
     from .engine import load_checkpoint_file
     from .inference import Predictor, load_model
     from .io.atomic import atomic_write
+    from .io.predictions import prediction_points
 
     network, info = load_model(checkpoint, device)
     items = [it for it in load_datalist(datalist, section, base_dir=base_dir, landmark_set=info["landmark_set"], check_files=True) if it.get("landmarks") is not None]
     if not items:
         raise InputError(datalist, f"section {section!r} has no image with landmarks to calibrate on")
     preds = Predictor(network, info, device, mc_samples=mc_samples, tta=tta, calibrate=False).predict(items)
-    points = np.stack([[[np.nan if r["x"] is None else r["x"], np.nan if r["y"] is None else r["y"]] for r in p["landmarks"]] for p in preds])
-    spread = np.array([[np.nan if r["uncertainty_px"] is None else r["uncertainty_px"] for r in p["landmarks"]] for p in preds], dtype=float)
+    points = np.stack([prediction_points(p) for p in preds])
+    spread = np.stack([prediction_uncertainty(p) for p in preds])
     try:
         record = fit_uncertainty_calibration(points, spread, np.stack([it["landmarks"] for it in items]), info["landmark_names"], prior_strength)
     except ValueError as e:

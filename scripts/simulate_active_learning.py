@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:
 from maht_net.active_learning import image_uncertainty, train_bundle  # noqa: E402
 from maht_net.datalist import load_datalist, make_item, write_datalist  # noqa: E402
 from maht_net.inference import Predictor  # noqa: E402
+from maht_net.io.predictions import prediction_points  # noqa: E402
 from maht_net.metrics import radial_errors  # noqa: E402
 
 TINY_NETWORK = {"encoder": "efficientnet_b0", "decoder_channels": 32, "transformer_dim": 64, "transformer_depth": 1, "transformer_heads": 4}
@@ -118,7 +119,7 @@ def evaluate(model: str, test: list[dict]) -> dict[str, float]:
     preds = predictor.predict([{k: it[k] for k in ("image", "id", "spacing") if it.get(k) is not None} for it in test])
     errors = []
     for pred, it in zip(preds, test):
-        points = np.array([[np.nan, np.nan] if r["x"] is None else [r["x"], r["y"]] for r in pred["landmarks"]])
+        points = prediction_points(pred)
         spacing = it.get("spacing") or pred.get("spacing")
         errors.append(radial_errors(points, it["landmarks"], spacing))
     e = np.concatenate(errors)

@@ -48,6 +48,7 @@ __all__ = [
     "SLICER_MARKUPS_SCHEMA",
     "build_prediction",
     "prediction_points",
+    "prediction_uncertainty",
     "read_prediction",
     "to_slicer_markups",
     "markups_points",
@@ -147,6 +148,11 @@ def prediction_points(pred: dict[str, Any]) -> np.ndarray:
         [[np.nan, np.nan] if r["x"] is None or r["y"] is None else [r["x"], r["y"]] for r in pred["landmarks"]],
         dtype=float,
     )
+
+
+def prediction_uncertainty(pred: dict[str, Any]) -> np.ndarray:
+    """``(N,)`` ``uncertainty_px`` of a prediction document (NaN where unknown)."""
+    return np.array([np.nan if r.get("uncertainty_px") is None else r["uncertainty_px"] for r in pred["landmarks"]], dtype=float)
 
 
 def read_prediction(path: str | os.PathLike, landmark_set: str | LandmarkSet | None = None) -> dict[str, Any]:
