@@ -19,7 +19,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
 from .errors import InputError
-
+from .io.atomic import atomic_write, remove_unfinished_writes
 from .landmarks import get_landmark_set
 
 __all__ = [
@@ -349,8 +349,7 @@ class TrainingCheckpoint:
 
     def _load(self, engine: Engine) -> None:
         if not _distributed() or torch.distributed.get_rank() == 0:
-            for partial in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # a write a killed run never finished
-                partial.unlink(missing_ok=True)
+            remove_unfinished_writes(self.path.parent, self.path.name)  # a write a killed run never finished
         if not (self.resume and self.path.is_file()):
             return
         state = load_checkpoint_file(self.path)
@@ -362,7 +361,6 @@ class TrainingCheckpoint:
         logger.info("resumed from %s at epoch %d", self.path, engine.state.epoch)
 
     def _save(self, engine: Engine) -> None:
-        from .io.atomic import atomic_write
 
         if _distributed() and torch.distributed.get_rank() != 0:
             return

@@ -209,3 +209,15 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         write_json_atomic(tmp_path / "a.json", {"v": float("nan")})
     assert json.loads((tmp_path / "a.json").read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_remove_unfinished_writes_deletes_only_temporary_files(tmp_path):
+    from maht_net.io.atomic import remove_unfinished_writes
+
+    (tmp_path / "sub").mkdir()
+    for name in ("model.pt", ".model.pt.k3j.tmp", ".other.pt.x1.tmp", "sub/.ds.json.a9.tmp", "sub/.img.q7.part.nrrd", "sub/img.nrrd", ".lock"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in remove_unfinished_writes(tmp_path, "model.pt")] == [".model.pt.k3j.tmp"]
+    assert sorted(p.name for p in remove_unfinished_writes(tmp_path, recursive=True)) == [".ds.json.a9.tmp", ".other.pt.x1.tmp"]
+    assert [p.name for p in remove_unfinished_writes(tmp_path, recursive=True, suffix=".part.nrrd")] == [".img.q7.part.nrrd"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [".lock", "model.pt", "sub/img.nrrd"]

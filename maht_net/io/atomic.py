@@ -10,7 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json_atomic"]
+__all__ = ["TEMP_SUFFIX", "atomic_write", "write_json_atomic", "remove_unfinished_writes"]
+
+TEMP_SUFFIX = ".tmp"
+"""Suffix of the hidden temporary file ``.<name>.<random>.tmp`` that :func:`atomic_write` renames."""
 
 
 @contextlib.contextmanager
@@ -21,7 +24,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Ite
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -39,3 +42,13 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=indent, allow_nan=False)
         f.write("\n")
+
+
+def remove_unfinished_writes(directory: str | os.PathLike, target: str = "*", recursive: bool = False, suffix: str = TEMP_SUFFIX) -> list[Path]:
+    """Delete the hidden temporary files ``.<target>.<random><suffix>`` that writes killed before
+    their rename left in ``directory`` (and below it when ``recursive``); returns them."""
+    pattern = f".{target}.*{suffix}"
+    found = [p for p in (Path(directory).rglob(pattern) if recursive else Path(directory).glob(pattern)) if p.is_file()]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found

@@ -33,7 +33,7 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore, LocalDatastoreModel
 
 from maht_net.datalist import points_to_json
-from maht_net.io.atomic import atomic_write
+from maht_net.io.atomic import atomic_write, remove_unfinished_writes
 from maht_net.labels import read_geometry, read_landmark_label, render_label_map, write_label_map
 
 from .errors import http_error, user_errors
@@ -42,16 +42,15 @@ logger = logging.getLogger(__name__)
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 LABEL_EXT = ".nrrd"
-PARTIAL_SUFFIXES = (".tmp", ".part" + LABEL_EXT)  # hidden files being written (atomic_write, save_label)
+PARTIAL_LABEL_SUFFIX = ".part" + LABEL_EXT  # save_label's hidden file while it is written
 
 
 def remove_partial_writes(datastore_path: str | os.PathLike) -> list[Path]:
-    """Delete the hidden temporary files of writes a killed server never finished; returns them."""
-    removed = []
-    for path in Path(datastore_path).rglob(".*"):
-        if path.is_file() and path.name.endswith(PARTIAL_SUFFIXES):
-            path.unlink()
-            removed.append(path)
+    """Delete the hidden temporary files of writes a killed server never finished (atomic_write's
+    and save_label's); returns them."""
+    removed = remove_unfinished_writes(datastore_path, recursive=True) + remove_unfinished_writes(
+        datastore_path, recursive=True, suffix=PARTIAL_LABEL_SUFFIX
+    )
     if removed:
         logger.warning("removed %d unfinished write(s) of an interrupted server: %s", len(removed), ", ".join(p.name for p in removed))
     return removed
@@ -211,7 +210,7 @@ class LandmarkDatastore(LocalDatastore):
         )
         label_dir = self._datastore.label_path(label_tag)
         os.makedirs(label_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{image_id}.", suffix=".part" + LABEL_EXT, dir=label_dir)
+        fd, tmp = tempfile.mkstemp(prefix=f".{image_id}.", suffix=PARTIAL_LABEL_SUFFIX, dir=label_dir)
         os.close(fd)
         try:
             write_label_map(tmp, canonical, geometry)
