@@ -23,7 +23,7 @@ from scipy import ndimage
 from .datalist import load_datalist
 from .io.image import load_xray
 from .io.predictions import prediction_points
-from .metrics import radial_errors
+from .metrics import radial_errors, summarize
 
 __all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "run_robustness_benchmark", "format_markdown"]
 
@@ -151,14 +151,14 @@ def run_robustness_benchmark(
                 kept += int(np.isfinite(pts).all(1).sum())
                 errors.append(e)
             e = np.stack(errors)
-            ok = np.isfinite(e)
+            overall = summarize(e, thresholds=(2.0,), n_bootstrap=0)["overall"]
             rows.append({
                 "corruption": name,
                 "severity": severity,
-                "mre": float(e[ok].mean()),
-                "median": float(np.median(e[ok])),
-                "sdr_2mm": float(100.0 * (e[ok] <= 2.0).mean()),
-                "points": int(ok.sum()),
+                "mre": overall["mre"],
+                "median": overall["median"],
+                "sdr_2mm": overall["sdr"]["2.0"],
+                "points": int(np.isfinite(e).sum()),
                 "points_removed": int(e.size - kept),
             })
             logger.info("%s/%s: MRE %.2f mm over %d points", name, severity, rows[-1]["mre"], rows[-1]["points"])
