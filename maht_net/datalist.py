@@ -16,7 +16,6 @@ below it or beside it, and are resolved against ``base_dir`` (default: that fold
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +26,7 @@ import numpy as np
 
 from .errors import InputError
 from .io.atomic import write_json_atomic
+from .io.jsonfile import read_json
 from .landmarks import COORDINATE_CONVENTION, LandmarkSet, get_landmark_set
 
 __all__ = [
@@ -132,13 +132,7 @@ def write_datalist(
 
 def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
     """Read a datalist file as raw JSON, with a clear error when it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "datalist not found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"not a valid JSON datalist ({e})") from None
+    doc = read_json(path, "datalist")
     if not isinstance(doc, dict):
         raise InputError(path, "a datalist must be a JSON object with sections such as 'training'")
     return doc

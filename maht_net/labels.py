@@ -27,7 +27,6 @@ the annotator.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -39,6 +38,7 @@ import numpy as np
 
 from .errors import InputError
 from .io.image import IMAGE_SUFFIXES, _looks_like_dicom, load_xray
+from .io.jsonfile import read_json
 from .io.predictions import to_slicer_markups
 from .landmarks import LandmarkSet, get_landmark_set
 
@@ -350,11 +350,7 @@ def read_landmark_label(
     suffix = _suffix(path)
     n = len(lset)
     if suffix in (".json", ".mrk.json"):
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(None, f"label JSON is not valid JSON ({e})") from None
-        points, kind = landmarks_from_json(doc, geometry, lset)
+        points, kind = landmarks_from_json(read_json(path, "label JSON", name_file=False), geometry, lset)
     elif suffix in LABEL_MAP_SUFFIXES:
         array, lgeom = _read_label_array(path, geometry)
         values = _value_map(label_info, lset) or {k + 1: k for k in range(n)}

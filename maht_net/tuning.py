@@ -37,6 +37,7 @@ from .benchmark import TRACKS, Contender, train_bundle_contender, cross_validati
 from .datalist import load_datalist, read_datalist
 from .errors import InputError
 from .io.atomic import atomic_write, write_json_atomic
+from .io.jsonfile import read_json
 
 if TYPE_CHECKING:
     import optuna
@@ -397,10 +398,7 @@ def args_file_from_best(best_json: str | os.PathLike, out: str | os.PathLike) ->
     path = Path(best_json)
     if not path.is_file():
         raise InputError(path, "best.json not found (run the search first: scripts/tune.py)")
-    try:
-        best = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"not valid JSON ({e})") from None
+    best = read_json(path, "best.json")
     overrides = best.get("train_json_overrides") if isinstance(best, dict) else None
     if not isinstance(overrides, dict):
         raise InputError(path, "no 'train_json_overrides' object: not a best.json written by maht_net.tuning")

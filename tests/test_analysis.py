@@ -397,7 +397,7 @@ def test_analyze_command(tmp_path, capsys):
     assert len(cmp["analyses"]) == 6 and cmp["comparison"]["error"]["pairs"] == 6
     assert (tmp_path / "rel.png").is_file()
     assert _run_cli(["analyze", str(tmp_path / "missing_landmarks.json")]) == 2
-    assert "prediction file not found" in capsys.readouterr().err
+    assert "prediction JSON not found" in capsys.readouterr().err
 
 
 # ---- the shared Hamedan films ------------------------------------------------------------------

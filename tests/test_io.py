@@ -13,6 +13,7 @@ from maht_net.datalist import load_datalist, make_item, write_datalist
 from maht_net.errors import InputError
 from maht_net.io.atomic import write_json_atomic
 from maht_net.io.image import MAX_PIXELS, image_size, load_xray
+from maht_net.io.jsonfile import read_json
 from maht_net.io.predictions import (
     build_prediction,
     find_predictions,
@@ -201,6 +202,27 @@ def test_datalist_roundtrip_relative_paths_and_errors(tmp_path):
         load_datalist(path)
     with pytest.raises(InputError, match="datalist not found"):
         load_datalist(tmp_path / "missing.json")
+
+
+def test_read_json_errors_name_the_file_and_the_problem(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"a": [1, 2.5, None]}), encoding="utf-8")
+    assert read_json(good) == {"a": [1, 2.5, None]}
+    (tmp_path / "latin1.json").write_bytes('{"name": "Jos\xe9"}'.encode("latin-1"))
+    (tmp_path / "broken.json").write_text('{"a": 1,', encoding="utf-8")
+    cases = {
+        tmp_path / "missing.json": "missing.json: datalist not found",
+        tmp_path: "cannot read datalist",
+        tmp_path / "latin1.json": "latin1.json: not a valid datalist \\(.*utf-8",
+        tmp_path / "broken.json": "broken.json: not a valid datalist \\(.*line 1",
+    }
+    for path, message in cases.items():
+        with pytest.raises(InputError, match=message) as err:
+            read_json(path, "datalist")
+        assert err.value.path == str(path)
+    with pytest.raises(InputError) as err:
+        read_json(tmp_path / "broken.json", "label JSON", name_file=False)
+    assert err.value.path is None and str(err.value).startswith("not a valid label JSON")
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

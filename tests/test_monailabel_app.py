@@ -394,7 +394,7 @@ def test_bad_labels_are_rejected_and_nothing_is_stored(server, studies, tmp_path
         "unreadable": (tmp_path / "c.nrrd", "not a readable .nrrd image"),
         "outside": (tmp_path / "d.json", "outside the 256x320 px image"),
         "count": (tmp_path / "e.json", "has 18 points, expected 19"),
-        "not json": (tmp_path / "f.json", "not valid JSON"),
+        "not json": (tmp_path / "f.json", "not a valid label JSON"),
         "unknown name": (tmp_path / "g.mrk.json", "'F-1' is not a landmark name"),
         "wrong type": (tmp_path / "h.txt", "unsupported label file type '.txt'"),
     }

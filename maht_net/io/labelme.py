@@ -7,7 +7,6 @@ landmark names/abbreviations (see :meth:`maht_net.landmarks.LandmarkSet.position
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..landmarks import LandmarkSet, get_landmark_set
 from .atomic import write_json_atomic
+from .jsonfile import read_json
 
 __all__ = ["LabelMePoint", "LabelMeFile", "read_labelme", "write_labelme"]
 
@@ -49,12 +49,7 @@ def read_labelme(path: str | os.PathLike) -> LabelMeFile:
         InputError: unreadable JSON, no ``shapes`` list, a point without two finite numbers.
     """
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"not a valid LabelMe JSON file ({e})") from None
+    doc = read_json(path, "LabelMe JSON file")
     if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
         raise InputError(path, "not a LabelMe file: no 'shapes' list")
     points, ignored = [], []

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 from ..errors import InputError
 from ..landmarks import COORDINATE_CONVENTION, LandmarkSet, get_landmark_set
 from .atomic import atomic_write, write_json_atomic
+from .jsonfile import read_json
 
 __all__ = [
     "PREDICTION_SUFFIX",
@@ -158,12 +158,7 @@ def prediction_uncertainty(pred: dict[str, Any]) -> np.ndarray:
 def read_prediction(path: str | os.PathLike, landmark_set: str | LandmarkSet | None = None) -> dict[str, Any]:
     """Read and check a prediction JSON file; adds ``points`` (``(N, 2)`` array)."""
     path = Path(path)
-    try:
-        pred = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "prediction file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"not a valid prediction JSON ({e})") from None
+    pred = read_json(path, "prediction JSON")
     if not isinstance(pred, dict) or not isinstance(pred.get("landmarks"), list):
         raise InputError(path, "not a prediction file: no 'landmarks' list")
     lset = get_landmark_set(landmark_set or pred.get("landmark_set", "isbi2015"))

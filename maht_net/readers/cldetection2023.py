@@ -28,7 +28,6 @@ written, only after every image and point has been checked.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import zlib
@@ -41,6 +40,7 @@ import numpy as np
 
 from ..datalist import make_item, write_datalist
 from ..errors import InputError
+from ..io.jsonfile import read_json
 from ..landmarks import CLDETECTION2023, LandmarkSet, get_landmark_set
 from .common import fold_count, fold_sections, require_inside, save_png, staged_folder
 
@@ -123,12 +123,7 @@ def read_cldetection_gt(path: str | os.PathLike) -> dict[int, GroundTruth]:
             image, different ``scale`` values within one image.
     """
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "ground-truth file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(path, f"not a readable JSON file ({e})") from None
+    doc = read_json(path, "ground-truth JSON")
     if not isinstance(doc, dict) or not isinstance(doc.get("points"), list) or not doc["points"]:
         raise InputError(path, "expected an object with a non-empty 'points' list")
     points: dict[int, np.ndarray] = {}
