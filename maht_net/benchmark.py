@@ -35,7 +35,7 @@ from .engine import CheckpointInfo, TimeBudgetHandler, prepare_landmark_batch
 from .errors import InputError
 from .inference import EnsembleNetwork, Predictor
 from .io.atomic import atomic_write, write_json_atomic
-from .io.predictions import prediction_points
+from .io.predictions import prediction_points, write_prediction
 from .landmarks import get_landmark_set
 from .metrics import paired_comparison, radial_errors, summarize
 
@@ -346,16 +346,29 @@ def train_contender(
 
 
 # ----------------------------------------------------------------------------- testing
-def predict(network: nn.Module, info: Mapping[str, Any], items: Sequence[Mapping[str, Any]], tta: bool = False) -> tuple[np.ndarray, float]:
+def predict(
+    network: nn.Module,
+    info: Mapping[str, Any],
+    items: Sequence[Mapping[str, Any]],
+    tta: bool = False,
+    repeats: int = 1,
+    write_to: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, float]:
     """Predicted ``(B, N, 2)`` ``(x, y)`` original pixels for datalist items, and the median
-    seconds per image (read, preprocess, network, decode; 1 image per call)."""
+    seconds per image over ``repeats`` passes after one warm-up call (read, preprocess, network,
+    decode, and writing the prediction JSON into ``write_to`` when given; 1 image per call)."""
     predictor = Predictor(network, info, tta=tta)
+    predictor.predict(items[:1])
     points, seconds = [], []
-    for it in items:
-        start = time.perf_counter()
-        pred = predictor.predict([it])[0]
-        seconds.append(time.perf_counter() - start)
-        points.append(prediction_points(pred))
+    for r in range(repeats):
+        for it in items:
+            start = time.perf_counter()
+            pred = predictor.predict([it])[0]
+            if write_to is not None:
+                write_prediction(pred, write_to, formats=("json",))
+            seconds.append(time.perf_counter() - start)
+            if r == 0:
+                points.append(prediction_points(pred))
     return np.stack(points), float(np.median(seconds))
 
 

@@ -226,17 +226,21 @@ class DecodedLandmarks:
 
 def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", beta: float = 50.0, smooth_sigma: float = 0.0) -> DecodedLandmarks:
     """Decode ``(B, N, H, W)`` heatmaps with ``method`` in :data:`DECODERS`."""
+    hm, _ = _as_batch(heatmaps.detach())
+    points, peak_values = _locate(hm, method, beta=beta, smooth_sigma=smooth_sigma)
+    return DecodedLandmarks(points=points, confidence=peak_values.clamp(0, 1), covariance=heatmap_covariance(hm, points))
+
+
+def _locate(hm: torch.Tensor, method: str, beta: float = 50.0, smooth_sigma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sub-pixel points ``(B, N, 2)`` (x, y) of ``(B, N, H, W)`` heatmaps by ``method``, and the peak values ``(B, N)``."""
     if method not in DECODERS:
         raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
-    hm, _ = _as_batch(heatmaps.detach())
     peaks, peak_values = decode_argmax(hm)
     if method == "argmax":
-        points = peaks
-    elif method == "soft_argmax":
-        points = soft_argmax(hm, beta=beta)
-    else:
-        points = refine_dark(hm, peaks, smooth_sigma=smooth_sigma)
-    return DecodedLandmarks(points=points, confidence=peak_values.clamp(0, 1), covariance=heatmap_covariance(hm, points))
+        return peaks, peak_values
+    if method == "soft_argmax":
+        return soft_argmax(hm, beta=beta), peak_values
+    return refine_dark(hm, peaks, smooth_sigma=smooth_sigma), peak_values
 
 
 def decode_logits(
@@ -260,11 +264,11 @@ def decode_logits(
     lg, _ = _as_batch(logits.detach().float())
     b, n, h, w = lg.shape
     heat = torch.exp(lg - lg.reshape(b, n, -1).amax(-1)[..., None, None])
-    decoded = decode_heatmaps(heat, method=method)
+    points, _ = _locate(heat, method)
     prob = torch.softmax(lg.reshape(b, n, -1), -1).reshape(b, n, h, w)
-    covariance = heatmap_covariance(prob, decoded.points, floor=SPREAD_FLOOR) * stride**2
+    covariance = heatmap_covariance(prob, points, floor=SPREAD_FLOOR) * stride**2
     xs = torch.arange(w, dtype=prob.dtype, device=prob.device)
     ys = torch.arange(h, dtype=prob.dtype, device=prob.device)
-    d2 = (xs - decoded.points[..., 0:1])[..., None, :] ** 2 + (ys - decoded.points[..., 1:2])[..., :, None] ** 2
+    d2 = (xs - points[..., 0:1])[..., None, :] ** 2 + (ys - points[..., 1:2])[..., :, None] ** 2
     confidence = (prob * (d2 <= (confidence_radius / stride) ** 2)).sum((-2, -1))
-    return DecodedLandmarks(points=heatmap_to_input(decoded.points, stride), confidence=confidence, covariance=covariance)
+    return DecodedLandmarks(points=heatmap_to_input(points, stride), confidence=confidence, covariance=covariance)

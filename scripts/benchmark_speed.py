@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maht_net.benchmark import predict
 from maht_net.data import landmark_dataset, training_transforms
 from maht_net.datalist import load_datalist
 from maht_net.export import OnnxNetwork, export_onnx, export_torchscript
-from maht_net.inference import Predictor, load_model
-from maht_net.io.predictions import prediction_points, write_prediction
+from maht_net.inference import load_model
 from maht_net.losses import target_heatmaps
 from maht_net.metrics import radial_errors
 
@@ -37,18 +37,10 @@ SCRIPTS = Path(__file__).resolve().parent
 
 def end_to_end(network, info, items, repeats: int, out: Path) -> tuple[float, float]:
     """Median seconds per film for read + preprocess + network + decode + write JSON, and the MRE (mm)."""
-    predictor = Predictor(network, info)
-    predictor.predict(items[:1])  # warm-up
-    times, errors = [], []
-    for r in range(repeats):
-        for it in items:
-            t0 = time.perf_counter()
-            pred = predictor.predict([it])[0]
-            write_prediction(pred, out, formats=("json",))
-            times.append(time.perf_counter() - t0)
-            if r == 0:
-                errors.append(radial_errors(prediction_points(pred), np.asarray(it["landmarks"], dtype=float), np.asarray(it["spacing"], dtype=float)))
-    return statistics.median(times), float(np.nanmean(np.stack(errors)))
+    points, seconds = predict(network, info, items, repeats=repeats, write_to=out)
+    truth = np.stack([np.asarray(it["landmarks"], dtype=float) for it in items])
+    spacing = np.array([it["spacing"] for it in items], dtype=float)
+    return seconds, float(np.nanmean(radial_errors(points, truth, spacing)))
 
 
 def network_only(network, x: np.ndarray, repeats: int = 30) -> float:
