@@ -2,8 +2,9 @@
 """Speed and memory: end-to-end inference latency on real films for the deployment variants of a
 trained model (PyTorch eager, TorchScript, ONNX Runtime, ONNX Runtime int8 dynamic and static) and for the peer
 toolkit's network at the same input size, with the MRE of each variant on the test split; data
-pipeline throughput; training step time and peak memory. Everything is measured in one run, so
-the ratios hold even where absolute figures vary between machines.
+pipeline throughput; training step time and peak memory; with a CUDA GPU (or ``--device``), the
+bundle network's fp32/AMP latency, images/s, training step and peak device memory. Everything is
+measured in one run, so the ratios hold even where absolute figures vary between machines.
 
     python scripts/benchmark_speed.py --checkpoint runs/bench-accuracy/cpu/runs/fixed/maht_net/models/model.pt \\
         --datalist runs/bench-accuracy/cpu/hamedan.json
@@ -33,6 +34,8 @@ from maht_net.losses import target_heatmaps
 from maht_net.metrics import radial_errors
 
 SCRIPTS = Path(__file__).resolve().parent
+BUNDLE_NETWORK = ("maht_net", {"encoder": "efficientnet_b0", "decoder_channels": 64, "transformer_dim": 128})
+"""``create_network`` name and arguments of the bundle's network (train.json and train_gpu.json alike)."""
 
 
 def end_to_end(network, info, items, repeats: int, out: Path) -> tuple[float, float]:
@@ -124,11 +127,84 @@ def training_steps(sizes: list[int], batch: int, threads: int) -> dict[str, dict
     sys.path.insert(0, str(SCRIPTS))
     from profile_networks import CHILD
 
-    recipe = ("maht_net", {"encoder": "efficientnet_b0", "decoder_channels": 64, "transformer_dim": 128})
     rows = {}
     for size in sizes:
-        child = subprocess.run([sys.executable, "-c", CHILD, json.dumps([*recipe, size, batch, threads])], capture_output=True, text=True, timeout=1800)
+        child = subprocess.run([sys.executable, "-c", CHILD, json.dumps([*BUNDLE_NETWORK, size, batch, threads])], capture_output=True, text=True, timeout=1800)
         rows[str(size)] = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {"error": child.stderr[-500:]}
+    return rows
+
+
+def _median_seconds(fn, device: torch.device, repeats: int) -> float:
+    """Median wall time of ``fn()`` after 3 warm-up calls, waiting for the device each time."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _float32(out):
+    """Network output (logits or MAHT-Net's training dict with deep-supervision maps) in float32 for the loss."""
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    return {"heatmaps": out["heatmaps"].float(), "aux": [(logits.float(), stride) for logits, stride in out.get("aux", [])]}
+
+
+def accelerator_figures(device: str, sizes_wh: list[tuple[int, int]], batch: int, repeats: int = 20) -> list[dict]:
+    """The bundle's network on ``device`` (a CUDA GPU; CPU works too, for the tests), per input
+    ``(W, H)`` and precision (fp32, AMP: float16 autocast on CUDA, bfloat16 on CPU): network
+    latency at batch 1, inference images/s at ``batch``, training step time at ``batch`` (AdamW,
+    the bundle's loss, a gradient scaler under AMP on CUDA) and the step's peak device memory
+    (``torch.cuda.max_memory_allocated``; ``None`` on CPU), with whether it fits 16 GiB."""
+    from maht_net.losses import LandmarkLoss
+    from maht_net.networks import create_network
+
+    dev = torch.device(device)
+    rows = []
+    for width, height in sizes_wh:
+        for precision in ("fp32", "amp"):
+            torch.manual_seed(0)
+            net = create_network(BUNDLE_NETWORK[0], num_landmarks=19, **BUNDLE_NETWORK[1]).to(dev)
+            autocast = lambda: torch.autocast(dev.type, dtype=torch.float16 if dev.type == "cuda" else torch.bfloat16, enabled=precision == "amp")  # noqa: E731
+            one, many = torch.rand(1, 1, height, width, device=dev), torch.rand(batch, 1, height, width, device=dev)
+
+            def infer(x):
+                with torch.no_grad(), autocast():
+                    net(x)
+
+            net.eval()
+            latency = _median_seconds(lambda: infer(one), dev, repeats)
+            per_batch = _median_seconds(lambda: infer(many), dev, max(3, repeats // 4))
+            net.train()
+            opt = torch.optim.AdamW(net.parameters(), 1e-3)
+            scaler = torch.amp.GradScaler(dev.type, enabled=precision == "amp" and dev.type == "cuda")
+            loss = LandmarkLoss(stride=net.stride, sigma=2.0)
+            target = {"landmarks": torch.rand(batch, 19, 2, device=dev) * (min(width, height) - 1),
+                      "mask": torch.ones(batch, 19, device=dev), "spacing": torch.ones(batch, 2, device=dev)}
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                with autocast():
+                    out = net(many)
+                value = loss(_float32(out), target)
+                scaler.scale(value).backward()
+                scaler.step(opt)
+                scaler.update()
+
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(dev)
+            step_s = _median_seconds(step, dev, max(3, repeats // 4))
+            peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+            rows.append({"input": f"{width}x{height}", "precision": precision, "latency_s": latency, "images_per_s": batch / per_batch,
+                         "train_step_s": step_s, "train_peak_gib": peak, "fits_16gib": None if peak is None else peak < 16.0})
+            del net, opt, many, one
     return rows
 
 
@@ -144,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pipeline-images", type=int, default=400)
     ap.add_argument("--train-sizes", type=int, nargs="*", default=[256, 512])
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else None,
+                    help="accelerator for the latency/throughput/training-memory section (default: the CUDA GPU "
+                    "when there is one, else the section is skipped; 'cpu' runs it on the CPU)")
+    ap.add_argument("--device-sizes", nargs="*", default=["256x320", "512x640"],
+                    help="W x H inputs of that section (the CPU and GPU recipes' inputs)")
+    ap.add_argument("--device-repeats", type=int, default=20, help="timed calls per figure of that section")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -198,6 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nTraining step, bundle CPU recipe, batch {args.batch}:\n\n| input | s/step | peak MB (activations, grads, optimizer) |\n|---|---|---|")
     for size, r in result["training_step"].items():
         print(f"| {size}x{size} | {r.get('step_s', float('nan')):.2f} | {r.get('peak_mb', float('nan')):.0f} |")
+    if args.device:
+        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.device_sizes]
+        name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
+        result["device"] = {"name": name, "batch": args.batch, "rows": accelerator_figures(args.device, sizes, args.batch, args.device_repeats)}
+        print(f"\nBundle network on {name} (latency at batch 1, images/s and training step at batch {args.batch}):\n")
+        print("| input (W x H) | precision | latency ms | images/s | train step s | train peak GiB | fits 16 GiB |\n|---|---|---|---|---|---|---|")
+        for r in result["device"]["rows"]:
+            peak = "-" if r["train_peak_gib"] is None else f"{r['train_peak_gib']:.2f}"
+            fits = "-" if r["fits_16gib"] is None else ("yes" if r["fits_16gib"] else "no")
+            print(f"| {r['input']} | {r['precision']} | {1000 * r['latency_s']:.1f} | {r['images_per_s']:.0f} | {r['train_step_s']:.3f} | {peak} | {fits} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -29,6 +29,7 @@ def test_benchmark_speed_prints_every_table(tiny_checkpoint, tmp_path):
     run = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark_speed.py"), "--checkpoint", str(tiny_checkpoint), "--datalist", str(datalist),
          "--images", "2", "--repeats", "1", "--pipeline-size", "64", "--pipeline-images", "16", "--train-sizes", "64", "--batch", "2",
+         "--device", "cpu", "--device-sizes", "64x64", "--device-repeats", "3",
          "--json", str(tmp_path / "speed.json")],
         capture_output=True, text=True, timeout=900,
     )
@@ -41,6 +42,10 @@ def test_benchmark_speed_prints_every_table(tiny_checkpoint, tmp_path):
     assert all(r > 0 for r in result["pipeline_images_per_s"].values())
     assert result["training_step"]["64"]["step_s"] > 0 and result["training_step"]["64"]["peak_mb"] >= 0  # tiny: may stay under the baseline
     assert "| PyTorch eager |" in run.stdout and "| 64x64 |" in run.stdout
+    rows = result["device"]["rows"]  # the GPU section, run on the CPU here
+    assert [(r["input"], r["precision"]) for r in rows] == [("64x64", "fp32"), ("64x64", "amp")]
+    assert all(r["latency_s"] > 0 and r["images_per_s"] > 0 and r["train_step_s"] > 0 and r["train_peak_gib"] is None for r in rows)
+    assert "| 64x64 | amp |" in run.stdout
 
 
 def test_benchmark_robustness_script(tiny_checkpoint, tmp_path):
