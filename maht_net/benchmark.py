@@ -48,6 +48,7 @@ __all__ = [
     "train_bundle_contender",
     "train_contender",
     "predict",
+    "item_errors",
     "run_accuracy_benchmark",
     "format_markdown",
 ]
@@ -372,7 +373,8 @@ def predict(
     return np.stack(points), float(np.median(seconds))
 
 
-def _errors(points: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
+def item_errors(points: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Radial errors ``(B, N)`` (mm, or px without spacing) of ``(B, N, 2)`` ``(x, y)`` points against the items' landmarks."""
     truth = np.stack([np.asarray(it["landmarks"], dtype=float) for it in items])
     spacing = np.array([it["spacing"] for it in items], dtype=float)
     return radial_errors(points, truth, spacing)
@@ -447,7 +449,7 @@ def run_accuracy_benchmark(
             logger.info("== %s (%s track, %s)", name, track, f"fold {k + 1}/{len(splits)}" if folds else "fixed split")
             model = train_contender(name, split, cfg, out / "runs" / (f"fold{k + 1}" if folds else "fixed"), cfg["budget_minutes"], seed, progress, epochs)
             points, latency = predict(model.network, model.info, test_items)
-            fold_errors.append(_errors(points, test_items))
+            fold_errors.append(item_errors(points, test_items))
             fold_stats.append(model.stats)
             latencies.append(latency)
             if name == contenders[0]:
@@ -472,14 +474,14 @@ def run_accuracy_benchmark(
     models = fold_models.get(contenders[0], [])
     if tta and models:
         points, latency = predict(models[0].network, models[0].info, test_items, tta=True)
-        results["ensembles"].append(_result(f"{contenders[0]} + TTA", _errors(points, test_items), ids, lset.names, {"seconds_per_image": latency, "members": 1}))
+        results["ensembles"].append(_result(f"{contenders[0]} + TTA", item_errors(points, test_items), ids, lset.names, {"seconds_per_image": latency, "members": 1}))
     if len(models) > 1:
         ens = EnsembleNetwork([m.network for m in models]).eval()
         points, latency = predict(ens, models[0].info, test_items)
-        results["ensembles"].append(_result(f"{contenders[0]} {len(models)}-fold ensemble (mean heatmap)", _errors(points, test_items), ids, lset.names, {"seconds_per_image": latency, "members": len(models)}))
+        results["ensembles"].append(_result(f"{contenders[0]} {len(models)}-fold ensemble (mean heatmap)", item_errors(points, test_items), ids, lset.names, {"seconds_per_image": latency, "members": len(models)}))
         each = [predict(m.network, m.info, test_items) for m in models]
         coords = np.mean(np.stack([p for p, _ in each]), 0)
-        results["ensembles"].append(_result(f"{contenders[0]} {len(models)}-fold ensemble (mean coordinates)", _errors(coords, test_items), ids, lset.names, {"seconds_per_image": float(sum(t for _, t in each)), "members": len(models)}))
+        results["ensembles"].append(_result(f"{contenders[0]} {len(models)}-fold ensemble (mean coordinates)", item_errors(coords, test_items), ids, lset.names, {"seconds_per_image": float(sum(t for _, t in each)), "members": len(models)}))
     for r in results["ensembles"]:
         r["paired_vs_reference"] = _paired(reference, r, ids)
     write_json_atomic(out / "results.json", results)

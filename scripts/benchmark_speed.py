@@ -3,7 +3,7 @@
 trained model (PyTorch eager, TorchScript, ONNX Runtime, ONNX Runtime int8 dynamic and static) and for the peer
 toolkit's network at the same input size, with the MRE of each variant on the test split; data
 pipeline throughput; training step time and peak memory; with a CUDA GPU (or ``--device``), the
-bundle network's fp32/AMP latency, images/s, training step and peak device memory. Everything is
+checkpoint network's fp32/AMP latency, images/s, training step and peak device memory. Everything is
 measured in one run, so the ratios hold even where absolute figures vary between machines.
 
     python scripts/benchmark_speed.py --checkpoint runs/bench-accuracy/cpu/runs/fixed/maht_net/models/model.pt \\
@@ -13,6 +13,7 @@ measured in one run, so the ratios hold even where absolute figures vary between
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -25,39 +26,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maht_net.benchmark import predict
+from maht_net.benchmark import item_errors, predict
 from maht_net.data import landmark_dataset, training_transforms
 from maht_net.datalist import load_datalist
 from maht_net.export import OnnxNetwork, export_onnx, export_torchscript
 from maht_net.inference import load_model
 from maht_net.losses import target_heatmaps
-from maht_net.metrics import radial_errors
 
 SCRIPTS = Path(__file__).resolve().parent
-BUNDLE_NETWORK = ("maht_net", {"encoder": "efficientnet_b0", "decoder_channels": 64, "transformer_dim": 128})
-"""``create_network`` name and arguments of the bundle's network (train.json and train_gpu.json alike)."""
 
 
 def end_to_end(network, info, items, repeats: int, out: Path) -> tuple[float, float]:
     """Median seconds per film for read + preprocess + network + decode + write JSON, and the MRE (mm)."""
     points, seconds = predict(network, info, items, repeats=repeats, write_to=out)
-    truth = np.stack([np.asarray(it["landmarks"], dtype=float) for it in items])
-    spacing = np.array([it["spacing"] for it in items], dtype=float)
-    return seconds, float(np.nanmean(radial_errors(points, truth, spacing)))
+    return seconds, float(np.nanmean(item_errors(points, items)))
 
 
 def network_only(network, x: np.ndarray, repeats: int = 30) -> float:
     """Median seconds of the network call alone on one preprocessed ``(1, 1, H, W)`` film."""
     inputs = torch.from_numpy(x)
     with torch.no_grad():
-        for _ in range(3):
-            network(inputs)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            network(inputs)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return _median_seconds(lambda: network(inputs), torch.device("cpu"), repeats)
 
 
 def quantize_int8(onnx_path: Path, out: Path) -> Path:
@@ -122,14 +111,14 @@ def pipeline_throughput(datalist: Path, size: int, n: int) -> dict[str, float]:
     return rates
 
 
-def training_steps(sizes: list[int], batch: int, threads: int) -> dict[str, dict]:
-    """Step time and peak memory of one training step (profile_networks.py's child process)."""
+def training_steps(info: dict, sizes: list[int], batch: int, threads: int) -> dict[str, dict]:
+    """Step time and peak memory of one training step of the checkpoint's network (profile_networks.py's child process)."""
     sys.path.insert(0, str(SCRIPTS))
     from profile_networks import CHILD
 
     rows = {}
     for size in sizes:
-        child = subprocess.run([sys.executable, "-c", CHILD, json.dumps([*BUNDLE_NETWORK, size, batch, threads])], capture_output=True, text=True, timeout=1800)
+        child = subprocess.run([sys.executable, "-c", CHILD, json.dumps([info["network"], info.get("network_kwargs", {}), size, batch, threads])], capture_output=True, text=True, timeout=1800)
         rows[str(size)] = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {"error": child.stderr[-500:]}
     return rows
 
@@ -149,28 +138,20 @@ def _median_seconds(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _float32(out):
-    """Network output (logits or MAHT-Net's training dict with deep-supervision maps) in float32 for the loss."""
-    if isinstance(out, torch.Tensor):
-        return out.float()
-    return {"heatmaps": out["heatmaps"].float(), "aux": [(logits.float(), stride) for logits, stride in out.get("aux", [])]}
-
-
-def accelerator_figures(device: str, sizes_wh: list[tuple[int, int]], batch: int, repeats: int = 20) -> list[dict]:
-    """The bundle's network on ``device`` (a CUDA GPU; CPU works too, for the tests), per input
+def accelerator_figures(network: torch.nn.Module, num_landmarks: int, device: str, sizes_wh: list[tuple[int, int]], batch: int, repeats: int = 20) -> list[dict]:
+    """A copy of ``network`` (the checkpoint's) on ``device`` (a CUDA GPU; CPU works too, for the tests), per input
     ``(W, H)`` and precision (fp32, AMP: float16 autocast on CUDA, bfloat16 on CPU): network
     latency at batch 1, inference images/s at ``batch``, training step time at ``batch`` (AdamW,
     the bundle's loss, a gradient scaler under AMP on CUDA) and the step's peak device memory
     (``torch.cuda.max_memory_allocated``; ``None`` on CPU), with whether it fits 16 GiB."""
     from maht_net.losses import LandmarkLoss
-    from maht_net.networks import create_network
 
     dev = torch.device(device)
     rows = []
     for width, height in sizes_wh:
         for precision in ("fp32", "amp"):
             torch.manual_seed(0)
-            net = create_network(BUNDLE_NETWORK[0], num_landmarks=19, **BUNDLE_NETWORK[1]).to(dev)
+            net = copy.deepcopy(network).to(dev)
             autocast = lambda: torch.autocast(dev.type, dtype=torch.float16 if dev.type == "cuda" else torch.bfloat16, enabled=precision == "amp")  # noqa: E731
             one, many = torch.rand(1, 1, height, width, device=dev), torch.rand(batch, 1, height, width, device=dev)
 
@@ -185,14 +166,14 @@ def accelerator_figures(device: str, sizes_wh: list[tuple[int, int]], batch: int
             opt = torch.optim.AdamW(net.parameters(), 1e-3)
             scaler = torch.amp.GradScaler(dev.type, enabled=precision == "amp" and dev.type == "cuda")
             loss = LandmarkLoss(stride=net.stride, sigma=2.0)
-            target = {"landmarks": torch.rand(batch, 19, 2, device=dev) * (min(width, height) - 1),
-                      "mask": torch.ones(batch, 19, device=dev), "spacing": torch.ones(batch, 2, device=dev)}
+            target = {"landmarks": torch.rand(batch, num_landmarks, 2, device=dev) * (min(width, height) - 1),
+                      "mask": torch.ones(batch, num_landmarks, device=dev), "spacing": torch.ones(batch, 2, device=dev)}
 
             def step():
                 opt.zero_grad(set_to_none=True)
                 with autocast():
                     out = net(many)
-                value = loss(_float32(out), target)
+                value = loss(out, target)  # the loss computes in float32 itself, as in the bundle's AMP training
                 scaler.scale(value).backward()
                 scaler.step(opt)
                 scaler.update()
@@ -265,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("landmarker not installed (make bench-install): no peer timing", file=sys.stderr)
     result["pipeline_images_per_s"] = pipeline_throughput(args.datalist, args.pipeline_size, args.pipeline_images)
-    result["training_step"] = training_steps(args.train_sizes, args.batch, args.threads)
+    result["training_step"] = training_steps(info, args.train_sizes, args.batch, args.threads)
     peer = result["latency"].get("landmarker PSCN (eager)", {}).get("seconds")
     print(f"\nEnd to end per {items[0].get('width', '?')}x{items[0].get('height', '?')} film (read, preprocess at "
           f"{info['input_size'][0]}x{info['input_size'][1]}, network, decode, write JSON), median of {args.repeats} x {len(items)}, {result['machine']}:\n")
@@ -277,14 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nTraining pipeline at {args.pipeline_size}x{args.pipeline_size}, batch 8:\n\n| source | images/s |\n|---|---|")
     for name, rate in result["pipeline_images_per_s"].items():
         print(f"| {name} | {rate:.0f} |")
-    print(f"\nTraining step, bundle CPU recipe, batch {args.batch}:\n\n| input | s/step | peak MB (activations, grads, optimizer) |\n|---|---|---|")
+    print(f"\nTraining step of the checkpoint's network, batch {args.batch}:\n\n| input | s/step | peak MB (activations, grads, optimizer) |\n|---|---|---|")
     for size, r in result["training_step"].items():
         print(f"| {size}x{size} | {r.get('step_s', float('nan')):.2f} | {r.get('peak_mb', float('nan')):.0f} |")
     if args.device:
         sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.device_sizes]
         name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
-        result["device"] = {"name": name, "batch": args.batch, "rows": accelerator_figures(args.device, sizes, args.batch, args.device_repeats)}
-        print(f"\nBundle network on {name} (latency at batch 1, images/s and training step at batch {args.batch}):\n")
+        result["device"] = {"name": name, "batch": args.batch, "rows": accelerator_figures(network, len(info["landmark_names"]), args.device, sizes, args.batch, args.device_repeats)}
+        print(f"\nThe checkpoint's network on {name} (latency at batch 1, images/s and training step at batch {args.batch}):\n")
         print("| input (W x H) | precision | latency ms | images/s | train step s | train peak GiB | fits 16 GiB |\n|---|---|---|---|---|---|---|")
         for r in result["device"]["rows"]:
             peak = "-" if r["train_peak_gib"] is None else f"{r['train_peak_gib']:.2f}"

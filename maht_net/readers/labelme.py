@@ -19,7 +19,6 @@ Rules:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..datalist import make_item, points_to_json, write_datalist
+from ..datalist import make_item, points_to_json, read_datalist, write_datalist
 from ..errors import InputError
 from ..io.atomic import write_json_atomic
 from ..io.image import IMAGE_SUFFIXES, image_size
@@ -276,7 +275,7 @@ def _run(args: argparse.Namespace) -> int:
         lenient=args.lenient,
     )
     print(format_audit(audits))
-    doc = json.loads(path.read_text())
+    doc = read_datalist(path)
     counts = ", ".join(f"{k}: {len(v)}" for k, v in doc.items() if isinstance(v, list))
     print(f"wrote {path} ({counts}); audit in {path.name}.audit.json")
     return 0
