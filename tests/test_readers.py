@@ -58,15 +58,24 @@ def _write_isbi_txt(path: Path, points: np.ndarray, classes: bool = True) -> Non
     path.write_text("\n".join(lines) + "\n")
 
 
-def _isbi_tree(root: Path, n_train: int = 3, nested: bool = True) -> Path:
+def _isbi_pixels(case: int) -> np.ndarray:
+    # smooth enough that JPEG keeps it close
+    yy, xx = np.mgrid[:ISBI_H, :ISBI_W]
+    return ((xx * 3 + yy * 2 + case * 5) % 256).astype(np.uint8)
+
+
+def _isbi_tree(
+    root: Path, n_train: int = 3, nested: bool = True, suffix: str = ".bmp", splits=("TrainingData", "Test1Data", "Test2Data")
+) -> Path:
     ids = {"TrainingData": range(1, n_train + 1), "Test1Data": range(151, 154), "Test2Data": range(301, 304)}
     ann = root / "AnnotationsByMD" if nested else root
-    for folder, cases in ids.items():
+    for folder in splits:
         (root / "RawImage" / folder).mkdir(parents=True)
-        for case in cases:
-            rng = np.random.default_rng(case)
-            pixels = rng.integers(0, 256, (ISBI_H, ISBI_W), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / "RawImage" / folder / f"{case:03d}.bmp")
+        for case in ids[folder]:
+            grey = _isbi_pixels(case)
+            # the re-shared release stores grey JPEGs as RGB with R = G = B
+            pixels = np.repeat(grey[..., None], 3, axis=2) if suffix in (".jpg", ".jpeg") else grey
+            Image.fromarray(pixels).save(root / "RawImage" / folder / f"{case:03d}{suffix}", **({"quality": 75} if suffix == ".jpg" else {}))
             for doctor in ("senior", "junior"):
                 (ann / f"400_{doctor}").mkdir(parents=True, exist_ok=True)
                 _write_isbi_txt(ann / f"400_{doctor}" / f"{case:03d}.txt", _isbi_points(case, doctor))
@@ -99,6 +108,7 @@ def test_prepare_isbi2015_mean_of_doctors(tmp_path, run):
     sella = _isbi_points(1, "senior")[0]
     assert first["landmarks"][0] == [sella[0] + 0.5, sella[1] + 1.0]  # junior is off by (1, 2)
     assert first["spacing"] == [0.1, 0.1] and (first["width"], first["height"]) == (ISBI_W, ISBI_H)
+    assert first["site"] == "isbi2015" and train["truth"] == "mean" and "mean of the senior and junior" in train["description"]
     assert first["annotators"]["junior"] == _isbi_points(1, "junior").astype(float).tolist()
     items = load_datalist(tmp_path / "dl" / "isbi2015_train.json", check_files=True)
     np.testing.assert_array_equal(items[0]["landmarks"], expected)
@@ -109,16 +119,51 @@ def test_prepare_isbi2015_mean_of_doctors(tmp_path, run):
         assert doc["test"][0]["id"] == first_id
 
 
-def test_prepare_isbi2015_single_annotator_flat_layout(tmp_path, run):
+@pytest.mark.parametrize("flag", ["--truth", "--annotator"])
+def test_prepare_isbi2015_single_annotator_flat_layout(tmp_path, run, flag):
     root = _isbi_tree(tmp_path / "ISBI", nested=False)
-    shutil.rmtree(root / "400_junior")  # not needed for --annotator senior
-    code, _, err = run(
-        "prepare", "isbi2015", "--root", root, "--out-dir", tmp_path, "--annotator", "senior", "--folds", "0"
-    )
+    shutil.rmtree(root / "400_junior")  # not needed for --truth senior
+    code, _, err = run("prepare", "isbi2015", "--root", root, "--out-dir", tmp_path, flag, "senior", "--folds", "0")
     assert code == 0, err
-    item = _doc(tmp_path / "isbi2015_test2.json")["test"][2]
+    doc = _doc(tmp_path / "isbi2015_test2.json")
+    item = doc["test"][2]
     assert item["id"] == "303" and item["landmarks"] == _isbi_points(303, "senior").astype(float).tolist()
     assert "annotators" not in item
+    assert doc["truth"] == "senior" and "the senior doctor" in doc["description"]
+
+
+def test_prepare_isbi2015_jpeg_release_with_only_training_films(tmp_path, run):
+    """The layout in ../shared: RGB JPEGs with equal channels, no Test1/Test2 folders."""
+    root = _isbi_tree(tmp_path / "ISBI", n_train=4, suffix=".jpg", splits=("TrainingData",))
+    code, out, err = run("prepare", "isbi2015", "--root", root, "--out-dir", tmp_path / "dl", "--folds", "2", "--spacing", "0.11")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == [
+        "isbi2015_cv_fold0.json",
+        "isbi2015_cv_fold1.json",
+        "isbi2015_train.json",
+    ]
+    items = load_datalist(tmp_path / "dl" / "isbi2015_train.json", check_files=True)
+    assert [it["id"] for it in items] == ["001", "002", "003", "004"] and items[0]["image"].endswith("001.jpg")
+    assert tuple(items[0]["spacing"]) == (0.11, 0.11)
+    grey = load_xray(items[0]["image"]).image
+    assert grey.shape == (ISBI_H, ISBI_W)
+    assert np.abs(grey * 255 - _isbi_pixels(1)).mean() < 3  # read as the grey film it is
+
+
+def test_prepare_isbi2015_refuses_colour_images(tmp_path, run):
+    root = _isbi_tree(tmp_path / "ISBI", suffix=".png", splits=("TrainingData",))
+    colour = np.zeros((ISBI_H, ISBI_W, 3), np.uint8)
+    colour[..., 0] = 200  # a red image
+    Image.fromarray(colour).save(root / "RawImage" / "TrainingData" / "002.png")
+    code, _, err = run("prepare", "isbi2015", "--root", root, "--out-dir", tmp_path / "dl", "--folds", "0")
+    assert code == 2 and "002.png" in err and "colour image" in err
+    assert not (tmp_path / "dl").exists()
+
+
+def test_prepare_isbi2015_no_split_folder(tmp_path, run):
+    (tmp_path / "ISBI" / "RawImage").mkdir(parents=True)
+    code, _, err = run("prepare", "isbi2015", "--root", tmp_path / "ISBI", "--out-dir", tmp_path / "dl")
+    assert code == 2 and "no split folder found" in err and "TrainingData" in err
 
 
 def test_prepare_isbi2015_cross_validation_folds(tmp_path, run):

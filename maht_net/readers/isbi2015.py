@@ -9,11 +9,14 @@ folders directly under ``ROOT``)::
     ROOT/AnnotationsByMD/400_senior/001.txt .. 400.txt
     ROOT/AnnotationsByMD/400_junior/001.txt .. 400.txt
 
-An annotation file holds 19 lines ``x,y`` (integer pixels, x = column, y = row, challenge
-landmark order), then usually 8 lines with one integer each (the classification labels of the
-challenge's second task), which are ignored. The ground truth is the mean of the two doctors
-(or one doctor's points with ``annotator="senior"|"junior"``). Every file is read and checked
-before any datalist is written; a point outside its image is an error naming file and landmark.
+Images may be BMP, PNG or JPEG (re-shared copies are JPEG, stored as RGB with R = G = B): an RGB
+file whose channels are equal is read as grey, one whose channels differ is an error (not a
+greyscale radiograph). Only the splits whose image folder exists are read. An annotation file
+holds 19 lines ``x,y`` (integer pixels, x = column, y = row, challenge landmark order), then
+possibly 8 lines with one integer each (the classification labels of the challenge's second
+task), which are ignored. The ground truth is the mean of the two doctors (or one doctor's
+points with ``truth="senior"|"junior"``). Every file is read and checked before any datalist is
+written; a point outside its image is an error naming file and landmark.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ from ..datalist import make_item, points_to_json, write_datalist
 from ..errors import InputError
 from ..io.image import load_xray
 from ..landmarks import ISBI2015
+from ..progress import progress
 from .common import fold_count, fold_sections, require_inside
 
 __all__ = [
     "ISBI_SPACING_MM",
     "ISBI_SPLITS",
     "ANNOTATORS",
+    "TRUTHS",
+    "require_grey",
     "read_isbi_annotation",
     "isbi_items",
     "prepare_isbi2015",
@@ -47,6 +53,12 @@ ISBI_SPACING_MM = 0.1
 ISBI_SPLITS = {"train": "TrainingData", "test1": "Test1Data", "test2": "Test2Data"}
 """Datalist split name -> image folder under ``RawImage``."""
 ANNOTATORS = ("senior", "junior")
+TRUTHS = ("mean", *ANNOTATORS)
+"""Ground-truth choices: the mean of both doctors (default) or one doctor's points."""
+ISBI_IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg")
+MAX_CHANNEL_DIFFERENCE = 8
+"""Largest R/G/B difference (8-bit levels) of a grey film stored as RGB: JPEG chroma rounding
+leaves a few levels even when the encoder was given R = G = B."""
 
 
 def read_isbi_annotation(path: str | os.PathLike) -> np.ndarray:
@@ -93,24 +105,45 @@ def _first_dir(candidates: list[Path], what: str) -> Path:
     raise InputError(candidates[0], f"{what} folder not found (also looked for {', '.join(map(str, candidates[1:]))})")
 
 
-def _annotation_dirs(root: Path, annotator: str) -> dict[str, Path]:
-    names = ANNOTATORS if annotator == "mean" else (annotator,)
+def _annotation_dirs(root: Path, truth: str) -> dict[str, Path]:
+    names = ANNOTATORS if truth == "mean" else (truth,)
     return {
         a: _first_dir([root / "AnnotationsByMD" / f"400_{a}", root / f"400_{a}"], f"{a} annotations") for a in names
     }
 
 
 def _split_images(root: Path, folder: str) -> list[Path]:
-    image_dir = _first_dir([root / "RawImage" / folder, root / folder], "image")
-    images = sorted(p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() == ".bmp")
+    """The split's images, or ``[]`` when its folder is absent (the release may hold only some)."""
+    image_dir = next((d for d in (root / "RawImage" / folder, root / folder) if d.is_dir()), None)
+    if image_dir is None:
+        return []
+    images = sorted(p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in ISBI_IMAGE_SUFFIXES)
     if not images:
-        raise InputError(image_dir, "no .bmp images found")
+        raise InputError(image_dir, f"no images found ({', '.join(ISBI_IMAGE_SUFFIXES)})")
     return images
 
 
-def _case_item(image: Path, annotation_dirs: dict[str, Path]) -> dict[str, Any]:
+def require_grey(path: Path) -> None:
+    """Refuse a colour image: an RGB(A) file is accepted only when its channels are equal
+    (within :data:`MAX_CHANNEL_DIFFERENCE`), as in grey films saved as RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("RGB", "RGBA"):
+                return
+            rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(path, f"not a readable image ({e})") from None
+    diff = int(max(np.abs(rgb[..., 0] - rgb[..., 1]).max(), np.abs(rgb[..., 0] - rgb[..., 2]).max()))
+    if diff > MAX_CHANNEL_DIFFERENCE:
+        raise InputError(path, f"colour image: R, G and B differ by up to {diff} levels; expected a greyscale radiograph")
+
+
+def _case_item(image: Path, annotation_dirs: dict[str, Path], spacing: float) -> dict[str, Any]:
     """Read one image and its doctors' files -> datalist item (truth = mean of the doctors)."""
     xray = load_xray(image)
+    require_grey(image)
     per_doctor = {}
     for name, folder in annotation_dirs.items():
         txt = folder / f"{image.stem}.txt"
@@ -120,56 +153,76 @@ def _case_item(image: Path, annotation_dirs: dict[str, Path]) -> dict[str, Any]:
     extra: dict[str, Any] = {"width": xray.width, "height": xray.height}
     if len(per_doctor) > 1:
         extra["annotators"] = {name: points_to_json(p) for name, p in per_doctor.items()}
-    return make_item(image.absolute(), truth, (ISBI_SPACING_MM, ISBI_SPACING_MM), image.stem, **extra)
+    extra["site"] = "isbi2015"
+    return make_item(image.absolute(), truth, (spacing, spacing), image.stem, **extra)
 
 
-def isbi_items(root: str | os.PathLike, annotator: str = "mean") -> dict[str, list[dict[str, Any]]]:
-    """Read and check the whole data set -> ``{"train" | "test1" | "test2": [item, ...]}``.
+def isbi_items(
+    root: str | os.PathLike, truth: str = "mean", spacing: float = ISBI_SPACING_MM
+) -> dict[str, list[dict[str, Any]]]:
+    """Read and check the splits present -> ``{"train" | "test1" | "test2": [item, ...]}``.
 
     Args:
-        annotator: ``"mean"`` (ground truth = mean of senior and junior), ``"senior"`` or ``"junior"``.
+        truth: ``"mean"`` (ground truth = mean of senior and junior), ``"senior"`` or ``"junior"``.
+        spacing: pixel spacing in mm/px, isotropic.
 
     Raises:
-        InputError: a missing folder or file, a corrupt image, a malformed annotation, a point
-            outside its image.
+        InputError: no split folder, a missing annotation folder or file, a corrupt or colour
+            image, a malformed annotation, a point outside its image.
     """
-    if annotator not in ("mean", *ANNOTATORS):
-        raise ValueError(f"annotator must be 'mean', 'senior' or 'junior', got {annotator!r}")
+    if truth not in TRUTHS:
+        raise ValueError(f"truth must be one of {TRUTHS}, got {truth!r}")
+    if not (math.isfinite(spacing) and spacing > 0):
+        raise ValueError(f"spacing must be a positive number of mm/px, got {spacing!r}")
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "ISBI 2015 root folder not found")
-    dirs = _annotation_dirs(root, annotator)
-    return {split: [_case_item(p, dirs) for p in _split_images(root, folder)] for split, folder in ISBI_SPLITS.items()}
+    images = {split: _split_images(root, folder) for split, folder in ISBI_SPLITS.items()}
+    if not any(images.values()):
+        folders = ", ".join(f"RawImage/{f}" for f in ISBI_SPLITS.values())
+        raise InputError(root, f"no split folder found (looked for {folders})")
+    dirs = _annotation_dirs(root, truth)
+    cases = [(split, p) for split, paths in images.items() for p in paths]
+    items: dict[str, list[dict[str, Any]]] = {split: [] for split, paths in images.items() if paths}
+    for split, p in progress(cases, desc="isbi2015", unit="film"):
+        items[split].append(_case_item(p, dirs, spacing))
+    return items
 
 
 def prepare_isbi2015(
-    root: str | os.PathLike, out_dir: str | os.PathLike, annotator: str = "mean", folds: int = 4, seed: int = 0
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    truth: str = "mean",
+    folds: int = 4,
+    seed: int = 0,
+    spacing: float = ISBI_SPACING_MM,
 ) -> list[Path]:
-    """Write ``isbi2015_{train,test1,test2}.json`` and ``isbi2015_cv_fold{k}.json`` (k = 0..folds-1).
+    """Write ``isbi2015_{train,test1,test2}.json`` for the splits present and
+    ``isbi2015_cv_fold{k}.json`` (k = 0..folds-1) when the training split is present.
 
     The training file has a ``"training"`` section, the test files a ``"test"`` section; each
     fold file splits the training images into ``"training"`` and ``"validation"`` (disjoint,
-    every image in exactly one validation part). ``folds=0`` writes no fold files.
+    every image in exactly one validation part). ``folds=0`` writes no fold files. The
+    datalists say which truth they hold (``"truth"`` and ``"description"``).
 
     Returns:
         The paths written, in that order.
     """
-    splits = isbi_items(root, annotator)
+    splits = isbi_items(root, truth, spacing)
     out_dir = Path(out_dir)
     common = {
         "landmark_set": ISBI2015,
         "description": "ISBI 2015 cephalometric challenge; truth = "
-        + ("mean of the senior and junior doctor" if annotator == "mean" else f"the {annotator} doctor")
-        + "; 0.1 mm/px",
+        + ("mean of the senior and junior doctor" if truth == "mean" else f"the {truth} doctor")
+        + f"; {spacing:g} mm/px",
         "source": "isbi2015",
-        "annotator": annotator,
+        "truth": truth,
     }
+    sections = {"train": "training", "test1": "test", "test2": "test"}
     docs: list[tuple[Path, dict[str, list], dict[str, Any]]] = [
-        (out_dir / "isbi2015_train.json", {"training": splits["train"]}, {}),
-        (out_dir / "isbi2015_test1.json", {"test": splits["test1"]}, {}),
-        (out_dir / "isbi2015_test2.json", {"test": splits["test2"]}, {}),
+        (out_dir / f"isbi2015_{split}.json", {sections[split]: items}, {}) for split, items in splits.items()
     ]
-    if folds:
+    if folds and "train" in splits:
         if folds > len(splits["train"]):
             raise InputError(root, f"{folds} folds need at least {folds} training images, found {len(splits['train'])}")
         for k, sections in enumerate(fold_sections(splits["train"], folds, seed)):
@@ -178,7 +231,7 @@ def prepare_isbi2015(
 
 
 def _run(args: argparse.Namespace) -> int:
-    for path in prepare_isbi2015(args.root, args.out_dir, args.annotator, args.folds, args.seed):
+    for path in prepare_isbi2015(args.root, args.out_dir, args.truth, args.folds, args.seed, args.spacing):
         print(f"wrote {path}")
     return 0
 
@@ -192,7 +245,15 @@ def register_prepare(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--root", required=True, help="folder holding RawImage/ and AnnotationsByMD/")
     p.add_argument("--out-dir", required=True, help="folder for the datalists")
-    p.add_argument("--annotator", choices=("mean", *ANNOTATORS), default="mean", help="ground truth (default: mean)")
+    p.add_argument(
+        "--truth",
+        "--annotator",
+        dest="truth",
+        choices=TRUTHS,
+        default="mean",
+        help="ground truth: mean of both doctors (default), or the senior or junior doctor's points",
+    )
+    p.add_argument("--spacing", type=float, default=ISBI_SPACING_MM, help=f"pixel spacing in mm/px (default {ISBI_SPACING_MM})")
     p.add_argument("--folds", type=fold_count, default=4, help="cross-validation folds of the training set (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold shuffle")
     p.set_defaults(func=_run)
