@@ -28,7 +28,9 @@ def run(cmd: list[str]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "bundle"), help="bundle root (models/, eval/, data/ go here)")
+    # not the repository's bundle/: its models/model.pt is the shipped real-film model, which a
+    # phantom run must not replace
+    parser.add_argument("--bundle", default=str(REPO / "runs" / "demo"), help="bundle root (models/, eval/, data/ go here)")
     parser.add_argument("--minutes", type=float, default=10.0, help="training wall-clock budget")
     parser.add_argument("--epochs", type=int, default=40)
     args = parser.parse_args()

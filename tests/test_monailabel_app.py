@@ -325,7 +325,7 @@ def test_no_model_gives_a_clear_error(server):
     os.replace(model, aside)
     try:
         status, msg = _error(server["client"].infer, "maht_net", "phantom_0000", {})
-        assert status == 409 and "no trained model yet: run training" in msg, msg
+        assert status == 409 and "no trained model at" in msg and "python -m monai.bundle run training" in msg, msg
     finally:
         os.replace(aside, model)
     server["client"].infer("maht_net", "phantom_0000", {})  # back again, no restart

@@ -17,7 +17,10 @@ from maht_net.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-NO_MODEL = "no trained model yet: run training (MONAI Label 'Train' or 'make train') to create {path}"
+NO_MODEL = (
+    "no trained model at {path}: start the server with the shipped one (--conf model bundle/models/model.pt, the "
+    "default) or train one (MONAI Label 'Train', or python -m monai.bundle run training)"
+)
 
 
 class NoModelError(HTTPException):

@@ -1,0 +1,248 @@
+"""Train, evaluate and (with ``--ship``) install the model that ships with the bundle.
+
+    make pretrained                      # = python scripts/pretrained.py --ship
+    python scripts/pretrained.py --out runs/pretrained --epochs 40 [--ship]
+
+Steps, each through the project's own commands (nothing here re-implements them):
+
+1. datalists from the shared development films of both sites: Hamedan (LabelMe, truth = mean of
+   the two annotators, nominal 0.127 mm/px, the benchmarks' seeded 70/10/20 split) and ISBI 2015
+   (the 150 training films, truth = mean of the two doctors, 0.1 mm/px, a seeded 100/20/30 split);
+   merged into one two-site datalist (every item keeps its own spacing and names its ``site``);
+2. bundle training on the merged ``training`` section, best checkpoint chosen and the uncertainty
+   calibrated on the merged ``validation`` section (``python -m monai.bundle run training``);
+3. inference and evaluation on each site's held-out ``test`` films (``maht-net infer`` /
+   ``maht-net evaluate``): ``<out>/summary.json`` holds the per-site figures;
+4. ``--ship``: an inference-only copy (weights in float16, recipe, calibration, provenance: the
+   datalist's sha256, the git commit, the command) replaces ``bundle/models/model.pt``, and
+   ``bundle/large_files.yml`` gets its sha256.
+
+The held-out test films are never trained on, so the shipped figures are honest; they come from
+one split, not cross-validation (say so wherever they are quoted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SITES = {
+    "hamedan": {"spacing": 0.127},
+    "isbi2015": {"spacing": 0.1},
+}
+ISBI_SPLIT = (100, 20, 30)  # training, validation, test films of the 150
+
+
+def _run(*argv: str) -> None:
+    print("$", " ".join(shlex.quote(a) for a in argv), flush=True)
+    subprocess.run(argv, check=True, cwd=REPO)
+
+
+def _maht(*argv: str) -> None:
+    _run(sys.executable, "-m", "maht_net.cli", *argv)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _relative(items: list[dict], datalist: Path, root: Path, site: str) -> list[dict]:
+    """Items with image paths relative to the data root and ids prefixed by the site (the two
+    sites number their films alike)."""
+    return [
+        dict(it, image=(datalist.parent / it["image"]).resolve().relative_to(root).as_posix(), id=f"{site}-{it['id']}", site=site)
+        for it in items
+    ]
+
+
+def prepare(data_root: Path, out: Path, seed: int) -> Path:
+    """Both sites' datalists and their merge -> the two-site datalist (``datalists/two_sites.json``:
+    image paths relative to ``data_root``, so the file and its sha256 do not depend on where the
+    data lie)."""
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    hamedan, isbi = data_root / "hamedan-ceph", data_root / "isbi2015-ceph"
+    ham = data / "hamedan.json"
+    _maht(
+        "prepare", "labelme", "--images", str(hamedan / "images"),
+        "--annotations", str(hamedan / "annotations" / "annotator1"),
+        "--annotations", str(hamedan / "annotations" / "annotator2"),
+        "--spacing", str(SITES["hamedan"]["spacing"]), "--val-fraction", "0.1", "--test-fraction", "0.2",
+        "--seed", str(seed), "--out", str(ham),
+    )  # fmt: skip
+    _maht("prepare", "isbi2015", "--root", str(isbi), "--out-dir", str(data / "isbi2015"), "--folds", "0", "--truth", "mean")
+    root = data_root.resolve()
+    merged: dict[str, list] = {"training": [], "validation": [], "test": []}
+    doc = json.loads(ham.read_text())
+    for section in merged:
+        merged[section] += _relative(doc.get(section, []), ham, root, "hamedan")
+    isbi_dl = data / "isbi2015" / "isbi2015_train.json"
+    isbi_items = _relative(json.loads(isbi_dl.read_text())["training"], isbi_dl, root, "isbi2015")
+    order = np.random.default_rng(seed).permutation(len(isbi_items))
+    n_train, n_val, _ = ISBI_SPLIT
+    parts = {"training": order[:n_train], "validation": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
+    for section, idx in parts.items():
+        merged[section] += [isbi_items[i] for i in sorted(idx)]
+    two = REPO / "datalists" / "two_sites.json"
+    two.parent.mkdir(exist_ok=True)
+    two.write_text(
+        json.dumps(
+            {
+                "landmark_set": "isbi2015",
+                "num_landmarks": 19,
+                "description": "Hamedan (LabelMe, mean of 2 annotators, nominal 0.127 mm/px, 70/10/20) + ISBI 2015 training "
+                f"films (mean of the 2 doctors, 0.1 mm/px, {'/'.join(map(str, ISBI_SPLIT))}), seed {seed}; image paths "
+                "relative to the data root holding hamedan-ceph/ and isbi2015-ceph/ (../shared/data)",
+                "data_root": "../shared/data",
+                "sites": sorted(SITES),
+                **merged,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    counts = {s: {site: sum(it["site"] == site for it in items) for site in SITES} for s, items in merged.items()}
+    print(f"wrote {two}: {counts}", flush=True)
+    return two
+
+
+def train(datalist: Path, data_root: Path, out: Path, epochs: int, seed: int, time_limit: float) -> Path:
+    root = out / "bundle"
+    stage_epochs = [max(1, round(0.3 * epochs)), max(1, round(0.1 * epochs))]
+    _run(
+        sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(REPO / "bundle" / "configs" / "train.json"),
+        "--bundle_root", str(root), "--datalist", str(datalist), "--dataset_dir", str(data_root), "--epochs", str(epochs),
+        "--stage_epochs", json.dumps(stage_epochs), "--seed", str(seed), "--time_limit_minutes", str(time_limit),
+        "--resume", "False",
+    )  # fmt: skip
+    return root / "models" / "model.pt"
+
+
+def evaluate(checkpoint: Path, datalist: Path, data_root: Path, out: Path) -> dict[str, dict]:
+    """Per-site metrics of ``checkpoint`` on the datalist's ``test`` section."""
+    doc = json.loads(datalist.read_text())
+    results = {}
+    for site, spec in SITES.items():
+        # predictions are named after the image file: one folder and datalist per site
+        items = [dict(it, id=Path(it["image"]).stem, image=str(data_root.resolve() / it["image"])) for it in doc["test"] if it["site"] == site]
+        site_dl = out / site / "test.json"
+        site_dl.parent.mkdir(parents=True, exist_ok=True)
+        site_dl.write_text(json.dumps({"landmark_set": doc["landmark_set"], "test": items}))
+        preds = out / site / "predictions"
+        start = time.perf_counter()
+        _maht(
+            "infer", "--checkpoint", str(checkpoint), "--input", *[it["image"] for it in items], "--out", str(preds),
+            "--spacing", str(spec["spacing"]), "--no-overlay",
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        metrics = out / site / "metrics.json"
+        _maht("evaluate", "--datalist", str(site_dl), "--predictions", str(preds), "--out", str(metrics))
+        summary = json.loads(metrics.read_text())["summary"]
+        results[site] = {
+            "films": len(items),
+            "spacing_mm": spec["spacing"],
+            "infer_seconds_per_film": round(seconds / len(items), 3),  # includes start-up and model loading
+            **{k: v for k, v in summary["overall"].items() if k != "n"},
+            "per_landmark_mre": {row["name"]: row["mre"] for row in summary["per_landmark"]},
+        }
+    return results
+
+
+def ship(checkpoint: Path, datalist: Path, results: dict, command: str, target: Path) -> None:
+    """Write the inference-only checkpoint with provenance, and its sha256 to large_files.yml."""
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    doc = json.loads(datalist.read_text())
+    version = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text())["version"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    shipped = {
+        "model": {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()},
+        "info": dict(
+            ckpt["info"],
+            provenance={
+                "bundle_version": version,
+                "datalist": datalist.relative_to(REPO).as_posix(),
+                "datalist_sha256": sha256(datalist),
+                "git_commit": commit,
+                "command": command,
+                "trained": time.strftime("%Y-%m-%d"),
+                "weights_dtype": "float16",
+                "sites": {site: {s: sum(it["site"] == site for it in doc[s]) for s in ("training", "validation", "test")} for site in SITES},
+                "held_out_ids": {site: [it["id"] for it in doc["test"] if it["site"] == site] for site in SITES},
+                "held_out_test": {site: {k: r[k] for k in ("films", "mre", "median", "sdr", "mre_ci95")} for site, r in results.items()},
+            },
+        ),
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    torch.save(shipped, tmp)
+    os.replace(tmp, target)
+    digest = sha256(target)
+    (REPO / "bundle" / "large_files.yml").write_text(
+        "large_files:\n"
+        f'  - path: "models/model.pt"\n'
+        f'    url: "{BUNDLE_URL}"\n'
+        f'    hash_val: "{digest}"\n'
+        '    hash_type: "sha256"\n'
+    )
+    print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB, sha256 {digest})", flush=True)
+
+
+BUNDLE_URL = "shipped inside the bundle (models/model.pt); no download"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-root", type=Path, default=SHARED, help="folder holding hamedan-ceph/ and isbi2015-ceph/")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "pretrained")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--time-limit-minutes", type=float, default=0, help="hard stop for training (0: none)")
+    ap.add_argument("--skip-training", action="store_true", help="evaluate (and ship) <out>/bundle/models/model.pt as it is")
+    ap.add_argument("--ship", action="store_true", help="install the result as bundle/models/model.pt")
+    args = ap.parse_args()
+    for d in (args.data_root / "hamedan-ceph", args.data_root / "isbi2015-ceph"):
+        if not d.is_dir():
+            print(f"error: {d}: development films not found", file=sys.stderr)
+            return 2
+    command = "python scripts/pretrained.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    args.out = args.out.resolve()
+    datalist = prepare(args.data_root, args.out, args.seed)
+    start = time.time()
+    checkpoint = args.out / "bundle" / "models" / "model.pt"
+    if not args.skip_training:
+        checkpoint = train(datalist, args.data_root, args.out, args.epochs, args.seed, args.time_limit_minutes)
+    summary = {"command": command, "train_minutes": round((time.time() - start) / 60, 1)}
+    summary["test"] = results = evaluate(checkpoint, datalist, args.data_root, args.out / "eval")
+    if args.ship:
+        target = REPO / "bundle" / "models" / "model.pt"
+        ship(checkpoint, datalist, results, command, target)
+        # the float16 copy, scored on the same films: the figure that justifies half precision
+        shipped = evaluate(target, datalist, args.data_root, args.out / "eval-shipped")
+        summary["shipped_minus_float32_mre_mm"] = {site: shipped[site]["mre"] - results[site]["mre"] for site in SITES}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "test"}, indent=1))
+    for site, r in summary["test"].items():
+        print(f"{site}: {r['films']} held-out films, MRE {r['mre']:.2f} mm [{r['mre_ci95'][0]:.2f}-{r['mre_ci95'][1]:.2f}], "
+              f"SDR 2 mm {r['sdr']['2.0']:.1f} %, {r['infer_seconds_per_film']:.2f} s/film")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
