@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from maht_net.heatmaps import (
+from maht_net.codec.heatmaps import (
     decode_argmax,
     decode_heatmaps,
     gaussian_heatmaps,
@@ -90,7 +90,7 @@ def test_spread_grows_with_ambiguity_and_argmax_peaks():
 
 
 def test_decode_logits_maps_to_input_pixels_with_uncertainty():
-    from maht_net.heatmaps import decode_logits
+    from maht_net.codec.heatmaps import decode_logits
 
     rng = np.random.default_rng(4)
     pts = _random_points(rng, 6, 128, 128, margin=20)

@@ -1,8 +1,7 @@
-import numpy as np
 import pytest
 import torch
 
-from maht_net.losses import LandmarkLoss, adaptive_wing, coordinate_l1, heatmap_mse, spatial_kl, target_heatmaps
+from maht_net.models.losses import LandmarkLoss, adaptive_wing, coordinate_l1, heatmap_mse, spatial_kl, target_heatmaps
 
 
 def _setup(stride=4, sigma=6.0):

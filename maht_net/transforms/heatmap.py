@@ -11,7 +11,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 
-from ..heatmaps import gaussian_heatmaps, input_to_heatmap
+from maht_net.codec.heatmaps import gaussian_heatmaps, input_to_heatmap
 
 __all__ = ["GenerateLandmarkHeatmap", "GenerateLandmarkHeatmapd", "sigma_in_pixels"]
 

@@ -11,9 +11,9 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from ..heatmaps import DECODERS, covariance_to_spread, decode_logits
-from .io import NONLINEAR_WARP, ORIG_TO_CURRENT, ORIGINAL_SIZE, ORIGINAL_SPACING
-from .spatial import current_to_original
+from maht_net.codec.heatmaps import DECODERS, covariance_to_spread, decode_logits
+from maht_net.transforms.io import NONLINEAR_WARP, ORIG_TO_CURRENT, ORIGINAL_SIZE, ORIGINAL_SPACING
+from maht_net.transforms.spatial import current_to_original
 
 __all__ = ["PackLandmarksd", "DecodeLandmarksd", "apply_homogeneous"]
 
@@ -77,7 +77,7 @@ class DecodeLandmarksd(MapTransform):
     ``orig_size`` is given), ``pred_covariance`` ``(B, N, 2, 2)`` over ``(x, y)`` original pixels
     (the decoded second moments carried through the affine map, ``A C A^T``), ``pred_spread``
     ``(B, N)`` its radial RMS and ``pred_confidence`` ``(B, N)``; with a ``calibration`` record
-    (:mod:`maht_net.uncertainty`) the covariance is scaled by each landmark's factor squared and
+    (:mod:`maht_net.codec.uncertainty`) the covariance is scaled by each landmark's factor squared and
     the record is passed on as ``uncertainty_calibration``. Copies the truth (``orig_landmarks``,
     ``orig_spacing``) to ``true_points``/``true_spacing`` when present, since MONAI engines keep
     only new keys in ``engine.state.output`` where the metrics read. Works on batches (MONAI
