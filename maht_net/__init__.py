@@ -18,7 +18,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "bench", "cli", "clinical", "codec", "datasets", "engine", "errors", "inference", "io", "landmarks", "models",
+    "bench", "cli", "clinical", "codec", "datasets", "engine", "errors", "formatting", "inference", "io", "landmarks", "models",
     "progress", "transforms", "visualize",
 }
 

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from maht_net.bench.accuracy import item_errors, predict
+from maht_net.codec.heatmap_codec import HeatmapCodec
 from maht_net.datasets.pipeline import landmark_dataset, training_transforms
 from maht_net.inference.export import OnnxNetwork, export_onnx, export_torchscript
 from maht_net.inference.predictor import load_model
 from maht_net.io.datalist import load_datalist
-from maht_net.models.losses import target_heatmaps
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -91,7 +91,7 @@ def preprocessed_inputs(items: list[dict], info: dict) -> list[np.ndarray]:
 def pipeline_throughput(datalist: Path, size: int, n: int) -> dict[str, float]:
     """Images/s of the training pipeline (augment + pack), from cached preprocessing and from
     files (decode + normalise + resize first), and of the Gaussian heatmap targets, which the loss
-    builds from the coordinates (:func:`maht_net.models.losses.target_heatmaps`, stride 4)."""
+    builds from the coordinates (:meth:`maht_net.codec.heatmap_codec.HeatmapCodec.encode`, stride 4)."""
     rates = {}
     for name, cache in (("cached preprocessing", True), ("from files", False)):
         ds = landmark_dataset(datalist, "training", training_transforms((size, size)), cache=cache)
@@ -106,7 +106,7 @@ def pipeline_throughput(datalist: Path, size: int, n: int) -> dict[str, float]:
             rates[f"load + augment + pack, {name}, {workers} workers"] = seen / (time.perf_counter() - t0)
     points = torch.rand(64, 19, 2) * (size - 1)
     t0 = time.perf_counter()
-    target_heatmaps(points, (size // 4, size // 4), stride=4, sigma=2.5)
+    HeatmapCodec(stride=4, sigma=2.5).encode(points, (size // 4, size // 4))
     rates["heatmap targets (19 per image, in the loss)"] = 64 / (time.perf_counter() - t0)
     return rates
 

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "maht_net"
 # Lowest first. A module belongs to the longest entry that prefixes its name; modules of one
 # layer may import each other (without cycles), and any lower layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("maht_net.errors", "maht_net.landmarks", "maht_net.progress"),
+    ("maht_net.errors", "maht_net.formatting", "maht_net.landmarks", "maht_net.progress"),
     ("maht_net.io",),
     ("maht_net.codec",),
     ("maht_net.visualize",),

@@ -13,7 +13,7 @@ import torch
 from test_analysis import MEAN_SHAPE, _run_cli
 
 from maht_net.clinical.analysis import analyze_points
-from maht_net.codec.heatmaps import heatmap_covariance, heatmap_spread
+from maht_net.codec.heatmaps import covariance_to_spread, heatmap_covariance
 from maht_net.codec.uncertainty import (
     CALIBRATION_KEY,
     calibration_for,
@@ -52,7 +52,7 @@ def test_heatmap_covariance_recovers_an_elongated_rotated_gaussian():
     center = torch.tensor([[[30.3, 33.6]]])
     got = heatmap_covariance(hm, center, floor=None)[0, 0].numpy()
     np.testing.assert_allclose(got, cov, atol=0.02 * np.abs(cov).max())
-    assert float(heatmap_spread(hm, center, floor=None)[0, 0]) == pytest.approx(math.sqrt(np.trace(cov)), rel=1e-3)
+    assert float(covariance_to_spread(heatmap_covariance(hm, center, floor=None))[0, 0]) == pytest.approx(math.sqrt(np.trace(cov)), rel=1e-3)
 
 
 def test_ellipse_axes_hold_95_percent_of_samples_with_the_screen_angle():

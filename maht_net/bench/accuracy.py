@@ -35,6 +35,7 @@ from maht_net.datasets.pipeline import landmark_dataset, training_transforms
 from maht_net.engine.handlers import ProgressBarHandler, TimeBudgetHandler, prepare_landmark_batch
 from maht_net.engine.workflow import train_bundle
 from maht_net.errors import InputError
+from maht_net.formatting import fmt_number
 from maht_net.inference.ensemble import EnsembleNetwork
 from maht_net.inference.predictor import Predictor, load_model
 from maht_net.io.atomic import atomic_write, write_json_atomic
@@ -504,9 +505,6 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _f(v: float | None, d: int = 2) -> str:
-    return "-" if v is None else f"{v:.{d}f}"
-
 
 def format_markdown(results: Mapping[str, Any]) -> str:
     """Markdown tables of a :func:`run_accuracy_benchmark` result: overall, paired tests, per landmark."""
@@ -518,7 +516,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         f"{s['budget_minutes']:g} min training budget per contender{' and fold' if s['folds'] else ''}"
         f"{', %d epochs each (fixed)' % s['fixed_epochs'] if s.get('fixed_epochs') else ''}, "
         f"{s['test_images']} test films, {'%d-fold CV (errors averaged over fold models)' % s['folds'] if s['folds'] else 'fixed split'}. "
-        f"Mean-shape baseline MRE {_f(results['mean_shape_baseline_mre'])} mm. {results['date']}; "
+        f"Mean-shape baseline MRE {fmt_number(results['mean_shape_baseline_mre'])} mm. {results['date']}; "
         f"{results['machine']['processor']}, {results['machine']['cpu_count']} cores, torch {results['machine']['torch']}"
         f"{', ' + results['machine']['cuda'] if results['machine']['cuda'] else ''}.",
         "",
@@ -529,14 +527,14 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         o = r["summary"]["overall"]
         ci = o["mre_ci95"] or [None, None]
         p = r.get("paired_vs_reference")
-        vs = "reference" if p is None else f"{_f(p['mean_difference'], 3)} [{_f((p['mean_difference_ci95'] or [None])[0], 3)}, {_f((p['mean_difference_ci95'] or [None, None])[1], 3)}], p={_f(p['p_value'], 3)}"
+        vs = "reference" if p is None else f"{fmt_number(p['mean_difference'], 3)} [{fmt_number((p['mean_difference_ci95'] or [None])[0], 3)}, {fmt_number((p['mean_difference_ci95'] or [None, None])[1], 3)}], p={fmt_number(p['p_value'], 3)}"
         lines.append(
-            f"| {r['name']} | {_f(o['mre'])} [{_f(ci[0])}-{_f(ci[1])}] | {_f(o['median'])} | "
-            + " | ".join(_f(o["sdr"][k], 1) for k in keys)
-            + f" | {_f(r['train_seconds'] / 60, 1) if 'train_seconds' in r else '-'} | {'/'.join(map(str, r['epochs'])) if 'epochs' in r else '-'}"
-            f" | {_f(r['params'] / 1e6, 1) if 'params' in r else '-'} | {_f(r['seconds_per_image'], 3)} | {vs} |"
+            f"| {r['name']} | {fmt_number(o['mre'])} [{fmt_number(ci[0])}-{fmt_number(ci[1])}] | {fmt_number(o['median'])} | "
+            + " | ".join(fmt_number(o["sdr"][k], 1) for k in keys)
+            + f" | {fmt_number(r['train_seconds'] / 60, 1) if 'train_seconds' in r else '-'} | {'/'.join(map(str, r['epochs'])) if 'epochs' in r else '-'}"
+            f" | {fmt_number(r['params'] / 1e6, 1) if 'params' in r else '-'} | {fmt_number(r['seconds_per_image'], 3)} | {vs} |"
         )
     lines += ["", "Per-landmark MRE (mm):", "", "| landmark | " + " | ".join(r["name"] for r in results["contenders"]) + " |", "|---|" + "---|" * len(results["contenders"])]
     for k, row in enumerate(results["contenders"][0]["summary"]["per_landmark"]):
-        lines.append(f"| {row['index']} {row['name']} | " + " | ".join(_f(r["summary"]["per_landmark"][k]["mre"]) for r in results["contenders"]) + " |")
+        lines.append(f"| {row['index']} {row['name']} | " + " | ".join(fmt_number(r["summary"]["per_landmark"][k]["mre"]) for r in results["contenders"]) + " |")
     return "\n".join(lines) + "\n"

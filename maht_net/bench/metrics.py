@@ -29,6 +29,8 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from scipy import stats
 
+from maht_net.formatting import fmt_number
+
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "SDR_DEFINITION",
@@ -293,12 +295,9 @@ def paired_comparison(
     return result
 
 
-def _fmt(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
 
 def _fmt_ci(ci: Sequence[float | None] | None, digits: int = 2) -> str:
-    return "" if ci is None else f" [95% CI {_fmt(ci[0], digits)}-{_fmt(ci[1], digits)}]"
+    return "" if ci is None else f" [95% CI {fmt_number(ci[0], digits)}-{fmt_number(ci[1], digits)}]"
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -308,9 +307,9 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [
         f"Radial error ({u}): {c['images']} images, {c['points_evaluated']} points evaluated, "
         f"{c['points_missing']} missing skipped",
-        f"MRE {_fmt(o['mre'])} +/- {_fmt(o['sd'])} {u}{_fmt_ci(o['mre_ci95'])}, median {_fmt(o['median'])} {u}",
+        f"MRE {fmt_number(o['mre'])} +/- {fmt_number(o['sd'])} {u}{_fmt_ci(o['mre_ci95'])}, median {fmt_number(o['median'])} {u}",
     ]
-    lines += [f"SDR <= {k} {u}: {_fmt(o['sdr'][k], 1)}%{_fmt_ci(o['sdr_ci95'][k], 1)}" for k in keys]
+    lines += [f"SDR <= {k} {u}: {fmt_number(o['sdr'][k], 1)}%{_fmt_ci(o['sdr_ci95'][k], 1)}" for k in keys]
     name_w = max([len("landmark")] + [len(r["name"]) for r in summary["per_landmark"]])
     head = f"{'#':>3} {'landmark':<{name_w}} {'n':>5} {'MRE':>7} {'SD':>7} {'median':>7}" + "".join(
         f" {'SDR' + k:>8}" for k in keys
@@ -318,8 +317,8 @@ def format_table(summary: dict[str, Any]) -> str:
     lines += ["", head, "-" * len(head)]
     for r in summary["per_landmark"]:
         lines.append(
-            f"{r['index']:>3} {r['name']:<{name_w}} {r['n']:>5} {_fmt(r['mre']):>7} {_fmt(r['sd']):>7} "
-            f"{_fmt(r['median']):>7}" + "".join(f" {_fmt(r['sdr'][k], 1):>8}" for k in keys)
+            f"{r['index']:>3} {r['name']:<{name_w}} {r['n']:>5} {fmt_number(r['mre']):>7} {fmt_number(r['sd']):>7} "
+            f"{fmt_number(r['median']):>7}" + "".join(f" {fmt_number(r['sdr'][k], 1):>8}" for k in keys)
         )
     if summary["worst"]:
         worst = ", ".join(f"{w['id']}/{w['landmark']} {w['error']:.2f}" for w in summary["worst"])
@@ -332,8 +331,8 @@ def format_comparison(comparison: dict[str, Any], name_a: str = "A", name_b: str
     c, u = comparison, comparison["unit"]
     p = "-" if c["p_value"] is None else f"{c['p_value']:.3g}"
     return (
-        f"Paired comparison over {c['n']} images ({name_a} vs {name_b}): per-image MRE {_fmt(c['mre_a'])} vs "
-        f"{_fmt(c['mre_b'])} {u}; mean difference ({name_a} - {name_b}) {_fmt(c['mean_difference'], 3)} {u}"
+        f"Paired comparison over {c['n']} images ({name_a} vs {name_b}): per-image MRE {fmt_number(c['mre_a'])} vs "
+        f"{fmt_number(c['mre_b'])} {u}; mean difference ({name_a} - {name_b}) {fmt_number(c['mean_difference'], 3)} {u}"
         f"{_fmt_ci(c['mean_difference_ci95'], 3)}; {name_a} better on {c['a_better']}, {name_b} better on "
         f"{c['b_better']}; Wilcoxon signed-rank p = {p}"
     )

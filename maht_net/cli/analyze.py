@@ -10,8 +10,9 @@ from typing import Any
 from maht_net.clinical.agreement import compare_with_truth
 from maht_net.clinical.analysis import ReviewPolicy, analyze_prediction
 from maht_net.clinical.calibration import save_reliability_plot
-from maht_net.clinical.format import _fmt, format_agreement, format_measurements
+from maht_net.clinical.format import format_agreement, format_measurements
 from maht_net.errors import InputError
+from maht_net.formatting import fmt_number
 from maht_net.io.atomic import write_json_atomic
 from maht_net.io.predictions import PREDICTION_SUFFIX, find_predictions, read_prediction
 
@@ -72,9 +73,9 @@ def _run(args: argparse.Namespace) -> int:
         if cal:
             fl, un = cal["flagged"], cal["unflagged"]
             print(
-                f"\nuncertainty calibration ({cal['n']} landmarks, Spearman rho {_fmt(cal['spearman'])}): flagged "
-                f"(> {cal['threshold']:g} {cal['unit']}) n={fl['n']} mean error {_fmt(fl['mean_error'])} {cal['unit']}; "
-                f"unflagged n={un['n']} mean error {_fmt(un['mean_error'])} {cal['unit']}"
+                f"\nuncertainty calibration ({cal['n']} landmarks, Spearman rho {fmt_number(cal['spearman'])}): flagged "
+                f"(> {cal['threshold']:g} {cal['unit']}) n={fl['n']} mean error {fmt_number(fl['mean_error'])} {cal['unit']}; "
+                f"unflagged n={un['n']} mean error {fmt_number(un['mean_error'])} {cal['unit']}"
                 + ("" if cal["ellipse_coverage"] is None else f"; true position inside its 95 % ellipse for {cal['ellipse_coverage']:.1%}")
             )
             if args.reliability_plot:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from maht_net.formatting import fmt_number
 
 # ---- text ------------------------------------------------------------------------------------
-def _fmt(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
 
 def format_measurements(result: Mapping[str, Any]) -> str:
     """A plain-text measurement table of one analysis (value, interval, class, review)."""
@@ -20,7 +18,7 @@ def format_measurements(result: Mapping[str, Any]) -> str:
         if r["class_probability"] is not None:
             cls += f" ({r['class_probability']:.0%})"
         flag = "; ".join((["REVIEW: " + "; ".join(r["review_reasons"])] if r["needs_review"] else []) + ([r["note"]] if r["note"] else []))
-        lines.append(f"{r['name']:<14} {_fmt(r['value']):>9} {iv:>19} {r['unit']:<5} {cls:<32} {flag}")
+        lines.append(f"{r['name']:<14} {fmt_number(r['value']):>9} {iv:>19} {r['unit']:<5} {cls:<32} {flag}")
     s = result["skeletal_class"]
     if s["class"]:
         lines.append(f"skeletal class {s['class']} (ANB {s['anb']:.2f} deg; {s['source']})" + (" REVIEW" if s["needs_review"] else ""))
@@ -34,10 +32,10 @@ def format_agreement(table: Mapping[str, Any], what: str = "difference") -> str:
     for r in table["measurements"]:
         ca = "" if r["class_agreement"] is None else f"{r['class_agreement']:.0%}"
         lines.append(
-            f"{r['name']:<14} {r['n']:>4} {_fmt(r['mean_abs']):>12} {_fmt(r['mean']):>8} {_fmt(r['sd']):>7} "
-            f"{r['unit'] or '':<5} {ca:>10} {_fmt(r['kappa']):>6}"
+            f"{r['name']:<14} {r['n']:>4} {fmt_number(r['mean_abs']):>12} {fmt_number(r['mean']):>8} {fmt_number(r['sd']):>7} "
+            f"{r['unit'] or '':<5} {ca:>10} {fmt_number(r['kappa']):>6}"
         )
     s = table["skeletal_class"]
     if s["n"]:
-        lines.append(f"skeletal class agreement: {s['agreement']:.0%} (kappa {_fmt(s['kappa'])}, n={s['n']})")
+        lines.append(f"skeletal class agreement: {s['agreement']:.0%} (kappa {fmt_number(s['kappa'])}, n={s['n']})")
     return "\n".join(lines)

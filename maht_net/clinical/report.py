@@ -30,12 +30,15 @@ from maht_net.clinical.measurements import MEASUREMENTS_BY_NAME, SKELETAL_SOURCE
 from maht_net.codec.uncertainty import landmark_covariances
 from maht_net.datasets.pipeline import evaluation_transforms
 from maht_net.errors import InputError
+from maht_net.formatting import fmt_number
 from maht_net.inference.predictor import load_model
 from maht_net.io.atomic import atomic_write
 from maht_net.io.image import load_xray
 from maht_net.io.predictions import prediction_points, read_prediction
 from maht_net.landmarks import get_landmark_set
 from maht_net.visualize import ellipse_patch, pyplot
+
+_DASH = "&ndash;"  # a missing number in HTML
 
 __all__ = ["DISCLAIMER", "ANALYSIS_LINES", "render_report_png", "build_report_html", "explain_landmarks", "write_report"]
 
@@ -291,16 +294,13 @@ def _e(v: Any) -> str:
     return html.escape(str(v))
 
 
-def _num(v: float | None, digits: int = 2) -> str:
-    return "&ndash;" if v is None else f"{v:.{digits}f}"
-
 
 def _measurement_rows(analysis: Mapping[str, Any]) -> str:
     rows = []
     for r in analysis["measurements"]:
         m = MEASUREMENTS_BY_NAME.get(r["name"])
         digits = 3 if r["unit"] == "ratio" else 1
-        iv = "&ndash;" if r["interval"] is None else f"{_num(r['interval'][0], digits)} to {_num(r['interval'][1], digits)}"
+        iv = "&ndash;" if r["interval"] is None else f"{fmt_number(r['interval'][0], digits, missing=_DASH)} to {fmt_number(r['interval'][1], digits, missing=_DASH)}"
         cls = "&ndash;" if r["class"] is None else f"{_e(r['class']['code'])} {_e(r['class']['label'])}"
         if r["class_probability"] is not None:
             cls += f" <span class='muted'>({r['class_probability']:.0%})</span>"
@@ -314,7 +314,7 @@ def _measurement_rows(analysis: Mapping[str, Any]) -> str:
         unit = {"deg": "&deg;", "ratio": ""}.get(r["unit"], " " + _e(r["unit"]))
         rows.append(
             f"<tr class='{'review' if r['needs_review'] else ''}'><td><b>{_e(r['name'])}</b><br><span class='muted'>{_e(r['title'])}</span></td>"
-            f"<td class='num'>{_num(r['value'], digits)}{unit if r['value'] is not None else ''}</td><td class='num'>{iv}</td>"
+            f"<td class='num'>{fmt_number(r['value'], digits, missing=_DASH)}{unit if r['value'] is not None else ''}</td><td class='num'>{iv}</td>"
             f"<td>{cls}</td><td class='muted'>{_e(m.norm if m and m.norm else '').replace(' deg', '&deg;')}</td>"
             f"<td>{badge}<div class='why'>{_e(why)}</div></td></tr>"
         )
@@ -330,9 +330,9 @@ def _landmark_rows(pred: Mapping[str, Any], analysis: Mapping[str, Any]) -> str:
         )
         rows.append(
             f"<tr class='{'review' if a['needs_review'] else ''}'><td class='num'>{r['index']}</td><td><b>{_e(r['abbreviation'])}</b></td>"
-            f"<td>{_e(r['name'].replace('_', ' '))}</td><td class='num'>{_num(r.get('x'), 1)}</td><td class='num'>{_num(r.get('y'), 1)}</td>"
-            f"<td class='num'>{_num(r.get('uncertainty_mm'))}</td><td class='num'>{_num(r.get('uncertainty_px'), 1)}</td>"
-            f"<td class='num'>{_num(r.get('confidence'))}</td><td>{badge}</td></tr>"
+            f"<td>{_e(r['name'].replace('_', ' '))}</td><td class='num'>{fmt_number(r.get('x'), 1, missing=_DASH)}</td><td class='num'>{fmt_number(r.get('y'), 1, missing=_DASH)}</td>"
+            f"<td class='num'>{fmt_number(r.get('uncertainty_mm'), missing=_DASH)}</td><td class='num'>{fmt_number(r.get('uncertainty_px'), 1, missing=_DASH)}</td>"
+            f"<td class='num'>{fmt_number(r.get('confidence'), missing=_DASH)}</td><td>{badge}</td></tr>"
         )
     return "\n".join(rows)
 

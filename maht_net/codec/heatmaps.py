@@ -9,6 +9,8 @@ Notes:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,10 +26,11 @@ __all__ = [
     "refine_dark",
     "heatmap_covariance",
     "covariance_to_spread",
-    "heatmap_spread",
     "DecodedLandmarks",
-    "decode_heatmaps",
+    "locate_peaks",
     "decode_logits",
+    "spatial_log_softmax",
+    "mix_log_probs",
     "DECODERS",
 ]
 
@@ -193,25 +196,17 @@ def covariance_to_spread(covariance: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((covariance[..., 0, 0] + covariance[..., 1, 1]).clamp_min(0))
 
 
-def heatmap_spread(heatmaps: torch.Tensor, centers: torch.Tensor, floor: float | None = 0.1) -> torch.Tensor:
-    """Radial spread ``sqrt(E|p - c|^2)`` of each channel's mass around ``centers``, in pixels.
-
-    The trace of :func:`heatmap_covariance`. For a clean Gaussian of std ``s`` and the default
-    floor it is ``1.22 s`` (the Rayleigh second moment truncated at ``exp(-r^2/2s^2) = 0.1``).
-    Returns ``(B, N)``.
-    """
-    return covariance_to_spread(heatmap_covariance(heatmaps, centers, floor))
-
-
 @dataclass
 class DecodedLandmarks:
-    """Decoded landmarks in heatmap pixels.
+    """Landmarks decoded from logits by :func:`decode_logits`, in input pixels.
 
     Attributes:
         points: ``(B, N, 2)`` ``(x, y)``.
-        confidence: ``(B, N)`` heatmap peak value clipped to ``[0, 1]``.
-        covariance: ``(B, N, 2, 2)`` second moments around the point over ``(x, y)``, in px^2
-            (:func:`heatmap_covariance`).
+        confidence: ``(B, N)`` the one meaning of *confidence* in MAHT-Net: the probability mass
+            of the spatial softmax within ``confidence_radius`` input pixels of the point (in
+            ``[0, 1]``; it is what prediction files report as ``confidence``).
+        covariance: ``(B, N, 2, 2)`` second moments of the softmax around the point over
+            ``(x, y)``, in px^2 (:func:`heatmap_covariance`).
     """
 
     points: torch.Tensor
@@ -224,14 +219,7 @@ class DecodedLandmarks:
         return covariance_to_spread(self.covariance)
 
 
-def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", beta: float = 50.0, smooth_sigma: float = 0.0) -> DecodedLandmarks:
-    """Decode ``(B, N, H, W)`` heatmaps with ``method`` in :data:`DECODERS`."""
-    hm, _ = _as_batch(heatmaps.detach())
-    points, peak_values = _locate(hm, method, beta=beta, smooth_sigma=smooth_sigma)
-    return DecodedLandmarks(points=points, confidence=peak_values.clamp(0, 1), covariance=heatmap_covariance(hm, points))
-
-
-def _locate(hm: torch.Tensor, method: str, beta: float = 50.0, smooth_sigma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def locate_peaks(hm: torch.Tensor, method: str = "dark", beta: float = 50.0, smooth_sigma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Sub-pixel points ``(B, N, 2)`` (x, y) of ``(B, N, H, W)`` heatmaps by ``method``, and the peak values ``(B, N)``."""
     if method not in DECODERS:
         raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
@@ -249,7 +237,7 @@ def decode_logits(
     """Decode network logits ``(B, N, h, w)`` (a log-heatmap) to input-pixel landmarks.
 
     The logits are read as ``log p`` up to a constant, with ``p = softmax`` over each map:
-    ``exp(logits - max)`` is the peak-1 heatmap that :func:`decode_heatmaps` refines, and
+    ``exp(logits - max)`` is the peak-1 heatmap that :func:`locate_peaks` refines, and
     ``p`` gives the uncertainty.
 
     Returns:
@@ -264,7 +252,7 @@ def decode_logits(
     lg, _ = _as_batch(logits.detach().float())
     b, n, h, w = lg.shape
     heat = torch.exp(lg - lg.reshape(b, n, -1).amax(-1)[..., None, None])
-    points, _ = _locate(heat, method)
+    points, _ = locate_peaks(heat, method)
     prob = torch.softmax(lg.reshape(b, n, -1), -1).reshape(b, n, h, w)
     covariance = heatmap_covariance(prob, points, floor=SPREAD_FLOOR) * stride**2
     xs = torch.arange(w, dtype=prob.dtype, device=prob.device)
@@ -272,3 +260,18 @@ def decode_logits(
     d2 = (xs - points[..., 0:1])[..., None, :] ** 2 + (ys - points[..., 1:2])[..., :, None] ** 2
     confidence = (prob * (d2 <= (confidence_radius / stride) ** 2)).sum((-2, -1))
     return DecodedLandmarks(points=heatmap_to_input(points, stride), confidence=confidence, covariance=covariance)
+
+
+def spatial_log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """``log p`` of the softmax over each map of ``(B, N, h, w)`` logits, in float32."""
+    b, n, h, w = logits.shape
+    return torch.log_softmax(logits.float().reshape(b, n, -1), -1).reshape(b, n, h, w)
+
+
+def mix_log_probs(log_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The log of the mean probability of several ``(B, N, h, w)`` log-probability maps: the
+    uniform mixture of test-time passes or ensemble members, itself valid logits for
+    :func:`decode_logits` (its spread holds each pass's spread and their disagreement)."""
+    if len(log_probs) == 1:
+        return log_probs[0]
+    return torch.logsumexp(torch.stack(list(log_probs)), 0) - math.log(len(log_probs))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from maht_net.datasets.phantom import ensure_phantom_dataset
 from maht_net.errors import InputError
-from maht_net.io.checkpoint import load_checkpoint_file
+from maht_net.io.checkpoint import load_checkpoint_file, training_recipe
 
 __all__ = ["default_bundle_root", "resolve_datalist", "make_optimizer", "package_bundle", "BUNDLE_NAME"]
 
@@ -122,16 +122,7 @@ def _configs_for_checkpoint(bundle: Path, checkpoint: Path) -> dict[str, str]:
 
     info = load_checkpoint_file(checkpoint)["info"]
     train = json.loads((bundle / "configs" / "train.json").read_text())
-    train.update(
-        network_name=info["network"],
-        network_kwargs=info["network_kwargs"],
-        input_size=info["input_size"],
-        landmark_set=info["landmark_set"],
-        normalize=info["normalize"],
-        clahe=info["clahe"],
-        sigma=info["sigma"],
-        decoder=info["decoder"],
-    )
+    train.update(training_recipe(info))
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     fmt = meta["network_data_format"]
     w, h, stride = info["input_size"][0], info["input_size"][1], info["stride"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -10,11 +9,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from maht_net.codec.heatmaps import mix_log_probs, spatial_log_softmax
 from maht_net.codec.uncertainty import CALIBRATION_KEY
 from maht_net.errors import InputError
 from maht_net.inference.predictor import load_model
+from maht_net.io.checkpoint import PREPROCESSING_KEYS
 
-ENSEMBLE_KEYS = ("landmark_set", "landmark_names", "input_size", "normalize", "clahe", "stride", "decoder")
+ENSEMBLE_KEYS = (*PREPROCESSING_KEYS, "stride", "decoder")
 """Checkpoint-info fields every member of an ensemble must share."""
 
 
@@ -33,13 +34,8 @@ class EnsembleNetwork(nn.Module):
         self.stride = strides.pop()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        log_p = []
-        for m in self.members:
-            out = m(x)
-            out = out["heatmaps"] if isinstance(out, Mapping) else out
-            b, n, h, w = out.shape
-            log_p.append(torch.log_softmax(out.float().reshape(b, n, -1), -1).reshape(b, n, h, w))
-        return torch.logsumexp(torch.stack(log_p), 0) - math.log(len(log_p))
+        outputs = [m(x) for m in self.members]
+        return mix_log_probs([spatial_log_softmax(o["heatmaps"] if isinstance(o, Mapping) else o) for o in outputs])
 
 
 def load_ensemble(checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

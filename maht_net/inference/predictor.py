@@ -14,12 +14,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from monai.data import DataLoader, Dataset
 from monai.inferers import Inferer
 
+from maht_net.codec.heatmaps import mix_log_probs, spatial_log_softmax
 from maht_net.codec.uncertainty import calibration_for
 from maht_net.datasets.pipeline import evaluation_transforms
 from maht_net.errors import InputError
@@ -108,15 +108,11 @@ class LandmarkInferer(Inferer):
                 for _ in range(self.mc_samples if stochastic else 1):
                     logits = network(_shift(inputs, kx * s, ky * s), *args, **kwargs)
                     logits = logits["heatmaps"] if isinstance(logits, Mapping) else logits
-                    b, n, h, w = logits.shape
-                    log_p = torch.log_softmax(logits.float().reshape(b, n, -1), -1).reshape(b, n, h, w)
-                    log_probs.append(_shift(log_p, -kx, -ky, fill=-1e4))
+                    log_probs.append(_shift(spatial_log_softmax(logits), -kx, -ky, fill=-1e4))
         finally:
             if stochastic:
                 network.eval()
-        if len(log_probs) == 1:
-            return log_probs[0]
-        return torch.logsumexp(torch.stack(log_probs), 0) - float(np.log(len(log_probs)))
+        return mix_log_probs(log_probs)
 
 
 class Predictor:

@@ -14,6 +14,19 @@ import torch.nn as nn
 from maht_net.errors import InputError
 from maht_net.landmarks import get_landmark_set
 
+PREPROCESSING_KEYS = ("landmark_set", "landmark_names", "input_size", "normalize", "clahe")
+"""Checkpoint-info fields the preprocessing (and the meaning of the output channels) depends on."""
+
+CODEC_KEYS = ("stride", "sigma", "decoder")
+"""Checkpoint-info fields that record the heatmap codec (:class:`maht_net.codec.heatmap_codec.HeatmapCodec`)."""
+
+INFO_KEYS = ("network", "network_kwargs", *PREPROCESSING_KEYS, *CODEC_KEYS, "coordinate_convention")
+"""Every field of a checkpoint's ``info`` (:class:`CheckpointInfo`); calibration may add ``uncertainty_calibration``."""
+
+RECIPE_KEYS = tuple(k for k in PREPROCESSING_KEYS + CODEC_KEYS if k not in ("landmark_names", "stride"))
+"""Info fields that are ``train.json`` ids of the same name (the network's are ``network_name`` and
+``network_kwargs``; ``stride`` and ``landmark_names`` follow from the network and the landmark set)."""
+
 
 class CheckpointInfo:
     """Everything inference needs besides the weights, saved in each checkpoint (``"info"``).
@@ -93,8 +106,13 @@ def checkpoint_recipe(checkpoint: str | os.PathLike) -> dict[str, Any]:
     kwargs = dict(info.get("network_kwargs", {}))
     if "pretrained" in kwargs:
         kwargs["pretrained"] = False
-    recipe = {"network_name": info["network"], "network_kwargs": kwargs}
-    for key in ("landmark_set", "input_size", "normalize", "clahe", "sigma", "decoder"):
-        if key in info:
-            recipe[key] = info[key]
+    return training_recipe(info, kwargs)
+
+
+def training_recipe(info: Mapping[str, Any], network_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``train.json`` overrides for a checkpoint's ``info``: the network and :data:`RECIPE_KEYS`
+    (those present), with ``network_kwargs`` instead of the recorded ones when given."""
+    kwargs = info.get("network_kwargs", {}) if network_kwargs is None else network_kwargs
+    recipe = {"network_name": info["network"], "network_kwargs": dict(kwargs)}
+    recipe.update({key: info[key] for key in RECIPE_KEYS if key in info})
     return recipe

@@ -12,15 +12,16 @@ Notes:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maht_net.codec.heatmaps import gaussian_heatmaps, heatmap_to_input, input_to_heatmap, soft_argmax
+from maht_net.codec.heatmap_codec import HeatmapCodec
+from maht_net.codec.heatmaps import heatmap_to_input, soft_argmax
 
 __all__ = [
-    "target_heatmaps",
     "spatial_kl",
     "heatmap_mse",
     "adaptive_wing",
@@ -36,12 +37,6 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``(B, N)`` values over ``mask`` > 0 (0 when nothing is present)."""
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def target_heatmaps(landmarks: torch.Tensor, shape: tuple[int, int], stride: int, sigma: float) -> torch.Tensor:
-    """Gaussian targets ``(B, N, h, w)`` at ``stride`` for ``(x, y)`` input-pixel landmarks;
-    ``sigma`` is in input pixels."""
-    return gaussian_heatmaps(input_to_heatmap(landmarks, stride), shape, sigma / stride)
 
 
 def spatial_kl(logits: torch.Tensor, heatmap: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -120,8 +115,26 @@ class LandmarkLoss(nn.Module):
         super().__init__()
         self.weights: dict[str, float] = {}
         self.set_weights(weights or {"kl": 1.0, "coord": 0.02})
-        self.sigma, self.stride, self.aux_weight = float(sigma), int(stride), float(aux_weight)
+        self.codec = HeatmapCodec(stride=stride, sigma=sigma)
+        self.aux_weight = float(aux_weight)
         self.last_terms: dict[str, float] = {}
+
+    @property
+    def sigma(self) -> float:
+        """Target width in input pixels (the codec's; training stages may change it)."""
+        return self.codec.sigma
+
+    @sigma.setter
+    def sigma(self, value: float) -> None:
+        self.codec = replace(self.codec, sigma=float(value))
+
+    @property
+    def stride(self) -> int:
+        return self.codec.stride
+
+    @stride.setter
+    def stride(self, value: int) -> None:
+        self.codec = replace(self.codec, stride=int(value))
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
         unknown = set(weights) - set(LOSS_TERMS)
@@ -132,7 +145,7 @@ class LandmarkLoss(nn.Module):
     def _terms(self, logits: torch.Tensor, target: Mapping[str, torch.Tensor], stride: int, heatmap: torch.Tensor | None) -> dict[str, torch.Tensor]:
         mask = target["mask"]
         if heatmap is None and any(self.weights[k] for k in ("kl", "mse", "awing")):
-            heatmap = target_heatmaps(target["landmarks"], tuple(logits.shape[-2:]), stride, self.sigma).to(logits.device)
+            heatmap = self.codec.at_stride(stride).encode(target["landmarks"], tuple(logits.shape[-2:])).to(logits.device)
         terms = {}
         if self.weights["kl"]:
             terms["kl"] = spatial_kl(logits, heatmap, mask)

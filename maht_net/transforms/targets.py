@@ -11,7 +11,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from maht_net.codec.heatmaps import DECODERS, covariance_to_spread, decode_logits
+from maht_net.codec.heatmap_codec import HeatmapCodec
+from maht_net.codec.heatmaps import covariance_to_spread
 from maht_net.transforms.io import NONLINEAR_WARP, ORIG_TO_CURRENT, ORIGINAL_SIZE, ORIGINAL_SPACING
 from maht_net.transforms.spatial import current_to_original
 
@@ -93,16 +94,15 @@ class DecodeLandmarksd(MapTransform):
         calibration: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__([pred_key])
-        if method not in DECODERS:
-            raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
-        self.pred_key, self.stride, self.method, self.confidence_radius = pred_key, int(stride), method, float(confidence_radius)
+        self.codec = HeatmapCodec(stride=stride, decoder=method, confidence_radius=confidence_radius)
+        self.pred_key, self.stride, self.method, self.confidence_radius = pred_key, self.codec.stride, method, self.codec.confidence_radius
         self.calibration = dict(calibration) if calibration else None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         pred = d[self.pred_key]
         logits = pred["heatmaps"] if isinstance(pred, Mapping) else pred
-        decoded = decode_logits(torch.as_tensor(logits), self.stride, self.method, self.confidence_radius)
+        decoded = self.codec.decode(logits)
         to_original = torch.as_tensor(d["to_original"]).to(decoded.points.device)
         points = apply_homogeneous(to_original, decoded.points.double())
         if "orig_size" in d:  # a peak in the letterbox padding still names a pixel of the film
