@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo test test-slow install freeze clean serve pretrained bench-install bench-accuracy bench-robustness bench-speed tune
+.PHONY: demo lint test test-slow install freeze clean serve pretrained bench-install bench-accuracy bench-robustness bench-speed tune
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
+LINT_PATHS := maht_net tests scripts bundle monailabel_app
+
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINT_PATHS)
+
+test: lint
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

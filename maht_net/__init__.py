@@ -1,8 +1,13 @@
 """MAHT-Net: cephalometric landmark detection on lateral skull X-rays.
 
-Submodules load on first attribute access (``maht_net.data``, ``maht_net.networks``, ...), so
-``import maht_net`` is cheap and bundle configs can write ``$maht_net.engine.X`` after a single
-``$import maht_net``.
+The packages follow a film through the system, lowest layer first (``docs/architecture.md``):
+``io`` (files, formats, checkpoint schema) < ``codec`` (heatmap encode/decode, uncertainty maths)
+< ``clinical`` (measurements) < ``transforms`` < ``models`` < ``datasets`` < ``engine`` (training)
+< ``inference`` < ``bench`` < ``cli``.
+
+Subpackages load on first attribute access (``maht_net.engine``, ``maht_net.models``, ...), so
+``import maht_net`` is cheap; bundle configs import the modules they name
+(``$import maht_net.engine.handlers``).
 """
 
 from __future__ import annotations
@@ -13,9 +18,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "active_learning", "analysis", "audit", "benchmark", "bundle_support", "cli", "data", "datalist", "engine", "errors",
-    "evaluation", "export", "heatmaps", "inference", "io", "labels", "landmarks", "losses", "metrics", "networks",
-    "phantom", "readers", "report", "robustness", "transforms", "uncertainty", "visualize",
+    "bench", "cli", "clinical", "codec", "datasets", "engine", "errors", "formatting", "inference", "io", "landmarks", "models",
+    "progress", "transforms", "visualize",
 }
 
 

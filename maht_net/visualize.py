@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.atomic import atomic_write
-from .landmarks import LandmarkSet, get_landmark_set
-from .uncertainty import ellipse_axes
+from maht_net.codec.uncertainty import ellipse_axes
+from maht_net.io.atomic import atomic_write
+from maht_net.landmarks import LandmarkSet, get_landmark_set
 
 __all__ = ["pyplot", "save_figure", "ellipse_patch", "save_overlay", "save_mean_shape"]
 

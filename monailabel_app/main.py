@@ -36,8 +36,8 @@ from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from maht_net.active_learning import UNCERTAINTY_KEY
-from maht_net.labels import default_disc_radius, label_names
+from maht_net.inference.active_learning import UNCERTAINTY_KEY
+from maht_net.io.viewer_labels import default_disc_radius, label_names
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Accuracy benchmark on real cephalograms: every contender trained on the same split, input size
-and time budget, tested on the same films, in one run (see maht_net.benchmark and docs/benchmarks.md).
+and time budget, tested on the same films, in one run (see maht_net.bench.accuracy and docs/benchmarks.md).
 
     python scripts/benchmark_accuracy.py --track cpu                  # fixed 70/10/20 split
     python scripts/benchmark_accuracy.py --track cpu --folds 5        # 5-fold CV + fold ensembles
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from maht_net.benchmark import CONTENDERS, TRACKS, run_accuracy_benchmark
+from maht_net.bench.accuracy import CONTENDERS, TRACKS, run_accuracy_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 HAMEDAN = REPO.parent / "shared" / "data" / "hamedan-ceph"

@@ -15,8 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-from maht_net.inference import Predictor
-from maht_net.robustness import CORRUPTIONS, format_markdown, run_robustness_benchmark
+from maht_net.bench.robustness import CORRUPTIONS, format_markdown, run_robustness_benchmark
+from maht_net.inference.predictor import Predictor
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maht_net.benchmark import item_errors, predict
-from maht_net.data import landmark_dataset, training_transforms
-from maht_net.datalist import load_datalist
-from maht_net.export import OnnxNetwork, export_onnx, export_torchscript
-from maht_net.inference import load_model
-from maht_net.losses import target_heatmaps
+from maht_net.bench.accuracy import item_errors, predict
+from maht_net.codec.heatmap_codec import HeatmapCodec
+from maht_net.datasets.pipeline import landmark_dataset, training_transforms
+from maht_net.inference.export import OnnxNetwork, export_onnx, export_torchscript
+from maht_net.inference.predictor import load_model
+from maht_net.io.datalist import load_datalist
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -82,7 +82,7 @@ def quantize_int8_static(onnx_path: Path, out: Path, inputs: list[np.ndarray]) -
 
 def preprocessed_inputs(items: list[dict], info: dict) -> list[np.ndarray]:
     """Preprocessed ``(1, 1, H, W)`` float32 inputs of ``items``, as inference feeds the network."""
-    from maht_net.data import evaluation_transforms
+    from maht_net.datasets.pipeline import evaluation_transforms
 
     transform = evaluation_transforms(info["input_size"], len(info["landmark_names"]), info.get("normalize", "percentile"), info.get("clahe", False))
     return [np.asarray(transform(dict(it))["image"], dtype=np.float32)[None] for it in items]
@@ -91,7 +91,7 @@ def preprocessed_inputs(items: list[dict], info: dict) -> list[np.ndarray]:
 def pipeline_throughput(datalist: Path, size: int, n: int) -> dict[str, float]:
     """Images/s of the training pipeline (augment + pack), from cached preprocessing and from
     files (decode + normalise + resize first), and of the Gaussian heatmap targets, which the loss
-    builds from the coordinates (:func:`maht_net.losses.target_heatmaps`, stride 4)."""
+    builds from the coordinates (:meth:`maht_net.codec.heatmap_codec.HeatmapCodec.encode`, stride 4)."""
     rates = {}
     for name, cache in (("cached preprocessing", True), ("from files", False)):
         ds = landmark_dataset(datalist, "training", training_transforms((size, size)), cache=cache)
@@ -106,7 +106,7 @@ def pipeline_throughput(datalist: Path, size: int, n: int) -> dict[str, float]:
             rates[f"load + augment + pack, {name}, {workers} workers"] = seen / (time.perf_counter() - t0)
     points = torch.rand(64, 19, 2) * (size - 1)
     t0 = time.perf_counter()
-    target_heatmaps(points, (size // 4, size // 4), stride=4, sigma=2.5)
+    HeatmapCodec(stride=4, sigma=2.5).encode(points, (size // 4, size // 4))
     rates["heatmap targets (19 per image, in the loss)"] = 64 / (time.perf_counter() - t0)
     return rates
 
@@ -144,7 +144,7 @@ def accelerator_figures(network: torch.nn.Module, num_landmarks: int, device: st
     latency at batch 1, inference images/s at ``batch``, training step time at ``batch`` (AdamW,
     the bundle's loss, a gradient scaler under AMP on CUDA) and the step's peak device memory
     (``torch.cuda.max_memory_allocated``; ``None`` on CPU), with whether it fits 16 GiB."""
-    from maht_net.losses import LandmarkLoss
+    from maht_net.models.losses import LandmarkLoss
 
     dev = torch.device(device)
     rows = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from maht_net.bundle_support import BUNDLE_NAME, package_bundle
+from maht_net.engine.bundle import BUNDLE_NAME, package_bundle
 
 
 def main() -> int:

@@ -33,8 +33,8 @@ VARIANTS = {
 
 CHILD = r"""
 import json, resource, sys, torch
-from maht_net.networks import create_network
-from maht_net.losses import LandmarkLoss
+from maht_net.models import create_network
+from maht_net.models.losses import LandmarkLoss
 name, kwargs, size, batch, threads = json.loads(sys.argv[1])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
@@ -60,7 +60,7 @@ def measure(name: str, kwargs: dict, sizes: list[int], threads: int, repeats: in
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from maht_net.networks import create_network
+    from maht_net.models import create_network
 
     torch.set_num_threads(threads)
     net = create_network(name, num_landmarks=19, **kwargs).eval()

@@ -5,12 +5,12 @@ Both arms start from the same model trained on ``--initial`` randomly chosen lab
 Each round, an arm picks ``--k`` images from the unlabeled pool, "reveals" their true
 landmarks (the annotator's work, here read from the datalist), fine-tunes its previous model on
 everything it has labelled so far through the bundle's ``train.json`` (the same
-:func:`maht_net.active_learning.train_bundle` the MONAI Label app's training task runs), and is
+:func:`maht_net.engine.workflow.train_bundle` the MONAI Label app's training task runs), and is
 evaluated on a fixed held-out test set (MRE in mm, SDR at 2 mm):
 
 - ``uncertainty``: the ``k`` unlabeled images with the highest mean landmark uncertainty
   (MC-dropout x ``--mc-samples`` + test-time shifts, seeded; the app's ``maht_uncertainty``
-  scoring via :func:`maht_net.active_learning.image_uncertainty`);
+  scoring via :func:`maht_net.inference.active_learning.image_uncertainty`);
 - ``random``: ``k`` unlabeled images drawn at random.
 
 Data: synthetic phantoms (default, generated in ``--work``) or a real datalist (``--datalist``:
@@ -38,11 +38,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from maht_net.active_learning import image_uncertainty, train_bundle  # noqa: E402
-from maht_net.datalist import load_datalist, make_item, write_datalist  # noqa: E402
-from maht_net.inference import Predictor  # noqa: E402
+from maht_net.bench.metrics import radial_errors  # noqa: E402
+from maht_net.engine.workflow import train_bundle  # noqa: E402
+from maht_net.inference.active_learning import image_uncertainty  # noqa: E402
+from maht_net.inference.predictor import Predictor  # noqa: E402
+from maht_net.io.datalist import load_datalist, make_item, write_datalist  # noqa: E402
 from maht_net.io.predictions import prediction_points  # noqa: E402
-from maht_net.metrics import radial_errors  # noqa: E402
 
 TINY_NETWORK = {"encoder": "efficientnet_b0", "decoder_channels": 32, "transformer_dim": 64, "transformer_depth": 1, "transformer_heads": 4}
 
@@ -91,7 +92,7 @@ def load_data(args) -> tuple[list[dict], list[dict]]:
         if args.test:
             test = test[: args.test]
     else:
-        from maht_net.phantom import make_phantom_dataset
+        from maht_net.datasets.phantom import make_phantom_dataset
 
         datalist = make_phantom_dataset(work / "phantom", n=args.n, seed=args.seed, size=tuple(args.size))
         items = load_datalist(datalist, ["training", "validation", "test"])
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
     order = rng.permutation(len(pool))
     initial = [pool[i] for i in order[: args.initial]]
 
-    from maht_net.evaluation import mean_shape_baseline
+    from maht_net.bench.evaluation import mean_shape_baseline
 
     rows = lambda items: [make_item(it["image"], it["landmarks"], it.get("spacing"), it["id"]) for it in items]  # noqa: E731
     ref = write_datalist(work / "baseline.json", {"training": rows(initial), "test": rows(test)}, relative_paths=False)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Hyper-parameter search (Optuna, SQLite, resumable) over the bundle's training recipe, scored by
 the validation MRE on the development films only: the datalist's test films are never read (see
-maht_net.tuning and docs/tuning.md). Needs the 'tune' extra: pip install -c constraints.txt -e '.[tune]'.
+maht_net.bench.tuning and docs/tuning.md). Needs the 'tune' extra: pip install -c constraints.txt -e '.[tune]'.
 
     python scripts/tune.py --track cpu --trials 30 --folds 3              # Hamedan, the benchmark's split
     python scripts/tune.py --track cpu --trials 40 --folds 3              # later: resumes, runs 10 more trials
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from benchmark_accuracy import HAMEDAN, prepare_hamedan  # same films, same split as the accuracy benchmark
 
-from maht_net.benchmark import TRACKS
+from maht_net.bench.accuracy import TRACKS
+from maht_net.bench.tuning import run_study
+from maht_net.datasets.common import fold_count
 from maht_net.errors import InputError
-from maht_net.readers.common import fold_count
-from maht_net.tuning import run_study
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,8 +30,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """An untrained ``maht_net_small`` (64x96 input) in the bundle checkpoint format."""
     import torch
 
-    from maht_net.engine import CheckpointInfo
-    from maht_net.networks import create_network
+    from maht_net.io.checkpoint import CheckpointInfo
+    from maht_net.models import create_network
 
     torch.manual_seed(0)
     net = create_network("maht_net_small", num_landmarks=19)

@@ -9,29 +9,13 @@ import numpy as np
 import pytest
 
 from maht_net import cli
-from maht_net.analysis import (
-    ISBI_TASK2,
-    MEASUREMENTS,
-    MEASUREMENTS_BY_NAME,
-    ReviewPolicy,
-    agreement_table,
-    analyze_points,
-    analyze_prediction,
-    angle_at,
-    angle_between,
-    annotator_agreement,
-    anterior_distance,
-    classify,
-    compare_with_truth,
-    compute_measurements,
-    measurements_markdown,
-    save_reliability_plot,
-    signed_angle,
-    uncertainty_calibration,
-    DOCS_BEGIN,
-    DOCS_END,
-)
-from maht_net.datalist import make_item, points_to_json, write_datalist
+from maht_net.clinical.agreement import agreement_table, annotator_agreement, compare_with_truth
+from maht_net.clinical.analysis import ReviewPolicy, analyze_points, analyze_prediction, compute_measurements
+from maht_net.clinical.calibration import save_reliability_plot, uncertainty_calibration
+from maht_net.clinical.docs import DOCS_BEGIN, DOCS_END, measurements_markdown
+from maht_net.clinical.geometry import angle_at, angle_between, anterior_distance, signed_angle
+from maht_net.clinical.measurements import ISBI_TASK2, MEASUREMENTS, MEASUREMENTS_BY_NAME, classify
+from maht_net.io.datalist import make_item, points_to_json, write_datalist
 from maht_net.io.predictions import build_prediction, write_prediction
 from maht_net.landmarks import CLDETECTION2023, ISBI2015
 
@@ -53,7 +37,7 @@ def _row(result, name):
 
 
 def _run_cli(argv):
-    extra = tuple(m for m in ("maht_net.analysis", "maht_net.report") if m not in cli.COMMAND_MODULES)
+    extra = tuple(m for m in ("maht_net.cli.analyze", "maht_net.cli.report") if m not in cli.COMMAND_MODULES)
     saved = cli.COMMAND_MODULES
     cli.COMMAND_MODULES = saved + extra
     try:
@@ -206,7 +190,7 @@ def test_registry_is_complete_and_classes_cover_the_line():
 def test_docs_table_matches_the_registry():
     text = (REPO / "docs" / "analysis.md").read_text(encoding="utf-8")
     block = text[text.index(DOCS_BEGIN) + len(DOCS_BEGIN): text.index(DOCS_END)].strip()
-    assert block == measurements_markdown(), "docs/analysis.md is stale: run maht_net.analysis.update_docs('docs/analysis.md')"
+    assert block == measurements_markdown(), "docs/analysis.md is stale: run maht_net.clinical.docs.update_docs('docs/analysis.md')"
 
 
 # ---- missing data ----------------------------------------------------------------------------
@@ -403,7 +387,7 @@ def test_analyze_command(tmp_path, capsys):
 # ---- the shared Hamedan films ------------------------------------------------------------------
 @pytest.mark.hamedan
 def test_hamedan_annotator_vs_annotator_reference_level(hamedan_dir, hamedan_spacing_mm, tmp_path):
-    from maht_net.readers.labelme import prepare_labelme
+    from maht_net.datasets.labelme import prepare_labelme
 
     ann = hamedan_dir / "annotations"
     path, _ = prepare_labelme(hamedan_dir / "images", [ann / "annotator1", ann / "annotator2"], tmp_path / "dl.json", spacing=hamedan_spacing_mm)
@@ -424,7 +408,7 @@ def test_hamedan_annotator_vs_annotator_reference_level(hamedan_dir, hamedan_spa
 # ---- the ISBI 2015 task-2 reference ----------------------------------------------------------
 def _isbi_script_measurements(p: np.ndarray) -> dict[str, float]:
     """The eight task-2 measurements as the challenge's public classification script computes
-    them (transcribed independently of maht_net.analysis; ISBI landmark order, 0.1 mm/px)."""
+    them (transcribed independently of maht_net.clinical.analysis; ISBI landmark order, 0.1 mm/px)."""
     def vec(a, b):
         return p[b] - p[a]
 

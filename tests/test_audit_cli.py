@@ -3,11 +3,10 @@
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from maht_net.cli import main
-from maht_net.datalist import make_item, write_datalist
+from maht_net.io.datalist import make_item, write_datalist
 
 
 def test_audit_reports_problems_and_draws_the_mean_shape(tmp_path, capsys):

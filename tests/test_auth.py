@@ -50,7 +50,6 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from monailabel.client import MONAILabelClient  # noqa: E402
 from monailabel.client.client import MONAILabelClientException  # noqa: E402
-
 from servers import free_port, stop_process  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from maht_net import benchmark
-from maht_net.datalist import read_datalist
-from maht_net.phantom import make_phantom_dataset
+from maht_net.bench import accuracy as benchmark
+from maht_net.datasets.phantom import make_phantom_dataset
+from maht_net.io.datalist import read_datalist
 
 TINY_TRACK = {"input_size": [64, 96], "batch_size": 4, "budget_minutes": 0.3}
 
@@ -76,7 +76,7 @@ def test_unknown_names_are_refused(datalist, tmp_path):
 # ----------------------------------------------------------------------------- corruptions
 @pytest.mark.parametrize("name,removed", [("rotation", 0), ("crop_vault", 1), ("crop_chin", 1), ("blur", 0)])
 def test_corruptions_move_landmarks_with_the_film(name, removed):
-    from maht_net.robustness import corrupt
+    from maht_net.bench.robustness import corrupt
 
     img = np.zeros((200, 160), np.float32)
     pts = np.array([[40.0, 30.0], [120.0, 110.0], [80.0, 185.0]])  # (x, y)
@@ -94,8 +94,8 @@ def test_corruptions_move_landmarks_with_the_film(name, removed):
 
 
 def test_robustness_benchmark_rows(tiny_checkpoint, datalist):
-    from maht_net.inference import Predictor
-    from maht_net.robustness import format_markdown, run_robustness_benchmark
+    from maht_net.bench.robustness import format_markdown, run_robustness_benchmark
+    from maht_net.inference.predictor import Predictor
 
     res = run_robustness_benchmark(Predictor.from_checkpoint(tiny_checkpoint), datalist, corruptions=["inverted", "jpeg"], severities=[1, 3])
     assert [(r["corruption"], r["severity"]) for r in res["rows"]] == [("clean", 0), ("inverted", 1), ("jpeg", 1), ("jpeg", 3)]

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from maht_net.datalist import read_datalist
+from maht_net.datasets.phantom import make_phantom_dataset
 from maht_net.errors import InputError
-from maht_net.phantom import make_phantom_dataset
+from maht_net.io.datalist import read_datalist
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
@@ -145,7 +145,7 @@ def test_ckpt_export_torchscript_loads_and_matches(trained, tmp_path):
     ]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
     module = torch.jit.load(str(ts))
-    from maht_net.inference import load_model
+    from maht_net.inference.predictor import load_model
 
     net, _ = load_model(trained / "models" / "model.pt")
     x = torch.rand(1, 1, 96, 64)
@@ -191,7 +191,7 @@ def _chain(exc):
 def test_package_download_and_run_at_another_site(trained, phantom, tmp_path):
     import shutil
 
-    from maht_net.bundle_support import BUNDLE_NAME, package_bundle
+    from maht_net.engine.bundle import BUNDLE_NAME, package_bundle
 
     site_bundle = tmp_path / "trained_bundle"
     shutil.copytree(BUNDLE, site_bundle, ignore=shutil.ignore_patterns("models", "eval", "data", "__pycache__"))
@@ -223,7 +223,7 @@ def test_package_download_and_run_at_another_site(trained, phantom, tmp_path):
     # monai.bundle.load finds the local copy and builds the network its (synchronised) config describes
     from monai.bundle import load
 
-    from maht_net.inference import load_model
+    from maht_net.inference.predictor import load_model
 
     model = load(name=BUNDLE_NAME, bundle_dir=str(downloads), source="github", key_in_ckpt="model", device="cpu").eval()
     reference, info = load_model(root / "models" / "model.pt")
@@ -331,8 +331,8 @@ def test_mlflow_tracking_writes_a_local_run(phantom, tmp_path):
 
 
 def test_torchscript_and_onnx_give_the_same_landmarks_as_eager(trained, phantom, tmp_path):
-    from maht_net.export import OnnxNetwork, export_onnx, export_torchscript
-    from maht_net.inference import Predictor, load_model
+    from maht_net.inference.export import OnnxNetwork, export_onnx, export_torchscript
+    from maht_net.inference.predictor import Predictor, load_model
 
     net, info = load_model(trained / "models" / "model.pt")
     size = (info["input_size"][1], info["input_size"][0])
@@ -389,7 +389,8 @@ def test_maht_net_infer_cli_pytorch_and_onnx(trained, phantom, tmp_path, capsys)
 
 def test_ensemble_of_checkpoints_averages_heatmaps_and_refuses_mismatched_members(trained, tiny_checkpoint, phantom, tmp_path, capsys):
     from maht_net.cli import main
-    from maht_net.inference import Predictor, load_ensemble, load_model
+    from maht_net.inference.ensemble import load_ensemble
+    from maht_net.inference.predictor import Predictor, load_model
 
     model = trained / "models" / "model.pt"
     image = str(sorted((phantom.parent / "images").glob("*.png"))[0])
@@ -419,7 +420,7 @@ def test_ensemble_of_checkpoints_averages_heatmaps_and_refuses_mismatched_member
 
 
 def test_checkpoint_saved_in_stage_one_rebuilds_without_the_transformer(phantom, tmp_path):
-    from maht_net.inference import load_model
+    from maht_net.inference.predictor import load_model
 
     wf = workflow(["train.json"], "train", tmp_path, datalist=str(phantom), **{**TINY, "epochs": 1, "stage_epochs": [5, 1]})
     wf.initialize()

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HAMEDAN_SPACING_MM
 
 from maht_net import cli
-from maht_net.datalist import make_item, write_datalist
+from maht_net.bench.evaluation import compare_evaluations, evaluate_predictions
 from maht_net.errors import InputError
-from maht_net.evaluation import compare_evaluations, evaluate_predictions
+from maht_net.io.datalist import make_item, write_datalist
 from maht_net.io.labelme import read_labelme
 from maht_net.io.predictions import build_prediction, write_prediction
 from maht_net.landmarks import ISBI2015
-
-from conftest import HAMEDAN_SPACING_MM
 
 N = len(ISBI2015)
 SPACING = (0.1, 0.1)
@@ -74,7 +73,7 @@ def test_evaluate_spacing_falls_back_to_prediction_then_pixels(tmp_path, caplog)
     datalist, pred_dir = _setup(tmp_path / "m", {"a": (3.0, 4.0), "b": (3.0, 4.0)}, spacing=None)
     build = build_prediction("a.png", 512, 512, _truth(0) + [3.0, 4.0], spacing=(0.1, 0.1), item_id="a")
     write_prediction(build, pred_dir, formats=("json",))
-    with caplog.at_level(logging.WARNING, logger="maht_net.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="maht_net.bench.evaluation"):
         result = evaluate_predictions(datalist, pred_dir, n_bootstrap=0)
     assert result["unit"] == "px" and result["summary"]["overall"]["mre"] == pytest.approx(5.0)
     assert "pixels" in caplog.text
@@ -138,7 +137,7 @@ def test_compare_evaluations_paired(tmp_path):
 
 def _cli(monkeypatch, argv: list[str]) -> int:
     # only this command: the other command modules are written elsewhere and may not exist yet
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("maht_net.evaluation",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("maht_net.cli.evaluate",))
     return cli.main(argv)
 
 

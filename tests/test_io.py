@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maht_net.datalist import load_datalist, make_item, write_datalist
 from maht_net.errors import InputError
 from maht_net.io.atomic import write_json_atomic
+from maht_net.io.datalist import load_datalist, make_item, write_datalist
 from maht_net.io.image import MAX_PIXELS, image_size, load_xray
 from maht_net.io.jsonfile import read_json
 from maht_net.io.predictions import (

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maht_net.datalist import load_datalist
+from maht_net.datasets.labelme import format_audit, prepare_labelme
 from maht_net.errors import InputError
+from maht_net.io.datalist import load_datalist
 from maht_net.landmarks import ISBI2015
-from maht_net.readers.labelme import format_audit, prepare_labelme
 
 
 def _write(path, shapes, image_path="x.png", w=200, h=100):

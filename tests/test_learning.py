@@ -11,11 +11,10 @@ import json
 from pathlib import Path
 
 import pytest
-
-from maht_net.evaluation import mean_shape_baseline
-from maht_net.phantom import make_phantom_dataset
-
 from test_bundle import workflow
+
+from maht_net.bench.evaluation import mean_shape_baseline
+from maht_net.datasets.phantom import make_phantom_dataset
 
 
 def _train_and_evaluate(root: Path, datalist: Path, **override) -> dict:

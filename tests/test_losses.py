@@ -1,14 +1,14 @@
-import numpy as np
 import pytest
 import torch
 
-from maht_net.losses import LandmarkLoss, adaptive_wing, coordinate_l1, heatmap_mse, spatial_kl, target_heatmaps
+from maht_net.codec.heatmap_codec import HeatmapCodec
+from maht_net.models.losses import LandmarkLoss, adaptive_wing, coordinate_l1, heatmap_mse, spatial_kl
 
 
 def _setup(stride=4, sigma=6.0):
     pts = torch.tensor([[[20.0, 30.0], [40.0, 12.0], [float("nan"), float("nan")]]])
     mask = torch.isfinite(pts).all(-1).float()
-    hm = target_heatmaps(pts, (16, 16), stride, sigma)
+    hm = HeatmapCodec(stride=stride, sigma=sigma).encode(pts, (16, 16))
     return pts, mask, hm
 
 

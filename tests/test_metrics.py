@@ -10,7 +10,7 @@ import torch
 from ignite.engine import Engine
 from ignite.exceptions import NotComputableError
 
-from maht_net.metrics import (
+from maht_net.bench.metrics import (
     RadialErrorMetric,
     format_comparison,
     format_table,

@@ -28,16 +28,15 @@ import requests
 pytest.importorskip("monailabel")
 itk = pytest.importorskip("itk")
 
+from bad_inputs import SIZE, make_image_cases, make_label_cases, write_dicom  # noqa: E402
 from monailabel.client import MONAILabelClient  # noqa: E402
 from monailabel.client.client import MONAILabelClientException, MONAILabelUtils  # noqa: E402
-
-from maht_net.datalist import load_datalist  # noqa: E402
-from maht_net.landmarks import ISBI2015  # noqa: E402
-from maht_net.phantom import make_phantom_dataset  # noqa: E402
-
-from bad_inputs import SIZE, make_image_cases, make_label_cases, write_dicom  # noqa: E402
 from servers import free_port, start_process, stop_process  # noqa: E402
 from test_bundle import TINY  # noqa: E402  (the same tiny training recipe as the bundle tests)
+
+from maht_net.datasets.phantom import make_phantom_dataset  # noqa: E402
+from maht_net.io.datalist import load_datalist  # noqa: E402
+from maht_net.landmarks import ISBI2015  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "monailabel_app"
@@ -187,7 +186,13 @@ def _final_labels(client) -> dict:
 def test_label_map_round_trip_through_physical_space(tmp_path):
     """A disc map written on an oblique, anisotropic grid and read back against the image's
     geometry gives the landmarks back; Slicer's segment list (label_info) renames values."""
-    from maht_net.labels import ImageGeometry, read_landmark_label, render_label_map, viewer_markups, write_label_map
+    from maht_net.io.viewer_labels import (
+        ImageGeometry,
+        read_landmark_label,
+        render_label_map,
+        viewer_markups,
+        write_label_map,
+    )
 
     rng = np.random.default_rng(0)
     points = np.stack([rng.choice(np.arange(4, 96, 4), 19, replace=False), rng.choice(np.arange(4, 76, 3), 19, replace=False)], 1).astype(float)
@@ -215,7 +220,7 @@ def test_label_map_round_trip_through_physical_space(tmp_path):
 
 
 def test_discs_keep_every_landmark_when_centres_coincide():
-    from maht_net.labels import label_map_landmarks, render_label_map
+    from maht_net.io.viewer_labels import label_map_landmarks, render_label_map
 
     points = np.full((19, 2), 20.0)
     label = render_label_map(points, 64, 48, radius=3)
@@ -520,7 +525,7 @@ def _own_uncertainty(model_path: Path, image: Path, spacing_fallback) -> float:
     """Mean landmark spread in mm, computed here with the library's Predictor (same seed)."""
     import torch
 
-    from maht_net.inference import Predictor
+    from maht_net.inference.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(model_path, mc_samples=SCORING_MC, tta=True)
     torch.manual_seed(0)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from maht_net.losses import LandmarkLoss
-from maht_net.networks import MAHTNet, create_network, list_networks
+from maht_net.models import MAHTNet, create_network, list_networks
+from maht_net.models.losses import LandmarkLoss
 
 
 def _small(**kw):
@@ -127,7 +127,7 @@ def test_amp_autocast_runs():
 
 
 def test_torchscript_and_onnx_export_parity(tmp_path):
-    from maht_net.export import export_onnx, export_torchscript
+    from maht_net.inference.export import export_onnx, export_torchscript
 
     net = _small(num_landmarks=19)
     ts_diff = export_torchscript(net, tmp_path / "m.ts", size=(96, 64))

@@ -10,18 +10,18 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from maht_net import phantom
 from maht_net.cli import main
-from maht_net.datalist import load_datalist
-from maht_net.io.labelme import read_labelme
-from maht_net.landmarks import ISBI2015
-from maht_net.phantom import (
+from maht_net.datasets import phantom
+from maht_net.datasets.phantom import (
     DEFAULT_SIZE,
     ensure_phantom_dataset,
     make_phantom_dataset,
     phantom_spacing,
     render_phantom,
 )
+from maht_net.io.datalist import load_datalist
+from maht_net.io.labelme import read_labelme
+from maht_net.landmarks import ISBI2015
 
 SEEDS = range(6)
 

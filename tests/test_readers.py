@@ -12,22 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bad_inputs import write_dicom as _dicom
 from PIL import Image
 
-from bad_inputs import write_dicom as _dicom
 from maht_net import cli
-from maht_net.datalist import load_datalist
+from maht_net.datasets.cldetection2023 import iter_stack, read_metaimage_header
+from maht_net.datasets.common import cross_validation_folds
+from maht_net.datasets.isbi2015 import read_isbi_annotation
+from maht_net.io.datalist import load_datalist
 from maht_net.io.image import load_xray
 from maht_net.io.labelme import write_labelme
-from maht_net.readers.cldetection2023 import iter_stack, read_metaimage_header
-from maht_net.readers.common import cross_validation_folds
-from maht_net.readers.isbi2015 import read_isbi_annotation
 
 
 @pytest.fixture
 def run(monkeypatch, capsys):
     """``run(*argv) -> (exit code, stdout, stderr)`` through ``maht_net.cli.main`` (prepare only)."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("maht_net.readers.commands",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("maht_net.cli.prepare",))
 
     def _run(*argv: str) -> tuple[int, str, str]:
         code = cli.main([str(a) for a in argv])

@@ -9,12 +9,11 @@ import tempfile
 import numpy as np
 import pytest
 from PIL import Image
+from test_analysis import MEAN_SHAPE, _run_cli
 
+from maht_net.clinical.report import DISCLAIMER, explain_landmarks, write_report
 from maht_net.errors import InputError
 from maht_net.io.predictions import build_prediction, write_prediction
-from maht_net.report import DISCLAIMER, explain_landmarks, write_report
-
-from test_analysis import MEAN_SHAPE, _run_cli
 
 SCALE = 0.25  # a quarter-size film keeps rendering fast
 

@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from bad_inputs import make_image_cases
-from maht_net import cli
-from maht_net.errors import InputError
-from maht_net.inference import load_model
-from maht_net.io.predictions import read_prediction
-from maht_net.phantom import make_phantom_dataset
-from maht_net.transforms.io import unwrap_input_error
 from test_bundle import CONFIGS, TINY, workflow
+
+from maht_net import cli
+from maht_net.datasets.phantom import make_phantom_dataset
+from maht_net.errors import InputError
+from maht_net.inference.predictor import load_model
+from maht_net.io.predictions import read_prediction
+from maht_net.transforms.io import unwrap_input_error
 
 REPO = Path(__file__).resolve().parents[1]
 

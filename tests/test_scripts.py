@@ -19,7 +19,7 @@ def test_profile_networks_prints_a_table():
 
 
 def _phantom_datalist(tmp_path):
-    from maht_net.phantom import make_phantom_dataset
+    from maht_net.datasets.phantom import make_phantom_dataset
 
     return make_phantom_dataset(tmp_path / "phantom", n=12, seed=4, size=(128, 160))
 

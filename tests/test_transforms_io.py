@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bad_inputs import write_dicom
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose
 from PIL import Image
 
-from bad_inputs import write_dicom
 from maht_net.errors import InputError
 from maht_net.transforms.intensity import (
     CLAHE,

@@ -1,4 +1,4 @@
-"""The hyper-parameter search (maht_net.tuning) on tiny settings: a few 1-epoch trials on phantoms."""
+"""The hyper-parameter search (maht_net.bench.tuning) on tiny settings: a few 1-epoch trials on phantoms."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import torch
 
 optuna = pytest.importorskip("optuna", reason="the 'tune' extra is not installed")
 
-from maht_net import data, tuning  # noqa: E402
-from maht_net.benchmark import TRACKS, TRAIN_CONFIG  # noqa: E402
+from maht_net.bench import tuning  # noqa: E402
+from maht_net.bench.accuracy import TRACKS, TRAIN_CONFIG  # noqa: E402
+from maht_net.codec.heatmaps import DECODERS  # noqa: E402
+from maht_net.datasets import pipeline as data  # noqa: E402
+from maht_net.datasets.phantom import make_phantom_dataset  # noqa: E402
 from maht_net.errors import InputError  # noqa: E402
-from maht_net.heatmaps import DECODERS  # noqa: E402
-from maht_net.phantom import make_phantom_dataset  # noqa: E402
 
 TINY_TRACK = {"input_size": [32, 64], "batch_size": 4, "budget_minutes": 0.02}
 HELD_OUT = "held-out-film"  # marks the test section: it must not reach any file the search writes
@@ -56,7 +57,7 @@ def runs(datalist, tmp_path_factory):
     torch.set_num_threads(1)
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(data, "landmark_dataset", spy)  # train.json calls maht_net.data.landmark_dataset
+            mp.setattr(data, "landmark_dataset", spy)  # train.json calls maht_net.datasets.pipeline.landmark_dataset
             first = run(2)
             loads_after_first = len(loaded)
             resumed = run(3)

@@ -10,27 +10,26 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_analysis import MEAN_SHAPE, _run_cli
 
-from maht_net.analysis import analyze_points
-from maht_net.datalist import load_datalist, read_datalist
-from maht_net.engine import load_checkpoint_file
-from maht_net.heatmaps import heatmap_covariance, heatmap_spread
-from maht_net.inference import Predictor, load_model
-from maht_net.errors import InputError
-from maht_net.io.predictions import build_prediction, prediction_points
-from maht_net.phantom import make_phantom_dataset
-from maht_net.transforms.targets import DecodeLandmarksd
-from maht_net.uncertainty import (
+from maht_net.clinical.analysis import analyze_points
+from maht_net.codec.heatmaps import covariance_to_spread, heatmap_covariance
+from maht_net.codec.uncertainty import (
     CALIBRATION_KEY,
-    calibrate_checkpoint,
     calibration_for,
     ellipse_axes,
     fit_uncertainty_calibration,
     isotropic_covariance,
     landmark_covariances,
 )
-
-from test_analysis import MEAN_SHAPE, _run_cli
+from maht_net.datasets.phantom import make_phantom_dataset
+from maht_net.errors import InputError
+from maht_net.inference.calibration import calibrate_checkpoint
+from maht_net.inference.predictor import Predictor, load_model
+from maht_net.io.checkpoint import load_checkpoint_file
+from maht_net.io.datalist import load_datalist, read_datalist
+from maht_net.io.predictions import build_prediction, prediction_points
+from maht_net.transforms.targets import DecodeLandmarksd
 
 
 def _rotated_covariance(major: float, minor: float, degrees: float) -> np.ndarray:
@@ -53,7 +52,7 @@ def test_heatmap_covariance_recovers_an_elongated_rotated_gaussian():
     center = torch.tensor([[[30.3, 33.6]]])
     got = heatmap_covariance(hm, center, floor=None)[0, 0].numpy()
     np.testing.assert_allclose(got, cov, atol=0.02 * np.abs(cov).max())
-    assert float(heatmap_spread(hm, center, floor=None)[0, 0]) == pytest.approx(math.sqrt(np.trace(cov)), rel=1e-3)
+    assert float(covariance_to_spread(heatmap_covariance(hm, center, floor=None))[0, 0]) == pytest.approx(math.sqrt(np.trace(cov)), rel=1e-3)
 
 
 def test_ellipse_axes_hold_95_percent_of_samples_with_the_screen_angle():
@@ -125,7 +124,7 @@ def test_calibrate_checkpoint_stores_the_record_reads_only_its_section_and_infer
     assert raw[0]["uncertainty_calibration"] is None and calibrated["uncertainty_calibration"]["section"] == "validation"
     np.testing.assert_allclose([r["uncertainty_px"] for r in calibrated["landmarks"]], spread[0] * record["scale"], rtol=1e-5)
     assert [r["x"] for r in calibrated["landmarks"]] == [r["x"] for r in raw[0]["landmarks"]]
-    with caplog.at_level(logging.WARNING, logger="maht_net.uncertainty"):
+    with caplog.at_level(logging.WARNING, logger="maht_net.codec.uncertainty"):
         assert calibration_for(info, mc_samples=4) is None  # fitted for plain passes, not MC-dropout
     assert "reported uncalibrated" in caplog.text
     with pytest.raises(InputError, match="no section 'nope'"):

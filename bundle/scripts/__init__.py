@@ -1,2 +1,2 @@
-"""Bundle glue lives in the ``maht_net`` package (``maht_net.bundle_support``, ``maht_net.engine``,
-``maht_net.data``, ``maht_net.inference``), which the configs import; the bundle keeps no copy."""
+"""Bundle glue lives in the ``maht_net`` package (``maht_net.engine.bundle``, ``maht_net.engine.handlers``,
+``maht_net.datasets.pipeline``, ``maht_net.inference.predictor``), which the configs import; the bundle keeps no copy."""

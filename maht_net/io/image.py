@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from maht_net.errors import InputError
 
 __all__ = ["XRay", "load_xray", "image_size", "IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE", "window_to_unit"]
 

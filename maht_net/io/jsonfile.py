@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from maht_net.errors import InputError
 
 __all__ = ["read_json"]
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..landmarks import LandmarkSet, get_landmark_set
-from .atomic import write_json_atomic
-from .jsonfile import read_json
+from maht_net.errors import InputError
+from maht_net.io.atomic import write_json_atomic
+from maht_net.io.jsonfile import read_json
+from maht_net.landmarks import LandmarkSet, get_landmark_set
 
 __all__ = ["LabelMePoint", "LabelMeFile", "read_labelme", "write_labelme"]
 

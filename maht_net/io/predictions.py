@@ -11,13 +11,13 @@ One image gives ``<id>_landmarks.json``::
                     "covariance_px": [[cxx, cxy], [cxy, cyy]] | null,
                     "confidence": float | null}, ...],
      "uncertainty_calibration": {...} | null,
-     "measurements": {...}}   # optional: maht_net.analysis.analyze_prediction (SNA, ANB, ...)
+     "measurements": {...}}   # optional: maht_net.clinical.analysis.analyze_prediction (SNA, ANB, ...)
 
 ``x``/``y`` are pixels of the original image (x = column, y = row, origin top-left pixel
 centre); a landmark that could not be placed has ``x = y = null``. Beside it,
 ``<id>_landmarks.mrk.json`` (Slicer markups point list, LPS, mm) and ``<id>_landmarks.csv``.
 
-Uncertainty (:mod:`maht_net.uncertainty`): ``covariance_px`` is the landmark's Gaussian error
+Uncertainty (:mod:`maht_net.codec.uncertainty`): ``covariance_px`` is the landmark's Gaussian error
 model over ``(x, y)`` original pixels (its 95 % ellipse is what reports draw) and
 ``uncertainty_px = sqrt(cxx + cyy)`` its RMS radial size. When ``uncertainty_calibration`` is
 set (the fitted record: method, per-landmark ``scale``, the section it was fitted on), both
@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..landmarks import COORDINATE_CONVENTION, LandmarkSet, get_landmark_set
-from .atomic import atomic_write, write_json_atomic
-from .jsonfile import read_json
+from maht_net.errors import InputError
+from maht_net.io.atomic import atomic_write, write_json_atomic
+from maht_net.io.jsonfile import read_json
+from maht_net.landmarks import COORDINATE_CONVENTION, LandmarkSet, get_landmark_set
 
 __all__ = [
     "PREDICTION_SUFFIX",

@@ -32,8 +32,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 
-from ..errors import InputError
-from ..io.image import load_xray
+from maht_net.errors import InputError
+from maht_net.io.image import load_xray
 
 __all__ = [
     "ORIGINAL_SIZE",

@@ -26,7 +26,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 
-from .io import NONLINEAR_WARP, ORIG_TO_CURRENT, xray_meta
+from maht_net.transforms.io import NONLINEAR_WARP, ORIG_TO_CURRENT, xray_meta
 
 __all__ = [
     "current_to_original",

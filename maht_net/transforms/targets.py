@@ -11,9 +11,10 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from ..heatmaps import DECODERS, covariance_to_spread, decode_logits
-from .io import NONLINEAR_WARP, ORIG_TO_CURRENT, ORIGINAL_SIZE, ORIGINAL_SPACING
-from .spatial import current_to_original
+from maht_net.codec.heatmap_codec import HeatmapCodec
+from maht_net.codec.heatmaps import covariance_to_spread
+from maht_net.transforms.io import NONLINEAR_WARP, ORIG_TO_CURRENT, ORIGINAL_SIZE, ORIGINAL_SPACING
+from maht_net.transforms.spatial import current_to_original
 
 __all__ = ["PackLandmarksd", "DecodeLandmarksd", "apply_homogeneous"]
 
@@ -77,7 +78,7 @@ class DecodeLandmarksd(MapTransform):
     ``orig_size`` is given), ``pred_covariance`` ``(B, N, 2, 2)`` over ``(x, y)`` original pixels
     (the decoded second moments carried through the affine map, ``A C A^T``), ``pred_spread``
     ``(B, N)`` its radial RMS and ``pred_confidence`` ``(B, N)``; with a ``calibration`` record
-    (:mod:`maht_net.uncertainty`) the covariance is scaled by each landmark's factor squared and
+    (:mod:`maht_net.codec.uncertainty`) the covariance is scaled by each landmark's factor squared and
     the record is passed on as ``uncertainty_calibration``. Copies the truth (``orig_landmarks``,
     ``orig_spacing``) to ``true_points``/``true_spacing`` when present, since MONAI engines keep
     only new keys in ``engine.state.output`` where the metrics read. Works on batches (MONAI
@@ -93,16 +94,15 @@ class DecodeLandmarksd(MapTransform):
         calibration: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__([pred_key])
-        if method not in DECODERS:
-            raise ValueError(f"method must be one of {DECODERS}, got {method!r}")
-        self.pred_key, self.stride, self.method, self.confidence_radius = pred_key, int(stride), method, float(confidence_radius)
+        self.codec = HeatmapCodec(stride=stride, decoder=method, confidence_radius=confidence_radius)
+        self.pred_key, self.stride, self.method, self.confidence_radius = pred_key, self.codec.stride, method, self.codec.confidence_radius
         self.calibration = dict(calibration) if calibration else None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         pred = d[self.pred_key]
         logits = pred["heatmaps"] if isinstance(pred, Mapping) else pred
-        decoded = decode_logits(torch.as_tensor(logits), self.stride, self.method, self.confidence_radius)
+        decoded = self.codec.decode(logits)
         to_original = torch.as_tensor(d["to_original"]).to(decoded.points.device)
         points = apply_homogeneous(to_original, decoded.points.double())
         if "orig_size" in d:  # a peak in the letterbox padding still names a pixel of the film

@@ -3,7 +3,7 @@
 On top of MONAI Label's :class:`LocalDatastore`:
 
 - ``save_label`` converts the upload (disc label map from Slicer/OHIF, Slicer markups, landmark
-  JSON; see :func:`maht_net.labels.read_landmark_label`) to the image's 19 landmark coordinates,
+  JSON; see :func:`maht_net.io.viewer_labels.read_landmark_label`) to the image's 19 landmark coordinates,
   checks them, and stores a canonical disc label map (NRRD, the image's geometry) with the
   coordinates in the label's info (``landmarks``, ``landmark_set``, ``label_format``). A bad
   label answers 400 with the reason and stores nothing; an unknown image 404; a tag that is not a
@@ -32,9 +32,9 @@ import numpy as np
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore, LocalDatastoreModel
 
-from maht_net.datalist import points_to_json
 from maht_net.io.atomic import atomic_write, remove_unfinished_writes
-from maht_net.labels import read_geometry, read_landmark_label, render_label_map, write_label_map
+from maht_net.io.datalist import points_to_json
+from maht_net.io.viewer_labels import read_geometry, read_landmark_label, render_label_map, write_label_map
 
 from .errors import http_error, user_errors
 
@@ -237,7 +237,7 @@ class LandmarkDatastore(LocalDatastore):
         """The stored ``(N, 2)`` landmarks of a label (info, else read back from its label map)."""
         info = self.get_label_info(image_id, tag)
         if info.get("landmarks") is not None:
-            from maht_net.datalist import points_from_json
+            from maht_net.io.datalist import points_from_json
 
             return points_from_json(info["landmarks"], len(info["landmarks"]), f"label {tag}/{image_id}")
         uri = self.get_label_uri(image_id, tag)

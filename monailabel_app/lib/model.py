@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from maht_net.inference import Predictor, load_model
+from maht_net.inference.predictor import Predictor, load_model
 
 from .errors import NoModelError, user_errors
 
@@ -32,7 +32,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 class ModelStore:
     """Thread-safe holder of the network behind ``path``.
 
-    ``predictor(mc_samples, tta)`` returns a :class:`~maht_net.inference.Predictor` on the current
+    ``predictor(mc_samples, tta)`` returns a :class:`~maht_net.inference.predictor.Predictor` on the current
     weights; use it under :attr:`lock` (MC-dropout switches dropout layers to training mode).
     """
 

@@ -8,7 +8,7 @@ Returns
   Slicer markups point list instead, which Slicer's MONAI Label module opens as named fiducials;
 - JSON ``params``: ``label_names`` (``{name: value}``, used by Slicer to name the segments),
   ``landmarks`` (x, y px; x_mm, y_mm; uncertainty_px/mm; confidence), ``markups`` (the point
-  list), ``measurements`` (cephalometric analysis from :mod:`maht_net.analysis`, when inference
+  list), ``measurements`` (cephalometric analysis from :mod:`maht_net.clinical.analysis`, when inference
   provides it), ``spacing``/``spacing_source``, ``geometry`` (the viewer's), ``model`` (version).
 
 Request parameters (all optional): ``output`` (``labelmap``/``markups``), ``result_extension``
@@ -26,9 +26,9 @@ from typing import Any
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from maht_net.active_learning import with_fallback_spacing
+from maht_net.inference.active_learning import with_fallback_spacing
 from maht_net.io.predictions import prediction_points
-from maht_net.labels import label_names, read_geometry, render_label_map, viewer_markups, write_label_map
+from maht_net.io.viewer_labels import label_names, read_geometry, render_label_map, viewer_markups, write_label_map
 
 from ..config import AppConfig, parse_spacing
 from ..errors import http_error, user_errors

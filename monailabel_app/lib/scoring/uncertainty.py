@@ -25,8 +25,8 @@ from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from maht_net.active_learning import UNCERTAINTY_KEY, image_uncertainty
 from maht_net.errors import InputError
+from maht_net.inference.active_learning import UNCERTAINTY_KEY, image_uncertainty
 
 from ..config import AppConfig, parse_spacing
 from ..errors import http_error

@@ -10,7 +10,7 @@ It
    image is used for both) into ``<model folder>/monailabel_train/``;
 3. runs the bundle's own ``configs/train.json`` through ``ConfigWorkflow`` with
    ``bundle_root`` = that folder and ``resume`` off, starting from the served ``model.pt`` when
-   there is one (its recipe and weights; see :func:`maht_net.active_learning.train_bundle`),
+   there is one (its recipe and weights; see :func:`maht_net.engine.workflow.train_bundle`),
    else from scratch with the bundle's defaults;
 4. publishes the new ``model.pt`` over the served one with an atomic rename (the previous one
    is kept as ``model_previous.pt``); the server picks it up on the next request.
@@ -33,9 +33,9 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
-from maht_net.active_learning import train_bundle
-from maht_net.datalist import make_item, write_datalist
+from maht_net.engine.workflow import train_bundle
 from maht_net.io.atomic import write_json_atomic
+from maht_net.io.datalist import make_item, write_datalist
 from maht_net.io.image import PIL_SUFFIXES
 
 from ..config import AppConfig, parse_spacing

@@ -1,0 +1,87 @@
+"""``maht-net infer`` and ``maht-net export``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from maht_net.errors import InputError
+from maht_net.inference.ensemble import load_ensemble
+from maht_net.inference.export import OnnxNetwork, export_onnx, export_torchscript
+from maht_net.inference.predictor import Predictor, image_items, load_model
+from maht_net.inference.writers import write_outputs
+
+
+def _run_infer(args: argparse.Namespace) -> int:
+    checkpoints = [Path(c) for c in args.checkpoint] if args.checkpoint else [Path(args.bundle) / "models" / "model.pt"]
+    if len(checkpoints) > 1:
+        if args.onnx:
+            raise InputError(args.onnx, "an ensemble runs the PyTorch checkpoints; drop --onnx or pass one --checkpoint")
+        network, info = load_ensemble(checkpoints)
+        print(f"ensemble of {len(checkpoints)} models (mean heatmap); uncertainty reported uncalibrated")
+    else:
+        network, info = load_model(checkpoints[0])
+    if args.onnx:
+
+        if not Path(args.onnx).is_file():
+            raise InputError(args.onnx, "ONNX model not found (make one with 'maht-net export --format onnx')")
+        network = OnnxNetwork(args.onnx, threads=args.threads)
+        if args.mc_samples:
+            raise InputError(args.onnx, "MC-dropout needs the PyTorch model; drop --onnx or --mc-samples")
+    inputs = args.input[0] if len(args.input) == 1 and Path(args.input[0]).is_dir() else args.input
+    items = image_items(inputs)
+    if args.spacing:
+        sx, sy = (args.spacing[0], args.spacing[0]) if len(args.spacing) == 1 else args.spacing[:2]
+        items = [dict(it, spacing=(sx, sy)) for it in items]
+    predictor = Predictor(network, info, mc_samples=args.mc_samples, tta=args.tta)
+    out = Path(args.out)
+    failed = []
+    for item in items:  # one at a time: a bad file is reported by name and the others still run
+        try:
+            pred = predictor.predict([item])[0]
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed.append(item["image"])
+            continue
+        write_outputs(pred, out, overlay=not args.no_overlay)
+        unit = "mm" if pred["spacing"] else "px"
+        unc = [r["uncertainty_mm"] if unit == "mm" else r["uncertainty_px"] for r in pred["landmarks"]]
+        print(f"{pred['id']}: {len(unc)} landmarks, median uncertainty {float(np.median(unc)):.2f} {unit} -> {out}/{pred['id']}_landmarks.json")
+    if failed:
+        print(f"error: {len(failed)} of {len(items)} images failed (see above); the others were written to {out}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+
+    network, info = load_model(Path(args.checkpoint) if args.checkpoint else Path(args.bundle) / "models" / "model.pt")
+    size = (int(info["input_size"][1]), int(info["input_size"][0]))  # (H, W)
+    diff = (export_onnx if args.format == "onnx" else export_torchscript)(network, args.out, size=size)
+    print(f"wrote {args.out} ({args.format}); max |logit difference| vs eager on a random input: {diff:.2e}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("infer", help="landmarks for images with a trained bundle (JSON, Slicer markups, CSV, overlay)")
+    p.add_argument("--bundle", default="bundle", help="bundle folder (its models/model.pt is used)")
+    p.add_argument("--checkpoint", nargs="+", help="a checkpoint file instead of <bundle>/models/model.pt; several = "
+                   "an ensemble (e.g. the k fold models): their heatmaps are averaged")
+    p.add_argument("--input", nargs="+", required=True, help="image files, or one folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="pixel spacing (one value or SX SY) when the files do not state it")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (4 shifted passes)")
+    p.add_argument("--mc-samples", type=int, default=0, help="MC-dropout passes for uncertainty (0 = off)")
+    p.add_argument("--onnx", help="run this ONNX model with ONNX Runtime instead of PyTorch")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
+    p.set_defaults(func=_run_infer)
+    e = subparsers.add_parser("export", help="export a trained bundle model to ONNX or TorchScript (checked against eager)")
+    e.add_argument("--bundle", default="bundle")
+    e.add_argument("--checkpoint")
+    e.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=_run_export)

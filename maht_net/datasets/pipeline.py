@@ -1,0 +1,115 @@
+"""Data pipelines: the one implementation of preprocessing used by training, evaluation,
+inference, the bundle and the MONAI Label app.
+
+Notes:
+    Sizes are ``(W, H)`` of the network input (both divisible by 32). Items are datalist
+    items (see :mod:`maht_net.io.datalist`): ``image`` path, ``landmarks`` ``(N, 2)`` ``(x, y)``,
+    ``spacing`` ``(sx, sy)`` or ``None``, ``id``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from monai.data import CacheDataset, Dataset
+from monai.transforms import Compose
+
+from maht_net.io.datalist import load_datalist
+from maht_net.transforms.intensity import CLAHEd, NormalizeXRayd, RandXRayIntensityd, RandXRayInvertd
+from maht_net.transforms.io import LoadXRayd, unwrap_input_error
+from maht_net.transforms.spatial import LandmarkResizePadd, RandLandmarkAffineElasticd
+from maht_net.transforms.targets import PackLandmarksd
+
+__all__ = ["preprocessing_transforms", "augmentation_transforms", "training_transforms", "evaluation_transforms", "landmark_dataset", "ITEM_KEYS"]
+
+ITEM_KEYS = ("image", "landmarks", "spacing", "id")
+
+
+def _size(size: int | Sequence[int]) -> tuple[int, int]:
+    w, h = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if w % 32 or h % 32:
+        raise ValueError(f"input size (W, H) must be divisible by 32, got {(w, h)}")
+    return w, h
+
+
+def preprocessing_transforms(size: int | Sequence[int] = (256, 320), normalize: str = "percentile", clahe: bool = False) -> list:
+    """Load -> normalise intensities -> optional CLAHE -> letterbox to ``size`` ``(W, H)``.
+
+    Deterministic, so a ``CacheDataset`` caches its output.
+    """
+    steps: list = [LoadXRayd("image"), NormalizeXRayd("image", mode=normalize)]
+    if clahe:
+        steps.append(CLAHEd("image"))
+    steps.append(LandmarkResizePadd("image", size=_size(size)))
+    return steps
+
+
+def augmentation_transforms(strength: float = 1.0, invert_prob: float = 0.0) -> list:
+    """Landmark-consistent geometric and radiographic augmentation; ``strength`` scales every
+    range (0 = none). No flips: a mirrored lateral cephalogram faces the other way.
+    ``invert_prob``: probability of a polarity inversion (:class:`RandXRayInvertd`)."""
+    if strength <= 0:
+        return []
+    s = float(strength)
+    inversion = [RandXRayInvertd("image", prob=invert_prob)] if invert_prob > 0 else []
+    return inversion + [
+        RandLandmarkAffineElasticd(
+            "image",
+            prob=0.9,
+            rotate_range=8.0 * s,
+            scale_range=min(0.1 * s, 0.5),
+            aniso_range=min(0.04 * s, 0.5),
+            shear_range=0.04 * s,
+            translate_range=0.04 * s,
+            elastic_magnitude=min(0.01 * s, 0.06),
+        ),
+        RandXRayIntensityd("image", prob=0.8, strength=s),
+    ]
+
+
+def training_transforms(
+    size: int | Sequence[int] = (256, 320),
+    augment: float = 1.0,
+    num_landmarks: int = 19,
+    normalize: str = "percentile",
+    clahe: bool = False,
+    invert_prob: float = 0.0,
+) -> Compose:
+    return Compose(preprocessing_transforms(size, normalize, clahe) + augmentation_transforms(augment, invert_prob) + [PackLandmarksd(num_landmarks=num_landmarks)])
+
+
+def evaluation_transforms(
+    size: int | Sequence[int] = (256, 320), num_landmarks: int = 19, normalize: str = "percentile", clahe: bool = False
+) -> Compose:
+    return Compose(preprocessing_transforms(size, normalize, clahe) + [PackLandmarksd(num_landmarks=num_landmarks)])
+
+
+def landmark_dataset(
+    datalist: str | os.PathLike,
+    section: str | Sequence[str],
+    transform: Compose,
+    base_dir: str | os.PathLike | None = None,
+    cache: bool = True,
+    num_workers: int = 0,
+    check_files: bool = True,
+) -> Dataset:
+    """A (cached) MONAI dataset over a datalist section; items keep only :data:`ITEM_KEYS`.
+
+    Every image path is checked first and every image is decoded while caching, so a missing
+    or unreadable file fails (as :class:`~maht_net.errors.InputError` naming it) before training
+    starts.
+    """
+    items: list[dict[str, Any]] = [
+        {k: it[k] for k in ITEM_KEYS if k in it} for it in load_datalist(datalist, section, base_dir=base_dir, check_files=check_files)
+    ]
+    if not cache:
+        return Dataset(items, transform)
+    try:
+        return CacheDataset(items, transform, cache_rate=1.0, num_workers=num_workers or None, progress=False)
+    except Exception as e:  # MONAI wraps transform errors; surface the file and the problem
+        err = unwrap_input_error(e)
+        if err is None:
+            raise
+        raise err from None

@@ -1,0 +1,107 @@
+"""Active learning support: one uncertainty score per image.
+
+Used by the MONAI Label app (scoring method) and by ``scripts/simulate_active_learning.py``, so
+the server and the simulation measure the same way. :func:`image_uncertainty` runs a
+:class:`~maht_net.inference.predictor.Predictor` built with MC-dropout and/or test-time shifts
+(``mc_samples``, ``tta``) on one image, seeded, and condenses the per-landmark spread
+(``uncertainty_px`` / ``uncertainty_mm``) into one score: the mean over the landmarks, in mm when
+the spacing is known (or given as a fallback), else in pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from maht_net.clinical.analysis import analyze_prediction
+from maht_net.codec.uncertainty import landmark_covariances
+from maht_net.io.predictions import build_prediction, prediction_points, prediction_uncertainty
+
+UNCERTAINTY_KEY = "maht_uncertainty"
+"""Image-info key (MONAI Label datastore) holding the image's mean landmark uncertainty (a number)."""
+
+
+def with_fallback_spacing(pred: dict[str, Any], spacing: Sequence[float] | None) -> dict[str, Any]:
+    """The prediction rebuilt with ``spacing`` when it has none (mm fields filled in)."""
+    if pred.get("spacing") or not spacing:
+        return pred
+    rows = pred["landmarks"]
+    unc = prediction_uncertainty(pred)
+    conf = np.array([np.nan if r.get("confidence") is None else r["confidence"] for r in rows])
+    keep = {k: v for k, v in pred.items() if k not in _PREDICTION_FIELDS}
+    out = build_prediction(
+        pred["image"],
+        pred["width"],
+        pred["height"],
+        prediction_points(pred),
+        spacing=(float(spacing[0]), float(spacing[1])),
+        uncertainty_px=unc,
+        confidence=conf,
+        landmark_set=pred["landmark_set"],
+        item_id=pred["id"],
+        origin=tuple(pred.get("origin") or (0.0, 0.0)),
+        covariance_px=landmark_covariances(pred) if any(r.get("covariance_px") is not None for r in rows) else None,
+        **keep,
+    )
+    out["spacing_source"] = "fallback"
+    if "measurements" in pred:  # inference adds cephalometric measurements: redo them in mm
+
+        out["measurements"] = analyze_prediction(out)
+    return out
+
+
+_PREDICTION_FIELDS = {
+    "format", "format_version", "image", "id", "width", "height", "spacing", "origin", "landmark_set",
+    "coordinate_convention", "landmarks", "points",
+}
+
+
+def uncertainty_summary(pred: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"score", "unit", "mean", "max", "per_landmark"}`` from a prediction's uncertainties.
+
+    ``score`` is the mean over landmarks of ``uncertainty_mm`` (``unit = "mm"``) when the
+    prediction has a spacing, else of ``uncertainty_px`` (``unit = "px"``).
+    """
+    unit = "mm" if pred.get("spacing") else "px"
+    key = f"uncertainty_{unit}"
+    values = np.array([np.nan if r.get(key) is None else r[key] for r in pred["landmarks"]], dtype=float)
+    finite = values[np.isfinite(values)]
+    mean = float(finite.mean()) if len(finite) else float("nan")
+    return {
+        "score": mean,
+        "unit": unit,
+        "mean": mean,
+        "max": float(finite.max()) if len(finite) else float("nan"),
+        "per_landmark": [None if not np.isfinite(v) else round(float(v), 4) for v in values],
+    }
+
+
+def image_uncertainty(
+    predictor: Any,
+    item: Mapping[str, Any] | str | os.PathLike,
+    seed: int = 0,
+    fallback_spacing: Sequence[float] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Predict one image with a seeded generator and summarise its uncertainty.
+
+    The seed makes MC-dropout masks reproducible: the same model, image, ``mc_samples``, ``tta``
+    and seed give the same score (up to floating-point noise across thread counts).
+
+    Returns:
+        ``(prediction, summary)`` (see :func:`uncertainty_summary`).
+
+    Raises:
+        InputError: the image cannot be read.
+    """
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(int(seed))
+        pred = predictor.predict([item])[0]
+    finally:
+        torch.random.set_rng_state(state)
+    pred = with_fallback_spacing(pred, fallback_spacing)
+    return pred, uncertainty_summary(pred)

@@ -1,0 +1,86 @@
+"""Calibration workflow: fit a checkpoint's uncertainty calibration on a datalist section and record it in the checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from maht_net.codec.uncertainty import CALIBRATION_KEY, fit_uncertainty_calibration
+from maht_net.errors import InputError
+from maht_net.inference.predictor import Predictor, load_model
+from maht_net.io.atomic import atomic_write
+from maht_net.io.checkpoint import load_checkpoint_file
+from maht_net.io.datalist import load_datalist
+from maht_net.io.predictions import prediction_points, prediction_uncertainty
+
+logger = logging.getLogger(__name__)
+
+
+def calibrate_checkpoint(
+    checkpoint: str | os.PathLike,
+    datalist: str | os.PathLike,
+    section: str = "validation",
+    out: str | os.PathLike | None = None,
+    base_dir: str | os.PathLike | None = None,
+    mc_samples: int = 0,
+    tta: bool = False,
+    prior_strength: float = 10.0,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Fit the calibration on a datalist section and store it in the checkpoint's info.
+
+    Predicts the section's images without calibration, fits :func:`fit_uncertainty_calibration`
+    and writes the checkpoint (to ``out``, default in place) atomically with
+    ``info["uncertainty_calibration"]`` set. Only the chosen section is read, so calibrating on
+    ``validation`` never touches the test films.
+
+    Returns:
+        The record written (also holding ``section``, ``mc_samples``, ``tta`` and ``date``).
+
+    Raises:
+        InputError: unreadable checkpoint/datalist, or a section without enough landmarks.
+    """
+
+    network, info = load_model(checkpoint, device)
+    items = [it for it in load_datalist(datalist, section, base_dir=base_dir, landmark_set=info["landmark_set"], check_files=True) if it.get("landmarks") is not None]
+    if not items:
+        raise InputError(datalist, f"section {section!r} has no image with landmarks to calibrate on")
+    preds = Predictor(network, info, device, mc_samples=mc_samples, tta=tta, calibrate=False).predict(items)
+    points = np.stack([prediction_points(p) for p in preds])
+    spread = np.stack([prediction_uncertainty(p) for p in preds])
+    try:
+        record = fit_uncertainty_calibration(points, spread, np.stack([it["landmarks"] for it in items]), info["landmark_names"], prior_strength)
+    except ValueError as e:
+        raise InputError(datalist, f"section {section!r}: {e}") from None
+    record.update({"section": section, "mc_samples": int(mc_samples), "tta": bool(tta), "date": time.strftime("%Y-%m-%d %H:%M %Z")})
+    state = load_checkpoint_file(checkpoint)
+    state["info"] = {**state["info"], CALIBRATION_KEY: record}
+    with atomic_write(out or checkpoint, "wb") as f:
+        torch.save(state, f)
+    logger.info(
+        "uncertainty calibration on %d %s image(s): raw RMS spread %.2f px vs actual RMS error %.2f px -> common scale %.2f",
+        record["n_images"], section, record["raw_rms_spread_px"], record["actual_rms_error_px"], record["common_scale"],
+    )
+    return record
+
+
+def calibrate_after_training(checkpoint: str | os.PathLike, datalist: str | os.PathLike, section: str, base_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The bundle's last training step: calibrate the best model on the validation section.
+
+    A missing model (nothing trained) or a section without landmarks is logged and skipped, so
+    a run that trained still finishes; the model then reports raw uncertainty.
+    """
+    if not Path(checkpoint).is_file():
+        logger.warning("no model at %s: uncertainty not calibrated", checkpoint)
+        return None
+    try:
+        return calibrate_checkpoint(checkpoint, datalist, section, base_dir=base_dir, device=device)
+    except InputError as e:
+        logger.warning("uncertainty not calibrated: %s", e)
+        return None

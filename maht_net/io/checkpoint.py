@@ -1,0 +1,118 @@
+"""The checkpoint schema: what a MAHT-Net checkpoint holds besides the weights (:class:`CheckpointInfo`, the training recipe), and safe loading (:func:`load_checkpoint_file`)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from maht_net.errors import InputError
+from maht_net.landmarks import get_landmark_set
+
+PREPROCESSING_KEYS = ("landmark_set", "landmark_names", "input_size", "normalize", "clahe")
+"""Checkpoint-info fields the preprocessing (and the meaning of the output channels) depends on."""
+
+CODEC_KEYS = ("stride", "sigma", "decoder")
+"""Checkpoint-info fields that record the heatmap codec (:class:`maht_net.codec.heatmap_codec.HeatmapCodec`)."""
+
+INFO_KEYS = ("network", "network_kwargs", *PREPROCESSING_KEYS, *CODEC_KEYS, "coordinate_convention")
+"""Every field of a checkpoint's ``info`` (:class:`CheckpointInfo`); calibration may add ``uncertainty_calibration``."""
+
+RECIPE_KEYS = tuple(k for k in PREPROCESSING_KEYS + CODEC_KEYS if k not in ("landmark_names", "stride"))
+"""Info fields that are ``train.json`` ids of the same name (the network's are ``network_name`` and
+``network_kwargs``; ``stride`` and ``landmark_names`` follow from the network and the landmark set)."""
+
+
+class CheckpointInfo:
+    """Everything inference needs besides the weights, saved in each checkpoint (``"info"``).
+
+    Plain types only, so ``torch.load(weights_only=True)`` reads it. When ``network_module`` is
+    given, its run-time switches (``use_transformer``, which the progressive schedule flips) are
+    recorded at save time, so a model saved during stage 1 is rebuilt without the bottleneck.
+    """
+
+    def __init__(
+        self,
+        network: str = "maht_net",
+        network_kwargs: Mapping[str, Any] | None = None,
+        landmark_set: str = "isbi2015",
+        input_size: Sequence[int] = (256, 320),
+        normalize: str = "percentile",
+        clahe: bool = False,
+        sigma: float = 2.0,
+        decoder: str = "dark",
+        stride: int = 4,
+        network_module: nn.Module | None = None,
+    ) -> None:
+        self.network_module = getattr(network_module, "module", network_module)
+        self.data: dict[str, Any] = {
+            "network": network,
+            "network_kwargs": dict(network_kwargs or {}),
+            "landmark_set": landmark_set,
+            "landmark_names": get_landmark_set(landmark_set).names,
+            "input_size": [int(input_size[0]), int(input_size[1])],
+            "normalize": normalize,
+            "clahe": bool(clahe),
+            "sigma": float(sigma),
+            "decoder": decoder,
+            "stride": int(stride),
+            "coordinate_convention": "input_size is (W, H); landmarks are (x, y) pixels",
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        data = dict(self.data, network_kwargs=dict(self.data["network_kwargs"]))
+        if self.network_module is not None and hasattr(self.network_module, "use_transformer"):
+            data["network_kwargs"]["use_transformer"] = bool(self.network_module.use_transformer)
+        return data
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.data = dict(state)
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True`` (no code runs from the file), with clear errors.
+
+    Raises:
+        InputError: the file is missing, truncated/corrupt, or needs unsafe unpickling.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise InputError(path, f"refused: the checkpoint holds objects other than tensors and plain data, and loading it would run code from the file ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise InputError(path, f"not a readable PyTorch checkpoint (corrupt or truncated: {str(e).splitlines()[0]})") from None
+
+
+def checkpoint_recipe(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """``train.json`` overrides that rebuild the network a checkpoint's weights belong to.
+
+    ``pretrained`` is switched off: the weights come from the checkpoint, and no ImageNet
+    download is attempted (the server may be offline).
+    """
+    pass
+
+    state = load_checkpoint_file(checkpoint)
+    if not isinstance(state, Mapping) or "info" not in state or "model" not in state:
+        raise InputError(checkpoint, "not a MAHT-Net checkpoint: expected keys 'model' and 'info'")
+    info = dict(state["info"])
+    kwargs = dict(info.get("network_kwargs", {}))
+    if "pretrained" in kwargs:
+        kwargs["pretrained"] = False
+    return training_recipe(info, kwargs)
+
+
+def training_recipe(info: Mapping[str, Any], network_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``train.json`` overrides for a checkpoint's ``info``: the network and :data:`RECIPE_KEYS`
+    (those present), with ``network_kwargs`` instead of the recorded ones when given."""
+    kwargs = info.get("network_kwargs", {}) if network_kwargs is None else network_kwargs
+    recipe = {"network_name": info["network"], "network_kwargs": dict(kwargs)}
+    recipe.update({key: info[key] for key in RECIPE_KEYS if key in info})
+    return recipe

@@ -1,7 +1,0 @@
-"""Networks: ``create_network(name, **kwargs)``; see :func:`list_networks` for the names."""
-
-from .maht_net import MAHTNet
-from .registry import create_network, list_networks, register_network
-from .unet import UNetHeatmap
-
-__all__ = ["MAHTNet", "UNetHeatmap", "create_network", "list_networks", "register_network"]
