@@ -15,7 +15,7 @@ Steps, each through the project's own commands (nothing here re-implements them)
    ``maht-net evaluate``): ``<out>/summary.json`` holds the per-site figures;
 4. ``--ship``: an inference-only copy (weights in float16, recipe, calibration, provenance: the
    datalist's sha256, the git commit, the command) replaces ``bundle/models/model.pt``, and
-   ``bundle/large_files.yml`` gets its sha256.
+   ``bundle/large_files.yml`` gets its sha256 and ``metadata.json`` its per-site ``eval_metrics``.
 
 The held-out test films are never trained on, so the shipped figures are honest; they come from
 one split, not cross-validation (say so wherever they are quoted).
@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from maht_net.engine.bundle import large_files_yml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -163,14 +165,17 @@ def evaluate(checkpoint: Path, datalist: Path, data_root: Path, out: Path) -> di
     return results
 
 
-def ship(checkpoint: Path, datalist: Path, results: dict, command: str, target: Path) -> None:
+def git_head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
+def ship(checkpoint: Path, datalist: Path, results: dict, training: dict, target: Path) -> None:
     """Write the inference-only checkpoint with provenance, and its sha256 to large_files.yml."""
     import torch
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     doc = json.loads(datalist.read_text())
     version = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text())["version"]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     shipped = {
         "model": {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()},
         "info": dict(
@@ -179,8 +184,9 @@ def ship(checkpoint: Path, datalist: Path, results: dict, command: str, target: 
                 "bundle_version": version,
                 "datalist": datalist.relative_to(REPO).as_posix(),
                 "datalist_sha256": sha256(datalist),
-                "git_commit": commit,
-                "command": command,
+                "git_commit": training["git_commit"],
+                "command": training["command"],
+                "train_minutes": training["train_minutes"],
                 "trained": time.strftime("%Y-%m-%d"),
                 "weights_dtype": "float16",
                 "sites": {site: {s: sum(it["site"] == site for it in doc[s]) for s in ("training", "validation", "test")} for site in SITES},
@@ -193,18 +199,23 @@ def ship(checkpoint: Path, datalist: Path, results: dict, command: str, target: 
     tmp = target.with_suffix(".tmp")
     torch.save(shipped, tmp)
     os.replace(tmp, target)
-    digest = sha256(target)
-    (REPO / "bundle" / "large_files.yml").write_text(
-        "large_files:\n"
-        f'  - path: "models/model.pt"\n'
-        f'    url: "{BUNDLE_URL}"\n'
-        f'    hash_val: "{digest}"\n'
-        '    hash_type: "sha256"\n'
-    )
-    print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB, sha256 {digest})", flush=True)
-
-
-BUNDLE_URL = "shipped inside the bundle (models/model.pt); no download"
+    (REPO / "bundle" / "large_files.yml").write_text(large_files_yml([target]))
+    meta_path = REPO / "bundle" / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["eval_metrics"] = {
+        site: {
+            "mean_radial_error_mm": round(r["mre"], 3),
+            "mean_radial_error_mm_ci95": [round(v, 3) for v in r["mre_ci95"]],
+            "sdr_2mm_percent": round(r["sdr"]["2.0"], 1),
+            "sdr_4mm_percent": round(r["sdr"]["4.0"], 1),
+            "films": r["films"],
+            "spacing_mm": r["spacing_mm"],
+            "how": "held-out test films of datalists/two_sites.json, never trained on; one seeded split, not cross-validation",
+        }
+        for site, r in results.items()
+    }
+    meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+    print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB, sha256 {sha256(target)})", flush=True)
 
 
 def main() -> int:
@@ -214,7 +225,10 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-limit-minutes", type=float, default=0, help="hard stop for training (0: none)")
-    ap.add_argument("--skip-training", action="store_true", help="evaluate (and ship) <out>/bundle/models/model.pt as it is")
+    ap.add_argument("--skip-training", action="store_true", help="evaluate (and ship) <out>/bundle/models/model.pt as it is "
+                    "(its training command and commit are read from <out>/summary.json)")
+    ap.add_argument("--trained-at-commit", help="with --skip-training: the git commit the model was trained at, when "
+                    "<out>/summary.json does not record it")
     ap.add_argument("--ship", action="store_true", help="install the result as bundle/models/model.pt")
     args = ap.parse_args()
     for d in (args.data_root / "hamedan-ceph", args.data_root / "isbi2015-ceph"):
@@ -226,13 +240,22 @@ def main() -> int:
     datalist = prepare(args.data_root, args.out, args.seed)
     start = time.time()
     checkpoint = args.out / "bundle" / "models" / "model.pt"
-    if not args.skip_training:
+    if args.skip_training:
+        before = json.loads((args.out / "summary.json").read_text())
+        training = {k: before.get(k) for k in ("command", "git_commit", "train_minutes")}
+        training["git_commit"] = training["git_commit"] or args.trained_at_commit
+        if not training["git_commit"]:
+            print("error: the training commit is not recorded: pass --trained-at-commit", file=sys.stderr)
+            return 2
+    else:
+        training = {"command": command, "git_commit": git_head()}
         checkpoint = train(datalist, args.data_root, args.out, args.epochs, args.seed, args.time_limit_minutes)
-    summary = {"command": command, "train_minutes": round((time.time() - start) / 60, 1)}
+        training["train_minutes"] = round((time.time() - start) / 60, 1)
+    summary = dict(training)
     summary["test"] = results = evaluate(checkpoint, datalist, args.data_root, args.out / "eval")
     if args.ship:
         target = REPO / "bundle" / "models" / "model.pt"
-        ship(checkpoint, datalist, results, command, target)
+        ship(checkpoint, datalist, results, training, target)
         # the float16 copy, scored on the same films: the figure that justifies half precision
         shipped = evaluate(target, datalist, args.data_root, args.out / "eval-shipped")
         summary["shipped_minus_float32_mre_mm"] = {site: shipped[site]["mre"] - results[site]["mre"] for site in SITES}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maht_net.datalist import load_datalist, read_datalist
+from maht_net.io.datalist import load_datalist, read_datalist
 from maht_net.landmarks import get_landmark_set
 
 

@@ -197,7 +197,8 @@ def test_package_download_and_run_at_another_site(trained, phantom, tmp_path):
     shutil.copytree(BUNDLE, site_bundle, ignore=shutil.ignore_patterns("models", "eval", "data", "__pycache__"))
     shutil.copytree(trained / "models", site_bundle / "models")
     zip_path = package_bundle(site_bundle, tmp_path / "dist")
-    assert zip_path.name == f"{BUNDLE_NAME}_v0.1.0.zip"
+    version = json.loads((CONFIGS / "metadata.json").read_text())["version"]
+    assert zip_path.name == f"{BUNDLE_NAME}_v{version}.zip"
     downloads = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "monai.bundle", "download", "--name", BUNDLE_NAME, "--url", zip_path.as_uri(), "--bundle_dir", str(downloads)],

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from maht_net.datalist import load_datalist
+from maht_net.io.datalist import load_datalist
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "bundle" / "models" / "model.pt"
@@ -84,3 +84,58 @@ def test_default_model_places_held_out_landmarks(held_out_films, site, tmp_path)
         errors.append(np.linalg.norm((points - film["landmarks"]) * SPACING[site], axis=1))
     mre = float(np.mean(errors))
     assert mre <= MAX_MRE_MM[site], f"{site}: MRE {mre:.2f} mm on {len(films)} held-out films"
+
+
+def test_bundle_zip_installs_and_runs_at_another_site(held_out_films, tmp_path):
+    """The packaged zip alone, in a fresh environment that has the public packages but not
+    maht_net: download it, install its wheel, run the bundle's inference on a real film and
+    get the repository's landmarks."""
+    import sysconfig
+
+    from maht_net.engine.bundle import BUNDLE_NAME, package_bundle
+    from maht_net.inference.predictor import Predictor
+
+    zip_path = package_bundle(REPO / "bundle", tmp_path / "dist")
+    venv = tmp_path / "site-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site_py = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MAHT_NET_MODEL")}
+
+    def site(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([site_py, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+    purelib = Path(site("-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
+    # the public packages (constraints.txt) of this environment; its .pth files, among them the
+    # editable maht_net hook, are not processed from a path added this way
+    (purelib / "public_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    assert site("-c", "import maht_net").returncode != 0
+    res = site("-m", "monai.bundle", "download", "--name", BUNDLE_NAME, "--url", f"file://{zip_path}", "--bundle_dir", str(tmp_path / "bundles"))
+    assert res.returncode == 0, res.stderr
+    root = tmp_path / "bundles" / BUNDLE_NAME
+    (wheel,) = (root / "wheels").glob("maht_net-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(purelib), str(wheel)], check=True, env=env)
+    film = held_out_films["hamedan"][0]
+    out = tmp_path / "site-out"
+    res = site(
+        "-m", "monai.bundle", "run", "inference", "--config_file", str(root / "configs" / "inference.json"),
+        "--bundle_root", str(root), "--input_files", repr([film["image"]]), "--spacing", "[0.127, 0.127]",
+        "--output_dir", str(out), "--overlay", "False",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    (written,) = out.glob("*_landmarks.json")
+    at_site = json.loads(written.read_text())
+    assert at_site["model"]["sha256"] == _sha256(MODEL) and at_site["image"] == film["image"]
+    here = Predictor.from_checkpoint(MODEL).predict([{"image": film["image"], "spacing": (0.127, 0.127)}])[0]
+    site_points = np.array([[r["x"], r["y"]] for r in at_site["landmarks"]])
+    here_points = np.array([[r["x"], r["y"]] for r in here["landmarks"]])
+    np.testing.assert_allclose(site_points, here_points, atol=1e-3)
+
+
+def test_two_site_datalist_audits_clean(held_out_films, tmp_path, capsys):
+    from maht_net.cli import main
+
+    code = main(["audit", str(DATALIST), "--dataset-dir", str(DATA_ROOT), "--out-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "sites: hamedan=100, isbi2015=150" in out and "problems: 0" in out
+    assert "sections: training=170, validation=30, test=50" in out

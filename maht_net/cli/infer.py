@@ -13,10 +13,18 @@ from maht_net.inference.ensemble import load_ensemble
 from maht_net.inference.export import OnnxNetwork, export_onnx, export_torchscript
 from maht_net.inference.predictor import Predictor, image_items, load_model
 from maht_net.inference.writers import write_outputs
+from maht_net.io.checkpoint import shipped_model
+
+
+def _checkpoints(args: argparse.Namespace) -> list[Path]:
+    """--checkpoint FILE..., else <--bundle>/models/model.pt, else the shipped model."""
+    if args.checkpoint:
+        return [Path(c) for c in ([args.checkpoint] if isinstance(args.checkpoint, str) else args.checkpoint)]
+    return [Path(args.bundle) / "models" / "model.pt" if args.bundle else shipped_model()]
 
 
 def _run_infer(args: argparse.Namespace) -> int:
-    checkpoints = [Path(c) for c in args.checkpoint] if args.checkpoint else [Path(args.bundle) / "models" / "model.pt"]
+    checkpoints = _checkpoints(args)
     if len(checkpoints) > 1:
         if args.onnx:
             raise InputError(args.onnx, "an ensemble runs the PyTorch checkpoints; drop --onnx or pass one --checkpoint")
@@ -24,8 +32,9 @@ def _run_infer(args: argparse.Namespace) -> int:
         print(f"ensemble of {len(checkpoints)} models (mean heatmap); uncertainty reported uncalibrated")
     else:
         network, info = load_model(checkpoints[0])
+        model = info["model"]
+        print(f"model: {checkpoints[0]} (version {model['version'] or 'not recorded'}, sha256 {model['sha256'][:12]})")
     if args.onnx:
-
         if not Path(args.onnx).is_file():
             raise InputError(args.onnx, "ONNX model not found (make one with 'maht-net export --format onnx')")
         network = OnnxNetwork(args.onnx, threads=args.threads)
@@ -57,8 +66,7 @@ def _run_infer(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-
-    network, info = load_model(Path(args.checkpoint) if args.checkpoint else Path(args.bundle) / "models" / "model.pt")
+    network, info = load_model(_checkpoints(args)[0])
     size = (int(info["input_size"][1]), int(info["input_size"][0]))  # (H, W)
     diff = (export_onnx if args.format == "onnx" else export_torchscript)(network, args.out, size=size)
     print(f"wrote {args.out} ({args.format}); max |logit difference| vs eager on a random input: {diff:.2e}")
@@ -67,8 +75,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("infer", help="landmarks for images with a trained bundle (JSON, Slicer markups, CSV, overlay)")
-    p.add_argument("--bundle", default="bundle", help="bundle folder (its models/model.pt is used)")
-    p.add_argument("--checkpoint", nargs="+", help="a checkpoint file instead of <bundle>/models/model.pt; several = "
+    p.add_argument("--bundle", help="bundle folder whose models/model.pt is used (default: the shipped model, "
+                   "bundle/models/model.pt of this installation, or $MAHT_NET_MODEL)")
+    p.add_argument("--checkpoint", nargs="+", help="a checkpoint file instead; several = "
                    "an ensemble (e.g. the k fold models): their heatmaps are averaged")
     p.add_argument("--input", nargs="+", required=True, help="image files, or one folder")
     p.add_argument("--out", required=True, help="output folder")
@@ -80,8 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
     p.set_defaults(func=_run_infer)
     e = subparsers.add_parser("export", help="export a trained bundle model to ONNX or TorchScript (checked against eager)")
-    e.add_argument("--bundle", default="bundle")
-    e.add_argument("--checkpoint")
-    e.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    e.add_argument("--out", required=True)
+    e.add_argument("--bundle", help="bundle folder whose models/model.pt is exported (default: the shipped model)")
+    e.add_argument("--checkpoint", help="a checkpoint file instead")
+    e.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="export format (default: onnx)")
+    e.add_argument("--out", required=True, help="file to write (e.g. model.onnx or model.ts)")
     e.set_defaults(func=_run_export)

@@ -71,6 +71,9 @@ def audit_datalist(
     report: dict[str, Any] = {
         "datalist": str(datalist),
         "landmark_set": lset.key,
+        "description": doc.get("description"),
+        "truth": doc.get("truth"),
+        "sites": dict(Counter(it["site"] for it in items if it.get("site"))),
         "sections": {s: sum(it["section"] == s for it in items) for s in sections},
         "images": len(items),
         "with_landmarks": len(points),
@@ -105,6 +108,9 @@ def audit_datalist(
 def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"datalist: {report['datalist']} ({report['landmark_set']})",
+        *([f"description: {report['description']}"] if report.get("description") else []),
+        *([f"truth: {report['truth']}"] if report.get("truth") else []),
+        *(["sites: " + ", ".join(f"{k}={v}" for k, v in report["sites"].items())] if report.get("sites") else []),
         "sections: " + ", ".join(f"{k}={v}" for k, v in report["sections"].items()),
         f"images: {report['images']} ({report['with_landmarks']} with landmarks)",
         "sizes: " + ", ".join(f"{k} ({v})" for k, v in report["sizes"].items()),

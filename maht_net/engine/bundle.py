@@ -3,16 +3,27 @@ the optimizer; and packaging the bundle as a zip."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from maht_net.datasets.phantom import ensure_phantom_dataset
 from maht_net.errors import InputError
 from maht_net.io.checkpoint import load_checkpoint_file, training_recipe
 
-__all__ = ["default_bundle_root", "resolve_datalist", "make_optimizer", "package_bundle", "BUNDLE_NAME"]
+__all__ = [
+    "default_bundle_root",
+    "resolve_datalist",
+    "make_optimizer",
+    "large_files_yml",
+    "build_wheel",
+    "package_bundle",
+    "BUNDLE_NAME",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,24 +71,67 @@ def make_optimizer(network, lr: float, weight_decay: float = 1e-4):
 
 BUNDLE_NAME = "maht_net_cephalometric"
 BUNDLE_PARTS = ("configs", "docs", "scripts", "LICENSE")
+SOURCE_TREE = Path(__file__).resolve().parents[2]
+"""The repository this package runs from (holds ``pyproject.toml`` in a source checkout)."""
 
 
-def package_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike = "dist", name: str = BUNDLE_NAME, model_files: tuple[str, ...] = ("model.pt",)) -> Path:
+def large_files_yml(models: Sequence[str | os.PathLike]) -> str:
+    """``large_files.yml`` (model-zoo format) listing each file of ``models/`` with its sha256.
+
+    The weights travel inside the bundle, so ``url`` says so: MONAI's ``download_large_files``
+    finds each file present with the right hash and downloads nothing.
+    """
+    lines = ["large_files:"]
+    for m in map(Path, models):
+        digest = hashlib.sha256(m.read_bytes()).hexdigest()
+        lines += [f'  - path: "models/{m.name}"', '    url: "shipped inside the bundle: no download"',
+                  f'    hash_val: "{digest}"', '    hash_type: "sha256"']  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def build_wheel(out_dir: str | os.PathLike) -> Path:
+    """Build the ``maht-net`` wheel from :data:`SOURCE_TREE` into ``out_dir`` (no dependencies,
+    no build isolation: setuptools and wheel come from this environment, nothing is downloaded).
+
+    Raises:
+        InputError: this package was not installed from a source checkout, or the build failed.
+    """
+    if not (SOURCE_TREE / "pyproject.toml").is_file():
+        raise InputError(SOURCE_TREE, "no pyproject.toml: the wheel can only be built from a source checkout of maht-net")
+    out_dir = Path(out_dir)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out_dir), str(SOURCE_TREE)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(out_dir.glob("maht_net-*.whl"))
+    if res.returncode != 0 or not wheels:
+        raise InputError(SOURCE_TREE, f"building the maht-net wheel failed: {(res.stderr or res.stdout).strip()[-500:]}")
+    return wheels[-1]
+
+
+def package_bundle(
+    bundle_dir: str | os.PathLike,
+    out_dir: str | os.PathLike = "dist",
+    name: str = BUNDLE_NAME,
+    model_files: tuple[str, ...] = ("model.pt",),
+    wheel: bool = True,
+) -> Path:
     """Zip a trained bundle for other sites: ``<out_dir>/<name>_v<version>.zip``.
 
     The zip holds one top-level ``<name>/`` folder (what ``monai.bundle download`` expects) with
-    configs, docs, scripts, LICENSE, ``models/<model_files>`` and ``large_files.yml`` listing
-    each model file with its SHA-256. ``train.json`` and ``metadata.json`` are synchronised
+    configs, docs, scripts, LICENSE, ``models/<model_files>``, ``large_files.yml`` listing
+    each model file with its SHA-256 and, with ``wheel``, ``wheels/maht_net-*.whl``: the code the
+    configs import, so a site installs it from the zip alone (``pip install <name>/wheels/*.whl``
+    next to the public packages). ``train.json`` and ``metadata.json`` are synchronised
     with the recipe recorded in ``model.pt`` (network, its arguments, input size, sigma, ...),
     so ``monai.bundle.load`` and ``verify_net_in_out`` at the other site build the network the
     weights belong to. Written to a temporary name and renamed, so an interrupted run leaves
     no partial zip.
 
     Raises:
-        InputError: no ``configs/metadata.json`` or a listed model file is missing.
+        InputError: no ``configs/metadata.json``, a listed model file is missing, or the wheel
+            cannot be built.
     """
-    import hashlib
     import json
+    import tempfile
     import zipfile
 
     bundle = Path(bundle_dir)
@@ -92,9 +146,8 @@ def package_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike = "
     out = Path(out_dir) / f"{name}_v{version}.zip"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    lines = ["large_files:"]
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf, tempfile.TemporaryDirectory() as build:
             synced = _configs_for_checkpoint(bundle, bundle / "models" / "model.pt")
             for part in BUNDLE_PARTS:
                 src = bundle / part
@@ -106,10 +159,11 @@ def package_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike = "
                     else:
                         zf.write(f, f"{name}/{rel}")
             for m in models:
-                digest = hashlib.sha256(m.read_bytes()).hexdigest()
                 zf.write(m, f"{name}/models/{m.name}")
-                lines += [f'  - path: "models/{m.name}"', f'    hash_val: "{digest}"', '    hash_type: "sha256"']
-            zf.writestr(f"{name}/large_files.yml", "\n".join(lines) + "\n")
+            zf.writestr(f"{name}/large_files.yml", large_files_yml(models))
+            if wheel:
+                built = build_wheel(build)
+                zf.write(built, f"{name}/wheels/{built.name}")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

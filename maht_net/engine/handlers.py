@@ -293,7 +293,6 @@ class TrainingCheckpoint:
         logger.info("resumed from %s at epoch %d", self.path, engine.state.epoch)
 
     def _save(self, engine: Engine) -> None:
-
         if _distributed() and torch.distributed.get_rank() != 0:
             return
         state = {name: obj.state_dict() for name, obj in self.objects.items()}

@@ -48,10 +48,10 @@ def load_ensemble(checkpoints: Sequence[str | os.PathLike], device: str | torch.
     Raises:
         InputError: naming the first checkpoint that does not match the first one.
     """
-
-    members, info = [], None
+    members, identities, info = [], [], None
     for path in checkpoints:
         network, member_info = load_model(path, device)
+        identities.append(member_info["model"])
         if info is None:
             info = member_info
         else:
@@ -63,4 +63,5 @@ def load_ensemble(checkpoints: Sequence[str | os.PathLike], device: str | torch.
         raise ValueError("an ensemble needs at least one checkpoint")
     info = {k: v for k, v in info.items() if k != CALIBRATION_KEY}
     info["ensemble"] = [os.fspath(p) for p in checkpoints]
+    info["model"] = {"ensemble": identities}
     return EnsembleNetwork(members).to(device).eval(), info

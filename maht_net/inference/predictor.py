@@ -25,7 +25,7 @@ from maht_net.datasets.pipeline import evaluation_transforms
 from maht_net.errors import InputError
 from maht_net.inference.writers import prediction_from_batch
 from maht_net.io.atomic import write_json_atomic
-from maht_net.io.checkpoint import load_checkpoint_file
+from maht_net.io.checkpoint import load_checkpoint_file, model_identity
 from maht_net.io.image import IMAGE_SUFFIXES, load_xray
 from maht_net.models import create_network
 from maht_net.transforms.io import unwrap_input_error
@@ -48,7 +48,9 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
     """Build the network a checkpoint describes and load its weights (``weights_only``).
 
     Accepts a bundle checkpoint ``{"model": state_dict, "info": {...}}`` as the training
-    workflow writes it.
+    workflow writes it (float16 weights, as the shipped model stores them, load into the float32
+    network). The returned info gains ``"model"``: :func:`~maht_net.io.checkpoint.model_identity`,
+    which every prediction repeats.
 
     Raises:
         InputError: missing/corrupt/unsafe file, or a checkpoint without ``info``.
@@ -56,7 +58,7 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
     state = load_checkpoint_file(checkpoint)
     if not isinstance(state, Mapping) or "model" not in state or "info" not in state:
         raise InputError(checkpoint, "not a MAHT-Net checkpoint: expected keys 'model' and 'info'")
-    info = dict(state["info"])
+    info = dict(state["info"], model=model_identity(checkpoint, state["info"]))
     network = create_network(info["network"], num_landmarks=len(info["landmark_names"]), **info.get("network_kwargs", {}))
     try:
         network.load_state_dict(state["model"])
@@ -166,7 +168,7 @@ class Predictor:
             with torch.no_grad():
                 log_p = self.inferer(image.to(self.device), self.network).cpu()
             output = self.decode({"pred": log_p, "to_original": batch["to_original"], "orig_size": batch["orig_size"]})
-            preds += prediction_from_batch(batch, output, self.info.get("landmark_set", "isbi2015"))
+            preds += prediction_from_batch(batch, output, self.info.get("landmark_set", "isbi2015"), self.info.get("model"))
         return preds
 
 

@@ -27,14 +27,17 @@ def _meta_list(meta: Mapping[str, Any], key: str, n: int) -> list:
     return [value[i] for i in range(n)]
 
 
-def prediction_from_batch(batch: Mapping[str, Any], output: Mapping[str, Any], landmark_set: str = "isbi2015") -> list[dict[str, Any]]:
+def prediction_from_batch(
+    batch: Mapping[str, Any], output: Mapping[str, Any], landmark_set: str = "isbi2015", model: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Prediction documents (see :mod:`maht_net.io.predictions`) for one decoded batch.
 
     ``batch`` holds the collated samples (``image`` MetaTensor with its meta, ``id``,
     ``orig_spacing``); ``output`` the ``pred_points``/``pred_spread``/``pred_covariance``/
     ``pred_confidence`` (and ``uncertainty_calibration``) of :class:`DecodeLandmarksd`, all in
     original pixels. Each document carries the cephalometric
-    measurements of :func:`maht_net.clinical.analysis.analyze_prediction` under ``"measurements"``.
+    measurements of :func:`maht_net.clinical.analysis.analyze_prediction` under ``"measurements"``
+    and, when given, the ``model`` that made it (:func:`~maht_net.io.checkpoint.model_identity`).
     """
     points = torch.as_tensor(output["pred_points"]).detach().cpu().numpy()
     spread = torch.as_tensor(output["pred_spread"]).detach().cpu().numpy()
@@ -65,6 +68,7 @@ def prediction_from_batch(batch: Mapping[str, Any], output: Mapping[str, Any], l
                 origin=tuple(float(v) for v in np.asarray(origins[i])) if origins[i] is not None else (0.0, 0.0),
                 covariance_px=None if covariance is None else covariance[i],
                 uncertainty_calibration=output.get("uncertainty_calibration"),
+                **({"model": dict(model)} if model else {}),
             )
         )
         preds[-1]["measurements"] = analyze_prediction(preds[-1])
@@ -75,7 +79,6 @@ def write_outputs(pred: dict[str, Any], out_dir: str | os.PathLike, formats: Seq
     """Write one prediction's files, plus ``<id>_overlay.png`` when ``overlay`` is set."""
     paths = write_prediction(pred, out_dir, formats)
     if overlay:
-
         paths["overlay"] = save_overlay(
             load_xray(pred["image"]).image,
             Path(out_dir) / f"{pred['id']}_overlay.png",
@@ -91,17 +94,24 @@ def write_outputs(pred: dict[str, Any], out_dir: str | os.PathLike, formats: Seq
 class PredictionWriter:
     """Write each image's prediction (JSON, Slicer markups, CSV, optional overlay PNG) as an
     evaluator runs: attach to a ``SupervisedEvaluator`` whose postprocessing is
-    :class:`~maht_net.transforms.targets.DecodeLandmarksd` (``decollate=False``)."""
+    :class:`~maht_net.transforms.targets.DecodeLandmarksd` (``decollate=False``). ``model``:
+    the identity of the model, repeated in each prediction (``info["model"]`` of
+    :func:`~maht_net.inference.predictor.load_model`)."""
 
-    def __init__(self, output_dir: str | Path, landmark_set: str = "isbi2015", overlay: bool = False, formats: Sequence[str] = ("json", "mrk", "csv")) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        landmark_set: str = "isbi2015",
+        overlay: bool = False,
+        formats: Sequence[str] = ("json", "mrk", "csv"),
+        model: Mapping[str, Any] | None = None,
+    ) -> None:
         self.output_dir = Path(output_dir)
-        self.landmark_set, self.overlay, self.formats = landmark_set, bool(overlay), tuple(formats)
+        self.landmark_set, self.overlay, self.formats, self.model = landmark_set, bool(overlay), tuple(formats), model
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        pass
-
-        for pred in prediction_from_batch(engine.state.batch, engine.state.output, self.landmark_set):
+        for pred in prediction_from_batch(engine.state.batch, engine.state.output, self.landmark_set, self.model):
             write_outputs(pred, self.output_dir, formats=self.formats, overlay=self.overlay)

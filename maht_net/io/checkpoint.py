@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from collections.abc import Mapping, Sequence
@@ -97,8 +98,6 @@ def checkpoint_recipe(checkpoint: str | os.PathLike) -> dict[str, Any]:
     ``pretrained`` is switched off: the weights come from the checkpoint, and no ImageNet
     download is attempted (the server may be offline).
     """
-    pass
-
     state = load_checkpoint_file(checkpoint)
     if not isinstance(state, Mapping) or "info" not in state or "model" not in state:
         raise InputError(checkpoint, "not a MAHT-Net checkpoint: expected keys 'model' and 'info'")
@@ -116,3 +115,41 @@ def training_recipe(info: Mapping[str, Any], network_kwargs: Mapping[str, Any] |
     recipe = {"network_name": info["network"], "network_kwargs": dict(kwargs)}
     recipe.update({key: info[key] for key in RECIPE_KEYS if key in info})
     return recipe
+
+
+SHIPPED_MODEL_ENV = "MAHT_NET_MODEL"
+"""Environment variable naming the default model file (overrides the shipped one)."""
+
+
+def shipped_model() -> Path:
+    """The default model: ``$MAHT_NET_MODEL`` when set, else the model that ships with the
+    project, ``bundle/models/model.pt`` of the source tree this package runs from.
+
+    Raises:
+        InputError: neither exists (e.g. a wheel installed without the bundle, or a checkout
+            whose model file was removed).
+    """
+    env = os.environ.get(SHIPPED_MODEL_ENV)
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "bundle" / "models" / "model.pt"
+    if not path.is_file():
+        how = f"${SHIPPED_MODEL_ENV}" if env else "no model was given and the shipped one is not next to this installation"
+        raise InputError(path, f"model not found ({how}): pass --checkpoint FILE or --bundle DIR, or set ${SHIPPED_MODEL_ENV}")
+    return path
+
+
+def model_identity(checkpoint: str | os.PathLike, info: Mapping[str, Any]) -> dict[str, Any]:
+    """What every prediction says about the model that made it: file, sha256 and, for a shipped
+    model, its bundle version and training data (from the checkpoint's ``provenance``)."""
+    path = Path(checkpoint)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    provenance = info.get("provenance") or {}
+    return {
+        "file": path.name,
+        "sha256": digest.hexdigest(),
+        "version": provenance.get("bundle_version"),
+        "trained_on": provenance.get("datalist"),
+        "trained": provenance.get("trained"),
+    }
