@@ -2,6 +2,7 @@
 
     make pretrained                      # = python scripts/pretrained.py --ship
     python scripts/pretrained.py --out runs/pretrained --epochs 40 [--ship]
+    python scripts/pretrained.py --out runs/hamedan-only --train-sites hamedan   # a cross-site row
 
 Steps, each through the project's own commands (nothing here re-implements them):
 
@@ -123,6 +124,18 @@ def prepare(data_root: Path, out: Path, seed: int) -> Path:
     return two
 
 
+def restrict(datalist: Path, sites: list[str], out: Path) -> Path:
+    """A copy of the datalist whose training and validation sections hold only ``sites``' films
+    (the test section keeps every site: the cross-site figures)."""
+    doc = json.loads(datalist.read_text())
+    for section in ("training", "validation"):
+        doc[section] = [it for it in doc[section] if it["site"] in sites]
+    doc["description"] += f"; training and validation restricted to {', '.join(sites)}"
+    path = out / "data" / f"trained_on_{'_'.join(sites)}.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
 def train(datalist: Path, data_root: Path, out: Path, epochs: int, seed: int, time_limit: float) -> Path:
     root = out / "bundle"
     stage_epochs = [max(1, round(0.3 * epochs)), max(1, round(0.1 * epochs))]
@@ -230,6 +243,8 @@ def main() -> int:
     ap.add_argument("--trained-at-commit", help="with --skip-training: the git commit the model was trained at, when "
                     "<out>/summary.json does not record it")
     ap.add_argument("--ship", action="store_true", help="install the result as bundle/models/model.pt")
+    ap.add_argument("--train-sites", nargs="+", choices=sorted(SITES), default=sorted(SITES),
+                    help="train (and validate) on these sites' films only; every site is still tested")
     args = ap.parse_args()
     for d in (args.data_root / "hamedan-ceph", args.data_root / "isbi2015-ceph"):
         if not d.is_dir():
@@ -238,6 +253,11 @@ def main() -> int:
     command = "python scripts/pretrained.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     args.out = args.out.resolve()
     datalist = prepare(args.data_root, args.out, args.seed)
+    if sorted(args.train_sites) != sorted(SITES):
+        if args.ship:
+            print("error: the shipped model trains on every site; drop --ship or --train-sites", file=sys.stderr)
+            return 2
+        datalist = restrict(datalist, args.train_sites, args.out)
     start = time.time()
     checkpoint = args.out / "bundle" / "models" / "model.pt"
     if args.skip_training:

@@ -243,3 +243,10 @@ def test_remove_unfinished_writes_deletes_only_temporary_files(tmp_path):
     assert sorted(p.name for p in remove_unfinished_writes(tmp_path, recursive=True)) == [".ds.json.a9.tmp", ".other.pt.x1.tmp"]
     assert [p.name for p in remove_unfinished_writes(tmp_path, recursive=True, suffix=".part.nrrd")] == [".img.q7.part.nrrd"]
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [".lock", "model.pt", "sub/img.nrrd"]
+
+
+def test_datalist_sections_leave_out_lists_of_names():
+    from maht_net.io.datalist import datalist_sections
+
+    doc = {"training": [], "test": [{"image": "a.png"}], "sites": ["hamedan", "isbi2015"], "description": "x", "bad": [1]}
+    assert datalist_sections(doc) == ["training", "test", "bad"]  # a malformed section is still a section (and an error)

@@ -274,7 +274,7 @@ def _train_landmarker(contender: Contender, datalist: Path, track: Mapping[str, 
     try:
         from landmarker.models import ProbSpatialConfigurationNet
     except ImportError as e:
-        raise RuntimeError("the landmarker contender needs the 'bench' extra: see docs/benchmarks.md ('make bench-install')") from e
+        raise RuntimeError("the landmarker contender needs the landmarker package: run 'make bench-install' (docs/benchmarks.md)") from e
     from monai.engines import SupervisedTrainer
     from monai.utils import set_determinism
 

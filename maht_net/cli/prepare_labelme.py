@@ -6,7 +6,7 @@ import argparse
 
 import maht_net.datasets.labelme
 from maht_net.datasets.labelme import format_audit, prepare_labelme
-from maht_net.io.datalist import read_datalist
+from maht_net.io.datalist import datalist_sections, read_datalist
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(format_audit(audits))
     doc = read_datalist(path)
-    counts = ", ".join(f"{k}: {len(v)}" for k, v in doc.items() if isinstance(v, list))
+    counts = ", ".join(f"{k}: {len(v)}" for k, v in doc.items() if k in datalist_sections(doc))
     print(f"wrote {path} ({counts}); audit in {path.name}.audit.json")
     return 0
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from maht_net.errors import InputError
 from maht_net.io.atomic import write_json_atomic
-from maht_net.io.datalist import load_datalist, read_datalist
+from maht_net.io.datalist import datalist_sections, load_datalist, read_datalist
 from maht_net.io.image import image_size, load_xray
 from maht_net.landmarks import get_landmark_set
 from maht_net.visualize import save_mean_shape
@@ -38,7 +38,7 @@ def audit_datalist(
     """
     doc = read_datalist(datalist)
     lset = get_landmark_set(doc.get("landmark_set", "isbi2015"))
-    sections = [k for k, v in doc.items() if isinstance(v, list)]
+    sections = datalist_sections(doc)
     items = []
     for sec in sections:
         for it in load_datalist(datalist, sec, base_dir=base_dir):

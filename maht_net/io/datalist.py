@@ -35,6 +35,7 @@ __all__ = [
     "points_from_json",
     "write_datalist",
     "read_datalist",
+    "datalist_sections",
     "load_datalist",
 ]
 
@@ -138,6 +139,12 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
+def datalist_sections(doc: dict[str, Any]) -> list[str]:
+    """The section names of a raw datalist: its list values, except lists of names (metadata
+    such as ``"sites": ["hamedan", "isbi2015"]``)."""
+    return [k for k, v in doc.items() if isinstance(v, list) and not (v and all(isinstance(x, str) for x in v))]
+
+
 def load_datalist(
     path: str | os.PathLike,
     section: str | Sequence[str] = "training",
@@ -164,7 +171,7 @@ def load_datalist(
     out = []
     for sec in sections:
         if sec not in doc:
-            present = [k for k, v in doc.items() if isinstance(v, list)]
+            present = datalist_sections(doc)
             raise InputError(path, f"no section {sec!r} (sections present: {present})")
         if not isinstance(doc[sec], list):
             raise InputError(path, f"section {sec!r} must be a list of items")
