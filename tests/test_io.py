@@ -17,11 +17,11 @@ from maht_net.io.jsonfile import read_json
 from maht_net.io.predictions import (
     build_prediction,
     find_predictions,
-    markups_points,
     read_prediction,
     to_slicer_markups,
     write_prediction,
 )
+from maht_net.io.viewer_labels import ImageGeometry, landmarks_from_json
 from maht_net.landmarks import CLDETECTION2023, ISBI2015, get_landmark_set
 
 # The constraints of Slicer's markups-schema-v1.0.3 that a point list must meet (required keys,
@@ -155,8 +155,15 @@ def test_prediction_json_markups_csv_roundtrip(tmp_path):
     cps = markups["markups"][0]["controlPoints"]
     assert [c["label"] for c in cps] == ISBI2015.names
     assert cps[4]["positionStatus"] == "undefined" and cps[0]["positionStatus"] == "defined"
-    recovered = markups_points(markups, spacing=(0.1, 0.2))
-    np.testing.assert_allclose(recovered["nasion"], pts[1], atol=1e-9)
+    # read back by the one markups reader (the MONAI Label app's), in the geometry it was written
+    # for; it takes only complete sets, so the undefined point is named
+    geometry = ImageGeometry(pred["width"], pred["height"], spacing=(0.1, 0.2, 1.0))
+    with pytest.raises(InputError, match="missing: subspinale"):
+        landmarks_from_json(markups, geometry)
+    full = np.where(np.isnan(pts), 50.0, pts)
+    recovered, kind = landmarks_from_json(to_slicer_markups(build_prediction("x.png", 120, 110, full, spacing=(0.1, 0.2))), geometry)
+    assert kind == "markups"
+    np.testing.assert_allclose(recovered, full, atol=1e-9)
     rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
     assert len(rows) == 19 and float(rows[2]["x"]) == pytest.approx(pts[2, 0]) and rows[4]["x"] == ""
     assert find_predictions(tmp_path) == {"case01": paths["json"]}

@@ -51,7 +51,6 @@ __all__ = [
     "prediction_uncertainty",
     "read_prediction",
     "to_slicer_markups",
-    "markups_points",
     "to_csv",
     "write_prediction",
     "find_predictions",
@@ -221,19 +220,6 @@ def to_slicer_markups(pred: dict[str, Any]) -> dict[str, Any]:
             }
         ],
     }
-
-
-def markups_points(markups: dict[str, Any], spacing: Sequence[float] | None = None, origin=(0.0, 0.0)) -> dict[str, np.ndarray]:
-    """Control points of a Slicer markups document back to pixel ``(x, y)``, keyed by label."""
-    sx, sy = spacing if spacing is not None else (1.0, 1.0)
-    system = markups["markups"][0].get("coordinateSystem", "LPS")
-    out = {}
-    for cp in markups["markups"][0].get("controlPoints", []):
-        px, py = cp["position"][0], cp["position"][1]
-        if system == "RAS":
-            px, py = -px, -py
-        out[cp["label"]] = np.array([(px - origin[0]) / sx, (py - origin[1]) / sy])
-    return out
 
 
 def to_csv(pred: dict[str, Any]) -> str:
