@@ -139,3 +139,23 @@ def test_two_site_datalist_audits_clean(held_out_films, tmp_path, capsys):
     assert code == 0, out
     assert "sites: hamedan=100, isbi2015=150" in out and "problems: 0" in out
     assert "sections: training=170, validation=30, test=50" in out
+
+
+def test_monailabel_server_serves_the_shipped_model(held_out_films, tmp_path):
+    """``make serve`` defaults: the app on the repository's bundle serves the shipped model, and a
+    client (as 3D Slicer's module does) gets the 19 named landmarks on a held-out real film."""
+    import shutil
+
+    from test_monailabel_app import running_server
+
+    film = held_out_films["hamedan"][0]
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(film["image"], studies / Path(film["image"]).name)
+    with running_server(REPO / "bundle", studies, tmp_path, SPACING["hamedan"]) as srv:
+        assert srv["info"]["models"]["maht_net"]["labels"]
+        _, params = srv["client"].infer("maht_net", Path(film["image"]).stem, {})
+    rows = params["landmarks"]
+    points = np.array([[r["x"], r["y"]] for r in rows])
+    mre = float(np.mean(np.linalg.norm((points - film["landmarks"]) * SPACING["hamedan"], axis=1)))
+    assert len(rows) == 19 and mre <= MAX_MRE_MM["hamedan"], mre
