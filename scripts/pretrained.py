@@ -25,7 +25,6 @@ one split, not cross-validation (say so wherever they are quoted).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from maht_net.engine.bundle import large_files_yml
+from maht_net.io.checkpoint import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -54,14 +54,6 @@ def _run(*argv: str) -> None:
 
 def _maht(*argv: str) -> None:
     _run(sys.executable, "-m", "maht_net.cli", *argv)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _relative(items: list[dict], datalist: Path, root: Path, site: str) -> list[dict]:
@@ -196,7 +188,7 @@ def ship(checkpoint: Path, datalist: Path, results: dict, training: dict, target
             provenance={
                 "bundle_version": version,
                 "datalist": datalist.relative_to(REPO).as_posix(),
-                "datalist_sha256": sha256(datalist),
+                "datalist_sha256": file_sha256(datalist),
                 "git_commit": training["git_commit"],
                 "command": training["command"],
                 "train_minutes": training["train_minutes"],
@@ -228,7 +220,7 @@ def ship(checkpoint: Path, datalist: Path, results: dict, training: dict, target
         for site, r in results.items()
     }
     meta_path.write_text(json.dumps(meta, indent=4) + "\n")
-    print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB, sha256 {sha256(target)})", flush=True)
+    print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(target)})", flush=True)
 
 
 def main() -> int:

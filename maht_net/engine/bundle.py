@@ -3,7 +3,6 @@ the optimizer; and packaging the bundle as a zip."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from maht_net.datasets.phantom import ensure_phantom_dataset
 from maht_net.errors import InputError
-from maht_net.io.checkpoint import load_checkpoint_file, training_recipe
+from maht_net.io.checkpoint import file_sha256, load_checkpoint_file, training_recipe
 
 __all__ = [
     "default_bundle_root",
@@ -83,9 +82,8 @@ def large_files_yml(models: Sequence[str | os.PathLike]) -> str:
     """
     lines = ["large_files:"]
     for m in map(Path, models):
-        digest = hashlib.sha256(m.read_bytes()).hexdigest()
         lines += [f'  - path: "models/{m.name}"', '    url: "shipped inside the bundle: no download"',
-                  f'    hash_val: "{digest}"', '    hash_type: "sha256"']  # fmt: skip
+                  f'    hash_val: "{file_sha256(m)}"', '    hash_type: "sha256"']  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

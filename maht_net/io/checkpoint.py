@@ -137,18 +137,23 @@ def shipped_model() -> Path:
     return path
 
 
-def model_identity(checkpoint: str | os.PathLike, info: Mapping[str, Any]) -> dict[str, Any]:
-    """What every prediction says about the model that made it: file, sha256 and, for a shipped
-    model, its bundle version and training data (from the checkpoint's ``provenance``)."""
-    path = Path(checkpoint)
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (model files, datalists), read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def model_identity(checkpoint: str | os.PathLike, info: Mapping[str, Any]) -> dict[str, Any]:
+    """What every prediction says about the model that made it: file, sha256 and, for a shipped
+    model, its bundle version and training data (from the checkpoint's ``provenance``)."""
+    path = Path(checkpoint)
     provenance = info.get("provenance") or {}
     return {
         "file": path.name,
-        "sha256": digest.hexdigest(),
+        "sha256": file_sha256(path),
         "version": provenance.get("bundle_version"),
         "trained_on": provenance.get("datalist"),
         "trained": provenance.get("trained"),
