@@ -7,7 +7,6 @@ on every request; the SHA-256 is computed once per version and reported as the m
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -15,18 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from maht_net.inference.predictor import Predictor, load_model
+from maht_net.io.checkpoint import file_sha256
 
 from .errors import NoModelError, user_errors
 
 logger = logging.getLogger(__name__)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ModelStore:

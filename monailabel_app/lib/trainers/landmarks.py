@@ -35,12 +35,13 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from maht_net.engine.workflow import train_bundle
 from maht_net.io.atomic import write_json_atomic
+from maht_net.io.checkpoint import file_sha256
 from maht_net.io.datalist import make_item, write_datalist
 from maht_net.io.image import PIL_SUFFIXES
 
 from ..config import AppConfig, parse_spacing
 from ..errors import http_error
-from ..model import ModelStore, file_sha256
+from ..model import ModelStore
 
 logger = logging.getLogger(__name__)
 
