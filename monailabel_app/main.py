@@ -7,10 +7,12 @@ Start (see ``README.md`` beside this file)::
 
 - infer model ``maht_net``: disc label map (or Slicer markups) + the 19 landmarks as JSON;
 - labels: corrected disc label maps, markups or landmark JSON, validated and stored as coordinates;
-- training ``maht_net``: fine-tunes the bundle's ``train.json`` on all ``final`` labels;
+- training ``maht_net``: retrains through the bundle's ``train.json`` on all ``final`` labels and
+  serves the new model only if it is not worse on held-out labelled films (``lib/trainers``);
 - scoring ``maht_uncertainty`` + strategy ``maht_uncertainty`` (most uncertain first), ``random``, ``first``.
 
-Works offline (no model zoo), serves the bundle's ``models/model.pt`` (reloaded when it changes)
+Works offline (no model zoo), serves the bundle's ``models/model.pt`` until a retrained model is
+promoted into ``--conf model_dir`` (reloaded when it changes)
 and keeps MONAI Label's authentication settings as they are.
 """
 
@@ -26,7 +28,7 @@ from lib.config import AppConfig
 from lib.datastore import LandmarkDatastore
 from lib.errors import http_error
 from lib.infers.landmarks import LandmarkInferTask
-from lib.model import ModelStore
+from lib.model import ModelStore, read_decisions
 from lib.scoring.uncertainty import LandmarkUncertaintyScoring
 from lib.trainers.landmarks import LandmarkTrainTask
 from monailabel.config import settings
@@ -47,9 +49,9 @@ MODEL = "maht_net"
 class MAHTNetApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, Any]) -> None:
         self.cfg = AppConfig.from_conf(conf, app_dir)
-        self.models = ModelStore(self.cfg.model, self.cfg.torch_device)
-        logger.info("MAHT-Net app: bundle %s, model %s (%s)", self.cfg.bundle, self.cfg.model,
-                    "present" if self.models.exists() else "not trained yet")
+        self.models = ModelStore(self.cfg.model, self.cfg.model_dir, self.cfg.torch_device)
+        logger.info("MAHT-Net app: bundle %s, serving %s (%s), fine-tuned models in %s", self.cfg.bundle, self.models.path,
+                    "present" if self.models.exists() else "not trained yet", self.cfg.model_dir)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -110,6 +112,8 @@ class MAHTNetApp(MONAILabelApp):
     def info(self) -> dict[str, Any]:
         meta = super().info()
         meta["model_version"] = self.models.version()
+        decisions = read_decisions(self.cfg.model_dir)
+        meta["promotion"] = decisions[-1] if decisions else None
         meta["bundle"] = str(self.cfg.bundle)
         return meta
 

@@ -35,6 +35,7 @@ from servers import free_port, start_process, stop_process  # noqa: E402
 from test_bundle import TINY  # noqa: E402  (the same tiny training recipe as the bundle tests)
 
 from maht_net.datasets.phantom import make_phantom_dataset  # noqa: E402
+from maht_net.io.checkpoint import file_sha256  # noqa: E402
 from maht_net.io.datalist import load_datalist  # noqa: E402
 from maht_net.landmarks import ISBI2015  # noqa: E402
 
@@ -44,6 +45,7 @@ CONFIGS = REPO / "bundle" / "configs"
 SCORING_MC = 2
 NRRD_ID, DICOM_ID = "phantom_0005", "phantom_0006"
 BROKEN_ID = "zz_broken"
+SLICER_ID = "slicer_upload"
 NRRD_ORIGIN = (12.5, -30.0)
 DICOM_SPACING = (0.5, 0.6)  # (sx, sy); the DICOM tag stores (row, column) = (sy, sx)
 
@@ -557,27 +559,154 @@ def test_scoring_then_next_sample_serves_the_most_uncertain(server, studies):
     assert client.next_sample("random", {})["id"] in unlabeled + [BROKEN_ID]
 
 
-def test_training_publishes_a_new_model_served_without_restart(server):
+def test_slicer_flow_upload_infer_edit_save_then_train(server, phantom, tmp_path):
+    """A film opened from the user's disk in Slicer: saved as a one-slice NRRD at 1 mm/px and
+    uploaded to the datastore, inferred, one landmark moved in the markups, saved as final; the
+    next training (test below) includes it."""
+    from PIL import Image
+
     client = server["client"]
-    before = client.info()["model_version"]
-    n_final = len(_final_labels(client))
-    assert n_final >= 3
-    client.train_start("maht_net", {"epochs": 1})
-    deadline = time.time() + 420
+    item = phantom["items"]["phantom_0001"]
+    pixels = np.asarray(Image.open(item["image"]))
+    volume = itk.image_from_array(pixels[None].astype(np.uint8))  # (1, H, W): one slice, as Slicer writes a 2-D film
+    volume.SetSpacing([1.0, 1.0, 1.0])
+    film = tmp_path / "from_disk.nrrd"
+    itk.imwrite(volume, str(film))
+    client.upload_image(str(film), image_id=SLICER_ID)
+    assert SLICER_ID in client.datastore()["objects"]
+    result, params = client.infer("maht_net", SLICER_ID, {"result_extension": ".json"})
+    assert params["spacing"] == [1.0, 1.0] and params["width"] == pixels.shape[1] and params["height"] == pixels.shape[0]
+    doc = json.loads(Path(result).read_text())
+    points = doc["markups"][0]["controlPoints"]
+    predicted = np.array([[r["x"], r["y"]] for r in params["landmarks"]])
+    np.testing.assert_allclose([p["position"][:2] for p in points], predicted, atol=1e-6)  # 1 mm/px, origin 0
+    points[0]["position"][0] += 4.0  # the annotator moves sella 4 px (4 mm in this geometry) to the right
+    edited = tmp_path / "edited.mrk.json"
+    edited.write_text(json.dumps(doc))
+    client.save_label(SLICER_ID, str(edited), tag="final")
+    stored = np.array(_final_labels(client)[SLICER_ID]["info"]["landmarks"])
+    expected = predicted.copy()
+    expected[0, 0] += 4.0
+    np.testing.assert_allclose(stored, expected, atol=1e-6)
+
+
+def _train(client, params: dict, expect: str = "DONE", timeout: float = 420) -> dict:
+    """Start training (or a restore), wait for it to end with status ``expect``; returns ``/info``."""
+    client.train_start("maht_net", params)
+    deadline = time.time() + timeout
     while time.time() < deadline:
         time.sleep(2)
         status = client.train_status()
         if status["status"] not in ("SUBMITTED", "RUNNING"):
             break
-    assert status["status"] == "DONE", status
-    info = client.info()
-    after = info["model_version"]
-    assert after["sha256"] != before["sha256"] and after["mtime"] > before["mtime"]
+    assert status["status"] == expect, status
+    return client.info()
+
+
+def test_training_retrains_on_all_labels_and_reports_the_gate(server):
+    """The module's server (a trained tiny base model): a retrain on every final label runs
+    through the bundle and the gate, and the served model is the one the gate chose."""
+    client = server["client"]
+    before = client.info()["model_version"]
+    assert before["source"] == "base" and before["path"] == str(Path(server["bundle"]) / "models" / "model.pt")
+    n_final = len(_final_labels(client))
+    assert n_final >= 3
+    info = _train(client, {"epochs": 1})
     stats = info["train_stats"]["maht_net"]
-    assert stats["status"] == "DONE" and stats["fine_tuned"] and stats["images"] == n_final
+    decision = stats["promotion"]
+    assert stats["fine_tuned"] and stats["images"] + stats["validation_images"] == n_final
+    assert len(decision["held_out"]) == stats["validation_images"] >= 1
+    assert decision["unit"] == "mm" and decision["served_mre"] > 0 and decision["candidate_mre"] > 0
+    assert decision["promoted"] == (decision["candidate_mre"] <= decision["served_mre"]) and info["promotion"] == decision
+    after = info["model_version"]
     _, params = client.infer("maht_net", "phantom_0000", {})
     assert params["model"]["sha256"] == after["sha256"]
-    assert (Path(server["bundle"]) / "models" / "model_previous.pt").is_file()
+    if decision["promoted"]:
+        assert after["source"] == "fine-tuned" and after["sha256"] == decision["sha256"] != before["sha256"]
+    else:
+        assert after == before and (Path(stats["model"]).parent / "candidate.pt").is_file()
+    base_sha = file_sha256(Path(server["bundle"]) / "models" / "model.pt")
+    assert base_sha == before["sha256"]  # the base (shipped) model file is never written
+
+
+def test_retraining_is_served_only_when_not_worse(bundle_root, studies, tiny_checkpoint, tmp_path):
+    """An untrained base model; a good retrain is promoted without a restart; a retrain on wrong
+    labels is kept as a candidate (figures in /info) and the served landmarks do not change;
+    ``restore_previous`` serves the model served before."""
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    ids = sorted(i for i in studies["truth"] if i not in (NRRD_ID, DICOM_ID))
+    for i in ids:
+        shutil.copy(_study_file(studies, i), folder)
+    model_dir = tmp_path / "served"
+    with running_server(bundle_root, folder, tmp_path, studies["spacing"][0], "--conf", "model", str(tiny_checkpoint),
+                        "--conf", "model_dir", str(model_dir)) as srv:
+        client = srv["client"]
+        base = client.info()["model_version"]
+        assert base["source"] == "base" and base["sha256"] == file_sha256(tiny_checkpoint)
+        for i in ids:
+            (tmp_path / f"{i}.json").write_text(json.dumps({"landmarks": np.asarray(studies["truth"][i]).tolist()}))
+            client.save_label(i, str(tmp_path / f"{i}.json"), tag="final")
+        fit = {"epochs": 40, "lr": 0.003, "overrides": {"batch_size": 2}}
+        info = _train(client, fit)
+        good = info["promotion"]
+        assert good["promoted"] and good["candidate_mre"] < good["served_mre"], good
+        assert info["model_version"]["source"] == "fine-tuned" and info["model_version"]["sha256"] == good["sha256"]
+        _, served = client.infer("maht_net", good["held_out"][0], {})
+        assert served["model"]["sha256"] == good["sha256"]  # no restart needed
+
+        # wrong labels (landmark order reversed) on every film trained on; the held-out films keep theirs
+        for i in set(ids) - set(good["held_out"]):
+            (tmp_path / f"{i}.json").write_text(json.dumps({"landmarks": np.asarray(studies["truth"][i])[::-1].tolist()}))
+            client.save_label(i, str(tmp_path / f"{i}.json"), tag="final")
+        info = _train(client, {**fit, "epochs": 10})
+        bad = info["promotion"]
+        assert not bad["promoted"] and bad["held_out"] == good["held_out"], bad
+        assert bad["candidate_mre"] > bad["served_mre"] and "worse than the served model" in bad["reason"]
+        assert info["model_version"]["sha256"] == good["sha256"]
+        assert file_sha256(model_dir / "candidate.pt") == bad["sha256"] != good["sha256"]
+        _, again = client.infer("maht_net", good["held_out"][0], {})
+        assert again["model"]["sha256"] == good["sha256"] and again["landmarks"] == served["landmarks"]
+
+        info = _train(client, {"restore_previous": True})
+        assert info["model_version"]["source"] == "base" and info["model_version"]["sha256"] == base["sha256"]
+        assert file_sha256(model_dir / "candidate.pt") == good["sha256"]
+        info = _train(client, {"restore_previous": True}, expect="ERROR")  # nothing before the base model
+        assert info["model_version"]["sha256"] == base["sha256"]
+
+
+def test_promotion_killed_at_any_moment_leaves_one_complete_model(tiny_checkpoint, tmp_path):
+    """SIGKILL a process that keeps promoting two models in turn (the app's own ``promote``):
+    afterwards the served file always loads and is one of the two."""
+    import torch
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    shutil.copy(tiny_checkpoint, a)
+    ckpt = torch.load(tiny_checkpoint, weights_only=False)
+    ckpt["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    torch.save(ckpt, b)
+    shas = {file_sha256(a), file_sha256(b)}
+    model_dir = tmp_path / "served"
+    loop = (f"import sys; sys.path.insert(0, {str(APP)!r}); from lib.model import promote\n"
+            f"while True:\n    promote({str(model_dir)!r}, {str(a)!r}); promote({str(model_dir)!r}, {str(b)!r})\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    rng = np.random.default_rng(0)
+    sys.path.insert(0, str(APP))
+    try:
+        from lib.model import ModelStore
+    finally:
+        sys.path.remove(str(APP))
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", loop], env=env)
+        while not (model_dir / "model.pt").is_file():
+            assert proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        store = ModelStore(tiny_checkpoint, model_dir)
+        assert store.version()["source"] == "fine-tuned" and store.version()["sha256"] in shas
+        store.load()
 
 
 # --------------------------------------------------------------------------- DICOMweb (Orthanc)

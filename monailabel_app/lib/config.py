@@ -5,7 +5,10 @@ Every key is optional:
 ======================  ==================================================================
 ``bundle``              bundle folder (``configs/train.json`` ...); default: the repository's
                         ``bundle/`` beside this app
-``model``               model file served and fine-tuned; default ``<bundle>/models/model.pt``
+``model``               base model: served until a fine-tuned one is promoted, never written;
+                        default ``<bundle>/models/model.pt`` (the shipped model)
+``model_dir``           fine-tuned models, candidates, history and promotion decisions
+                        (``lib/model.py``); default ``<app>/model/maht_net``
 ``default_spacing``     mm per pixel for images whose file states none (PNG, JPEG ...), one
                         value or ``"sx,sy"``; default none (measurements then in pixels)
 ``output``              ``labelmap`` (default) or ``markups``: what infer returns as its file
@@ -21,8 +24,12 @@ Every key is optional:
 ``train_lr``            learning rate when fine-tuning (default 0.0005)
 ``train_overrides``     JSON object of further ``train.json`` overrides, e.g.
                         ``'{"batch_size": 4, "input_size": [128, 160]}'``
-``val_fraction``        share of labelled images held out for validation (default 0.2;
-                        with fewer than 5 labels the training images validate themselves)
+``val_fraction``        share of labelled images held out for validation and the promotion
+                        gate (default 0.2; at least one once there are 2 labels; chosen by
+                        a hash of the image id, so a film stays on its side as labels grow)
+``promote_tolerance``   a retrained model is served only if its MRE on the held-out labelled
+                        films is at most the served model's + this (mm, or px for films
+                        without spacing; default 0)
 ``device``              ``cpu``, ``cuda`` ... (default: CUDA when available)
 ``extensions``          image file patterns of the studies folder, comma-separated; default
                         PNG, BMP, TIFF, JPEG, DICOM, NIfTI, NRRD, MHA
@@ -97,6 +104,7 @@ class AppConfig:
     app_dir: Path
     bundle: Path
     model: Path
+    model_dir: Path
     default_spacing: tuple[float, float] | None = None
     output: str = "labelmap"
     disc_radius: float | None = None
@@ -109,6 +117,7 @@ class AppConfig:
     train_lr: float = 5e-4
     train_overrides: dict[str, Any] = field(default_factory=dict)
     val_fraction: float = 0.2
+    promote_tolerance: float = 0.0
     device: str = ""
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
 
@@ -132,6 +141,14 @@ class AppConfig:
         val_fraction = float(conf.get("val_fraction", 0.2))
         if not 0 <= val_fraction < 1:
             raise ValueError(f"--conf val_fraction: must be in [0, 1), got {val_fraction}")
+        tolerance = conf.get("promote_tolerance", 0.0)
+        try:
+            tolerance = float(tolerance)
+        except (TypeError, ValueError):
+            raise ValueError(f"--conf promote_tolerance: expected a number, got {tolerance!r}") from None
+        if not tolerance >= 0:
+            raise ValueError(f"--conf promote_tolerance: must be 0 or more, got {tolerance}")
+        model_dir = Path(conf.get("model_dir") or app_dir / "model" / "maht_net").expanduser().resolve()
         ext = conf.get("extensions")
         extensions = tuple(e.strip() for e in str(ext).split(",") if e.strip()) if ext else DEFAULT_EXTENSIONS
         if any(e.lower().endswith(".json") for e in extensions):
@@ -152,6 +169,8 @@ class AppConfig:
             train_lr=_float(conf.get("train_lr", 5e-4), "train_lr"),
             train_overrides=overrides,
             val_fraction=val_fraction,
+            promote_tolerance=tolerance,
+            model_dir=model_dir,
             device=str(conf.get("device", "")),
             extensions=extensions,
         )
