@@ -38,12 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from maht_net.bench.metrics import radial_errors  # noqa: E402
+from maht_net.bench.evaluation import predictor_errors  # noqa: E402
 from maht_net.engine.workflow import train_bundle  # noqa: E402
 from maht_net.inference.active_learning import image_uncertainty  # noqa: E402
 from maht_net.inference.predictor import Predictor  # noqa: E402
 from maht_net.io.datalist import load_datalist, make_item, write_datalist  # noqa: E402
-from maht_net.io.predictions import prediction_points  # noqa: E402
 
 TINY_NETWORK = {"encoder": "efficientnet_b0", "decoder_channels": 32, "transformer_dim": 64, "transformer_depth": 1, "transformer_heads": 4}
 
@@ -116,14 +115,7 @@ def write_round_datalist(path: Path, items: list[dict]) -> Path:
 
 
 def evaluate(model: str, test: list[dict]) -> dict[str, float]:
-    predictor = Predictor.from_checkpoint(model)
-    preds = predictor.predict([{k: it[k] for k in ("image", "id", "spacing") if it.get(k) is not None} for it in test])
-    errors = []
-    for pred, it in zip(preds, test):
-        points = prediction_points(pred)
-        spacing = it.get("spacing") or pred.get("spacing")
-        errors.append(radial_errors(points, it["landmarks"], spacing))
-    e = np.concatenate(errors)
+    e, _ = predictor_errors(Predictor.from_checkpoint(model), test)
     e = e[np.isfinite(e)]
     return {"mre_mm": float(e.mean()), "sdr_2mm": float(100.0 * np.mean(e <= 2.0)), "points": int(e.size)}
 

@@ -671,8 +671,34 @@ def test_retraining_is_served_only_when_not_worse(bundle_root, studies, tiny_che
         info = _train(client, {"restore_previous": True})
         assert info["model_version"]["source"] == "base" and info["model_version"]["sha256"] == base["sha256"]
         assert file_sha256(model_dir / "candidate.pt") == good["sha256"]
-        info = _train(client, {"restore_previous": True}, expect="ERROR")  # nothing before the base model
-        assert info["model_version"]["sha256"] == base["sha256"]
+
+
+def _app_model_module():
+    sys.path.insert(0, str(APP))
+    try:
+        from lib import model
+    finally:
+        sys.path.remove(str(APP))
+    return model
+
+
+def test_restore_previous_walks_back_to_the_base_model(tiny_checkpoint, tmp_path):
+    store = _app_model_module()
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"version a")
+    b.write_bytes(b"version b")
+    folder = tmp_path / "served"
+    served = store.ModelStore(tiny_checkpoint, folder)
+    store.promote(folder, a)
+    store.promote(folder, b)
+    assert served.version()["source"] == "fine-tuned" and (folder / "model.pt").read_bytes() == b"version b"
+    assert store.restore_previous(folder)["restored"] != "base"
+    assert (folder / "model.pt").read_bytes() == b"version a" and (folder / "candidate.pt").read_bytes() == b"version b"
+    assert store.restore_previous(folder)["restored"] == "base"
+    assert served.path == tiny_checkpoint and (folder / "candidate.pt").read_bytes() == b"version a"
+    with pytest.raises(FileNotFoundError, match="no earlier model"):
+        store.restore_previous(folder)
+    assert tiny_checkpoint.is_file()
 
 
 def test_promotion_killed_at_any_moment_leaves_one_complete_model(tiny_checkpoint, tmp_path):
@@ -691,11 +717,7 @@ def test_promotion_killed_at_any_moment_leaves_one_complete_model(tiny_checkpoin
             f"while True:\n    promote({str(model_dir)!r}, {str(a)!r}); promote({str(model_dir)!r}, {str(b)!r})\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     rng = np.random.default_rng(0)
-    sys.path.insert(0, str(APP))
-    try:
-        from lib.model import ModelStore
-    finally:
-        sys.path.remove(str(APP))
+    ModelStore = _app_model_module().ModelStore
     for _ in range(6):
         proc = subprocess.Popen([sys.executable, "-c", loop], env=env)
         while not (model_dir / "model.pt").is_file():

@@ -20,17 +20,33 @@ import numpy as np
 
 from maht_net.bench.metrics import DEFAULT_THRESHOLDS, paired_comparison, radial_errors, summarize
 from maht_net.errors import InputError
+from maht_net.inference.predictor import Predictor
 from maht_net.io.atomic import write_json_atomic
 from maht_net.io.datalist import load_datalist, read_datalist
 from maht_net.io.image import image_size
-from maht_net.io.predictions import PREDICTION_SUFFIX, find_predictions, read_prediction
+from maht_net.io.predictions import PREDICTION_SUFFIX, find_predictions, prediction_points, read_prediction
 from maht_net.landmarks import LandmarkSet, get_landmark_set
 
-__all__ = ["METRICS_FORMAT", "evaluate_predictions", "compare_evaluations", "mean_shape_baseline"]
+__all__ = ["METRICS_FORMAT", "evaluate_predictions", "compare_evaluations", "mean_shape_baseline", "predictor_errors"]
 
 METRICS_FORMAT = "maht-net-metrics"
 
 logger = logging.getLogger(__name__)
+
+
+def predictor_errors(predictor: Predictor, items: Sequence[dict[str, Any]]) -> tuple[np.ndarray, str]:
+    """Run ``predictor`` on labelled datalist items and measure it, without writing files.
+
+    Returns:
+        ``(errors, unit)``: ``(F, N)`` landmark errors (NaN where a landmark is not annotated or
+        not placed), in mm when every item has a spacing, else in pixels for every item
+        (``unit`` ``"mm"`` or ``"px"``), so one figure never mixes units.
+    """
+    unit = "mm" if all(it.get("spacing") for it in items) else "px"
+    preds = predictor.predict([{k: it[k] for k in ("image", "id", "spacing") if it.get(k) is not None} for it in items])
+    errors = [radial_errors(prediction_points(pred), np.asarray(it["landmarks"], dtype=float), it["spacing"] if unit == "mm" else None)
+              for pred, it in zip(preds, items)]
+    return np.asarray(errors), unit
 
 
 def _prediction_spacing(pred: dict[str, Any], path: Path) -> tuple[float, float] | None:

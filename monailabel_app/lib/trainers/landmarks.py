@@ -41,13 +41,12 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
-from maht_net.bench.metrics import radial_errors
+from maht_net.bench.evaluation import predictor_errors
 from maht_net.engine.workflow import train_bundle
 from maht_net.inference.predictor import Predictor
 from maht_net.io.atomic import write_json_atomic
-from maht_net.io.datalist import make_item, points_from_json, write_datalist
+from maht_net.io.datalist import make_item, write_datalist
 from maht_net.io.image import PIL_SUFFIXES
-from maht_net.io.predictions import prediction_points
 
 from ..config import AppConfig, parse_spacing
 from ..errors import http_error
@@ -74,18 +73,6 @@ def split_labelled(items: list[dict[str, Any]], val_fraction: float) -> tuple[li
     n_val = min(max(n_val, 1), len(items) - 1)
     held = {it["id"] for it in order[:n_val]}
     return [it for it in items if it["id"] not in held], [it for it in items if it["id"] in held]
-
-
-def held_out_errors(model: str | Path, items: list[dict[str, Any]], device: str = "cpu") -> tuple[np.ndarray, str]:
-    """``(F, N)`` landmark errors of ``model`` on labelled ``items`` (one pass, no MC dropout or
-    shifts), in mm when every film has a spacing, else in pixels; returns ``(errors, unit)``."""
-    unit = "mm" if all(it.get("spacing") for it in items) else "px"
-    preds = Predictor.from_checkpoint(model, device).predict(items)
-    errors = []
-    for it, pred in zip(items, preds):
-        truth = points_from_json(it["landmarks"], len(it["landmarks"]), it["id"])
-        errors.append(radial_errors(prediction_points(pred), truth, it["spacing"] if unit == "mm" else None))
-    return np.asarray(errors), unit
 
 
 class LandmarkTrainTask(TrainTask):
@@ -216,8 +203,9 @@ class LandmarkTrainTask(TrainTask):
         if not held_out:
             return {**decision, "promoted": False,
                     "reason": "kept as candidate.pt: with one labelled film none can be held out to check the new model (label another film and train again)"}
-        old_errors, unit = held_out_errors(served, held_out, self.models.device)
-        new_errors, _ = held_out_errors(new, held_out, self.models.device)
+        # one pass each, no MC dropout or shifts
+        old_errors, unit = predictor_errors(Predictor.from_checkpoint(served, self.models.device), held_out)
+        new_errors, _ = predictor_errors(Predictor.from_checkpoint(new, self.models.device), held_out)
         old, cand = np.nanmean(old_errors, axis=1), np.nanmean(new_errors, axis=1)
         missed = int(np.isnan(new_errors).sum()) - int(np.isnan(old_errors).sum())  # landmarks not placed
         decision.update(served_mre=round(float(old.mean()), 4), candidate_mre=round(float(cand.mean()), 4), unit=unit,
