@@ -3,6 +3,8 @@
 import csv
 import io
 import json
+import os
+import stat
 
 import jsonschema
 import numpy as np
@@ -238,6 +240,19 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         write_json_atomic(tmp_path / "a.json", {"v": float("nan")})
     assert json.loads((tmp_path / "a.json").read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"v": 1})
+        with open(tmp_path / "b.json", "w") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o666 & ~umask
 
 
 def test_remove_unfinished_writes_deletes_only_temporary_files(tmp_path):
