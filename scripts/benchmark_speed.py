@@ -94,7 +94,7 @@ def pipeline_throughput(datalist: Path, size: int, n: int) -> dict[str, float]:
     builds from the coordinates (:meth:`maht_net.codec.heatmap_codec.HeatmapCodec.encode`, stride 4)."""
     rates = {}
     for name, cache in (("cached preprocessing", True), ("from files", False)):
-        ds = landmark_dataset(datalist, "training", training_transforms((size, size)), cache=cache)
+        ds = landmark_dataset(load_datalist(datalist, "training"), training_transforms((size, size), num_landmarks=n), n, cache=cache)
         for workers in (0, 2):
             loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True, num_workers=workers)
             seen, t0 = 0, time.perf_counter()
