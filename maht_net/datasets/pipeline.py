@@ -17,6 +17,7 @@ from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose
 
 from maht_net.io.datalist import parse_items
+from maht_net.progress import progress_shown
 from maht_net.transforms.intensity import CLAHEd, NormalizeXRayd, RandXRayIntensityd, RandXRayInvertd
 from maht_net.transforms.io import LoadXRayd, unwrap_input_error
 from maht_net.transforms.spatial import LandmarkResizePadd, RandLandmarkAffineElasticd
@@ -111,7 +112,7 @@ def landmark_dataset(
     if not cache:
         return Dataset(items, transform)
     try:
-        return CacheDataset(items, transform, cache_rate=1.0, num_workers=num_workers or None, progress=False)
+        return CacheDataset(items, transform, cache_rate=1.0, num_workers=num_workers or None, progress=progress_shown())
     except Exception as e:  # MONAI wraps transform errors; surface the file and the problem
         err = unwrap_input_error(e)
         if err is None:

@@ -58,7 +58,7 @@ def calibrate_checkpoint(
     items = [it for it in items if it.get("landmarks") is not None]
     if not items:
         raise InputError(source, f"section {section!r} has no image with landmarks to calibrate on")
-    preds = Predictor(network, info, device, mc_samples=mc_samples, tta=tta, calibrate=False).predict(items)
+    preds = Predictor(network, info, device, mc_samples=mc_samples, tta=tta, calibrate=False).predict(items, desc=f"calibration on {section}")
     points = np.stack([prediction_points(p) for p in preds])
     spread = np.stack([prediction_uncertainty(p) for p in preds])
     try:
