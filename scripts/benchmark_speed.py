@@ -31,7 +31,8 @@ from maht_net.codec.heatmap_codec import HeatmapCodec
 from maht_net.datasets.pipeline import landmark_dataset, training_transforms
 from maht_net.inference.export import OnnxNetwork, export_onnx, export_torchscript
 from maht_net.inference.predictor import load_model
-from maht_net.io.datalist import load_datalist
+from maht_net.io.datalist import load_datalist, read_datalist
+from maht_net.landmarks import get_landmark_set
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -93,8 +94,9 @@ def pipeline_throughput(datalist: Path, size: int, n: int) -> dict[str, float]:
     files (decode + normalise + resize first), and of the Gaussian heatmap targets, which the loss
     builds from the coordinates (:meth:`maht_net.codec.heatmap_codec.HeatmapCodec.encode`, stride 4)."""
     rates = {}
+    landmarks = len(get_landmark_set(read_datalist(datalist).get("landmark_set", "isbi2015")))
     for name, cache in (("cached preprocessing", True), ("from files", False)):
-        ds = landmark_dataset(datalist, "training", training_transforms((size, size)), cache=cache)
+        ds = landmark_dataset(load_datalist(datalist, "training"), training_transforms((size, size), num_landmarks=landmarks), landmarks, cache=cache)
         for workers in (0, 2):
             loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True, num_workers=workers)
             seen, t0 = 0, time.perf_counter()

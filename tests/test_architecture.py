@@ -4,12 +4,13 @@ Every module under ``maht_net`` is parsed with ``ast``; each import of a ``maht_
 at module level or inside a function, relative or absolute, is an edge. The test fails on an
 edge from a lower layer to a higher one, on a cycle between modules, and on a ``maht_net``
 import inside a function (those hide cycles; function-level imports are kept for optional heavy
-third-party dependencies only).
+third-party dependencies only). It also checks that every dependency pyproject.toml declares is used.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "maht_net"
@@ -125,3 +126,30 @@ def test_no_import_cycle():
     for m in sorted(graph):
         if m not in state and (cycle := visit(m)):
             raise AssertionError("import cycle: " + " -> ".join(cycle))
+
+
+# Declared dependencies that nothing imports by name, and what needs them.
+USED_WITHOUT_IMPORT = {
+    "tensorboard": "train.json's TensorBoardStatsHandler (torch.utils.tensorboard)",
+    "fire": "the 'python -m monai.bundle' command line",
+}
+IMPORT_NAMES = {"pytorch-ignite": "ignite", "scikit-image": "skimage", "pillow": "PIL"}
+
+
+def test_every_declared_dependency_is_used():
+    root = PACKAGE.parent
+    block = re.search(r"^dependencies = \[(.*?)^\]", (root / "pyproject.toml").read_text(), re.S | re.M).group(1)
+    declared = [re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0].lower() for d in re.findall(r'^\s*"([^"]+)"', block, re.M)]
+    imported = set()
+    for folder in ("maht_net", "bundle", "scripts", "monailabel_app"):
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+                if isinstance(node, ast.Import):
+                    imported.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    imported.add(node.module.split(".")[0])
+    for config in (root / "bundle" / "configs").glob("*.json"):  # "$import x" and "_target_": "x.y"
+        pairs = re.findall(r'"\$import ([A-Za-z_]\w*)|"_target_": "([A-Za-z_]\w*)\.', config.read_text())
+        imported.update(name for pair in pairs for name in pair if name)
+    unused = [d for d in declared if IMPORT_NAMES.get(d, d) not in imported and d not in USED_WITHOUT_IMPORT]
+    assert not unused, f"pyproject dependencies nothing imports (use them, drop them, or say in USED_WITHOUT_IMPORT what needs them): {unused}"

@@ -155,6 +155,45 @@ def test_ckpt_export_torchscript_loads_and_matches(trained, tmp_path):
     assert diff < 1e-4
 
 
+def test_model_zoo_data_keys_take_item_lists_without_a_datalist(phantom, tmp_path):
+    """MONAI Label's stock BundleTrainTask and MONAI FL drive a bundle by setting
+    ``train#dataset#data`` and ``validate#dataset#data`` to item lists."""
+    doc = read_datalist(phantom)
+    train, val = ([dict(it, image=str((phantom.parent / it["image"]).resolve())) for it in doc[sec][:k]] for sec, k in (("training", 4), ("validation", 2)))
+    overrides = {**TINY, "epochs": 1, "stage_epochs": [1, 1], "train#dataset#data": train, "validate#dataset#data": val}
+    wf = workflow(["train.json"], "train", tmp_path, **overrides)
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    assert len(wf.parser.get_parsed_content("train#dataset")) == 4 and len(wf.parser.get_parsed_content("validate#dataset")) == 2
+    calibration = torch.load(tmp_path / "models" / "model.pt", weights_only=True)["info"]["uncertainty_calibration"]
+    assert calibration["n_images"] == 2  # calibrated on the validation items given
+    assert not (tmp_path / "data").exists()  # no phantom set generated: no datalist was needed
+
+
+def test_inference_with_bundle_root_from_another_working_folder(tiny_checkpoint, phantom, tmp_path):
+    """``--config_file`` and ``--bundle_root`` absolute, run from an unrelated folder: every path
+    (model, default input and output folders) comes from the bundle root, none from the cwd."""
+    import shutil
+
+    root, work = tmp_path / "bundle", tmp_path / "elsewhere"
+    shutil.copytree(CONFIGS, root / "configs")
+    (root / "models").mkdir()
+    shutil.copy(tiny_checkpoint, root / "models" / "model.pt")
+    image = sorted((phantom.parent / "images").glob("*.png"))[0]
+    (root / "data" / "phantom" / "images").mkdir(parents=True)
+    shutil.copy(image, root / "data" / "phantom" / "images")
+    work.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(root / "configs" / "inference.json"), "--bundle_root", str(root)],
+        capture_output=True, text=True, cwd=work, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (root / "eval" / "inference" / f"{image.stem}_landmarks.json").is_file()
+    assert list(work.iterdir()) == []
+
+
 def test_missing_datalist_fails_before_training(tmp_path):
     wf = workflow(["train.json"], "train", tmp_path, datalist=str(tmp_path / "nope.json"), **TINY)
     wf.initialize()

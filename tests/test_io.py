@@ -3,6 +3,8 @@
 import csv
 import io
 import json
+import os
+import stat
 
 import jsonschema
 import numpy as np
@@ -177,6 +179,49 @@ def test_markups_without_spacing_uses_1mm_and_says_so():
     assert pred["landmarks"][0]["uncertainty_mm"] is None and pred["landmarks"][0]["x_mm"] is None
 
 
+def _itk_positions(path, pts):
+    """Where ITK (and so 3D Slicer) puts pixels ``(x, y)`` of the file, LPS mm."""
+    import itk
+
+    image = itk.imread(str(path))
+    index = itk.ContinuousIndex[itk.D, image.GetImageDimension()]()
+    out = []
+    for x, y in pts:
+        index.SetElement(0, float(x)), index.SetElement(1, float(y))
+        out.append(list(image.TransformContinuousIndexToPhysicalPoint(index)) + [0.0])  # a 2-D image: z = 0
+    return np.array(out)
+
+
+def test_markups_of_a_png_use_the_viewers_1mm_pixels_not_the_film_spacing(tmp_path):
+    png = tmp_path / "film.png"
+    Image.fromarray(np.zeros((110, 120), np.uint8)).save(png)
+    pts = np.random.default_rng(1).uniform(0, 100, (19, 2))
+    paths = write_prediction(build_prediction(str(png), 120, 110, pts, spacing=(0.1, 0.1), item_id="film"), tmp_path)
+    markup = json.loads(paths["mrk"].read_text())["markups"][0]
+    positions = np.array([cp["position"] for cp in markup["controlPoints"]])
+    np.testing.assert_allclose(positions, _itk_positions(png, pts), atol=1e-6)  # ITK: spacing 1, origin 0
+    np.testing.assert_allclose(positions[:, :2], pts, atol=1e-6)
+    assert "1 x 1 mm pixels, origin (0, 0, 0)" in markup["description"] and "measurements use 0.1 x 0.1 mm" in markup["description"]
+    assert read_prediction(paths["json"])["landmarks"][0]["x_mm"] == pytest.approx(pts[0, 0] * 0.1)  # mm still physical
+
+
+def test_markups_of_an_nrrd_use_its_spacing_and_origin(tmp_path):
+    import itk
+
+    image = itk.image_from_array(np.zeros((110, 120), np.float32))
+    image.SetSpacing([0.2, 0.3])
+    image.SetOrigin([5.0, -7.0])
+    nrrd = tmp_path / "film.nrrd"
+    itk.imwrite(image, str(nrrd))
+    pts = np.random.default_rng(2).uniform(0, 100, (19, 2))
+    xray = load_xray(nrrd)
+    paths = write_prediction(build_prediction(str(nrrd), xray.width, xray.height, pts, spacing=xray.spacing, item_id="film"), tmp_path)
+    markup = json.loads(paths["mrk"].read_text())["markups"][0]
+    positions = np.array([cp["position"] for cp in markup["controlPoints"]])
+    np.testing.assert_allclose(positions, _itk_positions(nrrd, pts), atol=1e-6)
+    np.testing.assert_allclose(positions[:, :2], pts * [0.2, 0.3] + [5.0, -7.0], atol=1e-6)
+
+
 def test_read_prediction_rejects_bad_files(tmp_path):
     pred, _ = _prediction()
     doc = {k: v for k, v in pred.items()}
@@ -238,6 +283,19 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         write_json_atomic(tmp_path / "a.json", {"v": float("nan")})
     assert json.loads((tmp_path / "a.json").read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"v": 1})
+        with open(tmp_path / "b.json", "w") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o666 & ~umask
 
 
 def test_remove_unfinished_writes_deletes_only_temporary_files(tmp_path):

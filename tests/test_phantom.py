@@ -252,3 +252,22 @@ def test_cli_refuses_bad_arguments(tmp_path, capsys, argv, message):
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "datalist.json").exists()
+
+
+def test_long_loops_show_progress_bars_on_a_terminal(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    """Phantom generation, the audit, dataset caching and calibration draw a bar (on stderr,
+    only when it is a terminal: maht_net.progress.progress_shown)."""
+    import sys
+
+    from maht_net.datasets.audit import audit_datalist
+    from maht_net.datasets.pipeline import evaluation_transforms, landmark_dataset
+    from maht_net.inference.calibration import calibrate_checkpoint
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    datalist = make_phantom_dataset(tmp_path / "p", n=10, seed=0, size=(128, 160), workers=1)
+    audit_datalist(datalist)
+    landmark_dataset(load_datalist(datalist, "training"), evaluation_transforms((64, 96)), 19)
+    calibrate_checkpoint(tiny_checkpoint, datalist, "validation", out=tmp_path / "calibrated.pt")
+    err = capsys.readouterr().err
+    for bar in ("phantom:", "audit:", "Loading dataset:", "calibration on validation:"):
+        assert bar in err, err[-2000:]

@@ -392,34 +392,95 @@ def _ramp(h: int = 40, w: int = 50) -> np.ndarray:
     return arr
 
 
-@pytest.mark.parametrize(
-    "photometric, expected", [("MONOCHROME2", [0, 0, 0.5, 1, 1]), ("MONOCHROME1", [1, 1, 0.5, 0, 0])]
-)
-def test_dicom_window_and_inversion(tmp_path, photometric, expected):
-    window = {"WindowCenter": 2000, "WindowWidth": 2000}  # maps 1000..3000 to 0..1
+def _pydicom_shown(path: Path) -> np.ndarray:
+    """pydicom's own display values: Modality LUT then VOI LUT/window."""
+    import pydicom
+    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(str(path))
+    return apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
+
+
+def _lut(first: int, entries: np.ndarray):
+    """A LUT item (Modality or VOI LUT Sequence) of 16-bit entries starting at input ``first``."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [len(entries), first, 16])
+    item.add_new("LUTData", "US", [int(v) for v in entries])
+    return item
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_dicom_window_and_inversion(tmp_path, photometric):
+    window = {"WindowCenter": 2000, "WindowWidth": 2000}  # maps about 1000..3000 to the 16-bit range
     path = _dicom(tmp_path / "a.dcm", _ramp(), photometric, ImagerPixelSpacing=[0.1, 0.1], **window)
     xray = load_xray(path)
-    np.testing.assert_allclose(xray.image[0, :5], expected, atol=1e-6)
+    shown = _pydicom_shown(path) / 65535  # LINEAR window of unsigned 16-bit data: output 0..65535
+    np.testing.assert_allclose(xray.image, shown if photometric == "MONOCHROME2" else 1 - shown, atol=1e-6)
+    np.testing.assert_allclose(xray.image[0, :5], [0, 0, 0.5, 1, 1] if photometric == "MONOCHROME2" else [1, 1, 0.5, 0, 0], atol=1e-3)
     assert xray.image.shape == (40, 50) and xray.image.dtype == np.float32
 
 
 def test_dicom_rescale_before_window(tmp_path):
     rescale = {"RescaleSlope": 2, "RescaleIntercept": -1000}  # 0..4000 -> -1000..7000
     path = _dicom(tmp_path / "a.dcm", _ramp(), WindowCenter=3000, WindowWidth=8000, PixelSpacing=[0.1, 0.1], **rescale)
-    np.testing.assert_allclose(load_xray(path).image[0, :5], [0, 0.25, 0.5, 0.75, 1], atol=1e-6)
+    low, high = -1000, 65535 * 2 - 1000  # the window's output range follows the rescaled 16-bit range
+    np.testing.assert_allclose(load_xray(path).image, (_pydicom_shown(path) - low) / (high - low), atol=1e-6)
+    np.testing.assert_allclose(load_xray(path).image[0, :5], [0, 0.25, 0.5, 0.75, 1], atol=1e-3)
+
+
+def test_dicom_sigmoid_window(tmp_path):
+    path = _dicom(tmp_path / "a.dcm", _ramp(), WindowCenter=2000, WindowWidth=1000, VOILUTFunction="SIGMOID")
+    xray = load_xray(path)
+    np.testing.assert_allclose(xray.image, _pydicom_shown(path) / 65535, atol=1e-6)
+    assert xray.image[0, 2] == pytest.approx(0.5, abs=1e-6) and 0 < xray.image[0, 1] < 0.02  # not a clipped linear ramp
+    assert "SIGMOID window from WindowCenter/WindowWidth applied" in xray.notes
+
+
+def test_dicom_voi_lut_sequence_is_preferred_to_the_window(tmp_path):
+    from pydicom.sequence import Sequence
+
+    entries = np.round(100 + 3900 * np.sqrt(np.arange(4096) / 4095)).astype(int)  # a gamma curve onto 100..4000
+    path = _dicom(tmp_path / "a.dcm", _ramp() // 2, VOILUTSequence=Sequence([_lut(0, entries)]), WindowCenter=10, WindowWidth=2)
+    xray = load_xray(path)
+    np.testing.assert_allclose(xray.image, (_pydicom_shown(path) - 100) / 3900, atol=1e-6)  # the LUT's entries span its output
+    np.testing.assert_allclose(xray.image[0, :5], (entries[[0, 500, 1000, 1500, 2000]] - 100) / 3900, atol=1e-6)
+    assert "VOI LUT Sequence applied" in xray.notes
+
+
+def test_dicom_modality_lut_sequence_before_the_window(tmp_path):
+    from pydicom.sequence import Sequence
+
+    entries = (np.arange(4096) ** 2 // 256).astype(int)  # 0..65504, a non-linear modality curve
+    path = _dicom(tmp_path / "a.dcm", _ramp() // 2, ModalityLUTSequence=Sequence([_lut(0, entries)]), WindowCenter=32768, WindowWidth=65536)
+    xray = load_xray(path)
+    np.testing.assert_allclose(xray.image, _pydicom_shown(path) / 65535, atol=1e-6)  # 16-bit LUT entries: output 0..65535
+    np.testing.assert_allclose(xray.image[0, :5], entries[[0, 500, 1000, 1500, 2000]] / 65535, atol=2e-5)
+    assert xray.notes[:2] == ["Modality LUT Sequence applied", "LINEAR window from WindowCenter/WindowWidth applied"]
 
 
 @pytest.mark.parametrize(
-    "tags, spacing, source",
+    "tags, spacing, source, note",
     [
-        ({"ImagerPixelSpacing": [0.2, 0.1]}, (0.1, 0.2), "ImagerPixelSpacing"),  # DICOM is (row, column) = (sy, sx)
-        ({"PixelSpacing": [0.3, 0.15]}, (0.15, 0.3), "PixelSpacing"),
-        ({"ImagerPixelSpacing": [0.14, 0.14], "PixelSpacing": [0.1, 0.1]}, (0.14, 0.14), "ImagerPixelSpacing"),
+        # DICOM is (row, column) = (sy, sx)
+        ({"ImagerPixelSpacing": [0.2, 0.1]}, (0.1, 0.2), "ImagerPixelSpacing", "detector-plane spacing, not corrected"),
+        ({"ImagerPixelSpacing": [0.22, 0.11], "EstimatedRadiographicMagnificationFactor": 1.1}, (0.1, 0.2),
+         "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor", "divided by EstimatedRadiographicMagnificationFactor 1.1"),
+        ({"PixelSpacing": [0.3, 0.15]}, (0.15, 0.3), "PixelSpacing", "calibration unknown"),
+        ({"ImagerPixelSpacing": [0.14, 0.14], "PixelSpacing": [0.1, 0.1]}, (0.1, 0.1), "PixelSpacing", "PixelSpacing differs from ImagerPixelSpacing"),
+        ({"ImagerPixelSpacing": [0.14, 0.14], "PixelSpacing": [0.14, 0.14], "PixelSpacingCalibrationType": "GEOMETRY",
+          "PixelSpacingCalibrationDescription": "midsagittal plane"}, (0.14, 0.14), "PixelSpacing", "calibrated at the patient (GEOMETRY: midsagittal plane)"),
+        # the same value without a calibration type is the detector spacing copied: the magnification still applies
+        ({"ImagerPixelSpacing": [0.11, 0.11], "PixelSpacing": [0.11, 0.11], "EstimatedRadiographicMagnificationFactor": 1.1}, (0.1, 0.1),
+         "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor", "(patient plane)"),
+        ({"ImagerPixelSpacing": [0.14, 0.14], "PixelSpacing": [0.14, 0.14]}, (0.14, 0.14), "ImagerPixelSpacing", "not corrected for magnification"),
     ],
 )
-def test_dicom_spacing(tmp_path, tags, spacing, source):
+def test_dicom_spacing_precedence(tmp_path, tags, spacing, source, note):
     xray = load_xray(_dicom(tmp_path / "a.dcm", _ramp(), **tags))
     assert xray.spacing == pytest.approx(spacing) and xray.spacing_source == source
+    assert any(note in n for n in xray.notes), xray.notes
 
 
 def test_dicom_without_spacing_warns(tmp_path):
@@ -429,14 +490,14 @@ def test_dicom_without_spacing_warns(tmp_path):
 
 
 def test_dicom_malformed_spacing_falls_through(tmp_path):
-    path = _dicom(tmp_path / "a.dcm", _ramp(), ImagerPixelSpacing=[0.25, 0.5], PixelSpacing=[0.1, 0.2])
+    path = _dicom(tmp_path / "a.dcm", _ramp(), ImagerPixelSpacing=[0.1, 0.2], PixelSpacing=[0.25, 0.5])
     raw = path.read_bytes()
     path.write_bytes(raw.replace(b"0.25\\0.5", b"0.25\\abc"))  # same length, not a number
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's own warning about the invalid DS value
         xray = load_xray(path)
-    assert xray.spacing == pytest.approx((0.2, 0.1)) and xray.spacing_source == "PixelSpacing"
-    assert "ignored malformed ImagerPixelSpacing" in xray.notes
+    assert xray.spacing == pytest.approx((0.2, 0.1)) and xray.spacing_source == "ImagerPixelSpacing"
+    assert "ignored malformed PixelSpacing" in xray.notes
 
 
 def _dicom_folder(root: Path) -> Path:
@@ -475,7 +536,7 @@ def test_prepare_dicom(tmp_path, run):
     np.testing.assert_array_equal(items["ceph1"]["landmarks"], pts)
     png = np.asarray(Image.open(items["ceph1"]["image"]))
     assert png.dtype == np.uint8 and png.shape == (40, 50)
-    np.testing.assert_array_equal(png[0, :5], [255, 255, 128, 0, 0])  # MONOCHROME1 inverted
+    np.testing.assert_array_equal(png[0, :5], [255, 255, 127, 0, 0])  # MONOCHROME1 inverted (DICOM LINEAR: 2000 -> 0.50025)
     np.testing.assert_array_equal(png, np.round(load_xray(folder / "ceph1.dcm").image * 255))
 
 

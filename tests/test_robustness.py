@@ -22,6 +22,7 @@ from test_bundle import CONFIGS, TINY, workflow
 
 from maht_net import cli
 from maht_net.datasets.phantom import make_phantom_dataset
+from maht_net.engine.handlers import AtomicCheckpointSaver
 from maht_net.errors import InputError
 from maht_net.inference.predictor import load_model
 from maht_net.io.predictions import read_prediction
@@ -183,6 +184,54 @@ def test_training_killed_mid_run_resumes_with_the_best_so_far(phantom, tmp_path)
         assert final["best"]["best_metric_epoch"] == saved["best"]["best_metric_epoch"]
     assert (root / "models" / "model.pt").is_file()
     assert not list(ckpt.parent.glob(".*"))  # a write the kill interrupted was cleaned up at resume
+
+
+# Saves the best model.pt every epoch (each epoch's metric is better), with every weight equal to
+# the version number, and prints each version once its save has returned.
+BEST_WRITER = """
+import sys, torch
+from ignite.engine import Engine, Events
+from maht_net.engine.handlers import AtomicCheckpointSaver
+from maht_net.io.checkpoint import CheckpointInfo
+save_dir, first = sys.argv[1], int(sys.argv[2])
+net = torch.nn.Linear(1024, 2048)  # 8 MB: a save lasts long enough for kills to land inside it
+engine = Engine(lambda engine, batch: None)
+@engine.on(Events.EPOCH_COMPLETED)
+def better(engine):
+    version = first + engine.state.epoch
+    torch.nn.init.constant_(net.weight, version), torch.nn.init.constant_(net.bias, version)
+    engine.state.metrics["val_mre"] = 1.0 / version
+AtomicCheckpointSaver(save_dir, {"model": net, "info": CheckpointInfo()}, save_key_metric=True, key_metric_name="val_mre",
+                      key_metric_negative_sign=True, key_metric_filename="model.pt").attach(engine)
+engine.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: print(first + engine.state.epoch, flush=True))
+engine.run([0], max_epochs=10**6)
+"""
+
+
+def test_best_model_survives_sigkill_at_any_moment(tmp_path):
+    model, rng, written = tmp_path / "model.pt", np.random.default_rng(0), []
+    for round_ in range(4):
+        first = 1000 * round_
+        proc = subprocess.Popen([sys.executable, "-c", BEST_WRITER, str(tmp_path), str(first)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if round_ == 0:
+            time.sleep(0.3)  # killed before its first save: no model.pt may appear
+        else:
+            written.append(int(proc.stdout.readline()))
+            time.sleep(rng.uniform(0.0, 0.5))
+        proc.kill()
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, err[-2000:]
+        written += [int(line) for line in out.split()]
+        if not written:
+            assert not model.exists()
+            continue
+        state = torch.load(model, weights_only=True)  # complete: a torn file would not load
+        version = state["model"]["weight"][0, 0].item()
+        assert all(bool((t == version).all()) for t in state["model"].values())  # one write, not a mix
+        assert version in (written[-1], written[-1] + 1)  # the last reported save, or one cut short after it
+        assert [p.name for p in tmp_path.glob("*.pt")] == ["model.pt"]  # a torn temporary file is not a model
+    AtomicCheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(1, 1)}, save_key_metric=True, key_metric_filename="model.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # the next run removes the killed runs' temporary files
 
 
 def test_resume_from_a_corrupt_checkpoint_fails_clearly(phantom, tmp_path):

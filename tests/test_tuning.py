@@ -14,9 +14,9 @@ optuna = pytest.importorskip("optuna", reason="the 'tune' extra is not installed
 from maht_net.bench import tuning  # noqa: E402
 from maht_net.bench.accuracy import TRACKS, TRAIN_CONFIG  # noqa: E402
 from maht_net.codec.heatmaps import DECODERS  # noqa: E402
-from maht_net.datasets import pipeline as data  # noqa: E402
 from maht_net.datasets.phantom import make_phantom_dataset  # noqa: E402
 from maht_net.errors import InputError  # noqa: E402
+from maht_net.io import datalist as datalist_io  # noqa: E402
 
 TINY_TRACK = {"input_size": [32, 64], "batch_size": 4, "budget_minutes": 0.02}
 HELD_OUT = "held-out-film"  # marks the test section: it must not reach any file the search writes
@@ -41,7 +41,7 @@ def runs(datalist, tmp_path_factory):
     Every dataset the bundle builds is recorded as ``(datalist, section)``."""
     out = tmp_path_factory.mktemp("tune")
     loaded: list[tuple[str, str]] = []
-    real = data.landmark_dataset
+    real = datalist_io.load_datalist
 
     def spy(path, section, *args, **kwargs):
         loaded.append((str(path), section))
@@ -57,7 +57,7 @@ def runs(datalist, tmp_path_factory):
     torch.set_num_threads(1)
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(data, "landmark_dataset", spy)  # train.json calls maht_net.datasets.pipeline.landmark_dataset
+            mp.setattr(datalist_io, "load_datalist", spy)  # train.json's datasets call maht_net.io.datalist.load_datalist
             first = run(2)
             loads_after_first = len(loaded)
             resumed = run(3)

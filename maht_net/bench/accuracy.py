@@ -286,7 +286,7 @@ def _train_landmarker(contender: Contender, datalist: Path, track: Mapping[str, 
     network.stride = 1
     loss_fn = _LandmarkerLoss(n, size)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
-    train_ds = landmark_dataset(datalist, "training", training_transforms(size, 1.0, n))
+    train_ds = landmark_dataset(load_datalist(datalist, "training"), training_transforms(size, 1.0, n), n)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=int(track["batch_size"]), shuffle=True, num_workers=0)
     iter_s = _seconds_per_iteration(network, loss_fn, optimizer, loader)
     epochs = _fit_epochs(budget_minutes * 60, iter_s, len(loader), 0.0, 0)[0] if epochs is None else int(epochs)

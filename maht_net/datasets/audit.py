@@ -19,6 +19,7 @@ from maht_net.io.atomic import write_json_atomic
 from maht_net.io.datalist import datalist_sections, load_datalist, read_datalist
 from maht_net.io.image import image_size, load_xray
 from maht_net.landmarks import get_landmark_set
+from maht_net.progress import progress
 from maht_net.visualize import save_mean_shape
 
 __all__ = ["audit_datalist", "format_report"]
@@ -50,7 +51,7 @@ def audit_datalist(
     sizes, spacings, points, usable = [], Counter(), [], []
     missing = np.zeros(len(lset), dtype=int)
     outside = []
-    for it in items:
+    for it in progress(items, "audit"):
         spacings[str(list(it["spacing"])) if it["spacing"] else "none"] += 1
         lms = it.get("landmarks")
         if lms is None:

@@ -1,9 +1,11 @@
 """DICOM cephalograms (DX/CR) -> datalist, optionally with LabelMe landmarks and PNG copies.
 
 Every DICOM file under the folder (``.dcm`` / ``.dicom``, or any file with the ``DICM`` marker)
-is decoded with :func:`~maht_net.io.image.load_xray`: Modality LUT, VOI window, MONOCHROME1
-inverted, spacing ``(sx, sy)`` from ImagerPixelSpacing, else PixelSpacing, else none (a warning;
-errors are then in pixels). Landmarks come from ``<annotations>/<id>.json`` (LabelMe, labels
+is decoded with :func:`~maht_net.io.image.load_xray`: pydicom's Modality LUT and VOI LUT/window,
+MONOCHROME1 inverted, spacing ``(sx, sy)`` at the patient where the header allows it (calibrated
+PixelSpacing, else ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor, else
+ImagerPixelSpacing at the detector, noted), else none (a warning; errors are then in pixels).
+Each file's report line says which rule gave the spacing. Landmarks come from ``<annotations>/<id>.json`` (LabelMe, labels
 ``l1..lN`` or names; see :mod:`maht_net.datasets.labelme`), else they are ``null``.
 
 Every file is read and checked before the datalist is written; exported PNGs (8-bit, the

@@ -62,6 +62,7 @@ from maht_net.io.atomic import atomic_write
 from maht_net.io.datalist import make_item, read_datalist, write_datalist
 from maht_net.io.labelme import write_labelme
 from maht_net.landmarks import ISBI2015
+from maht_net.progress import progress
 
 __all__ = [
     "FIELD_OF_VIEW_MM",
@@ -803,9 +804,9 @@ def make_phantom_dataset(
         # spawn, not fork: the caller may hold threads (torch) that a forked child would inherit
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            landmarks = list(pool.map(_write_case, jobs, chunksize=max(1, n // (4 * workers))))
+            landmarks = list(progress(pool.map(_write_case, jobs, chunksize=max(1, n // (4 * workers))), "phantom", total=n))
     else:
-        landmarks = [_write_case(job) for job in jobs]
+        landmarks = [_write_case(job) for job in progress(jobs, "phantom")]
 
     order = np.random.default_rng(seed).permutation(n)
     n_test = min(round(fractions[2] * n), n)

@@ -10,13 +10,14 @@ Notes:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose
 
-from maht_net.io.datalist import load_datalist
+from maht_net.io.datalist import parse_items
+from maht_net.progress import progress_shown
 from maht_net.transforms.intensity import CLAHEd, NormalizeXRayd, RandXRayIntensityd, RandXRayInvertd
 from maht_net.transforms.io import LoadXRayd, unwrap_input_error
 from maht_net.transforms.spatial import LandmarkResizePadd, RandLandmarkAffineElasticd
@@ -87,27 +88,31 @@ def evaluation_transforms(
 
 
 def landmark_dataset(
-    datalist: str | os.PathLike,
-    section: str | Sequence[str],
+    data: Sequence[Mapping[str, Any]],
     transform: Compose,
+    num_landmarks: int,
     base_dir: str | os.PathLike | None = None,
     cache: bool = True,
     num_workers: int = 0,
-    check_files: bool = True,
+    source: str = "data",
 ) -> Dataset:
-    """A (cached) MONAI dataset over a datalist section; items keep only :data:`ITEM_KEYS`.
+    """A (cached) MONAI dataset over datalist items; items keep only :data:`ITEM_KEYS`.
 
-    Every image path is checked first and every image is decoded while caching, so a missing
-    or unreadable file fails (as :class:`~maht_net.errors.InputError` naming it) before training
-    starts.
+    ``data`` is a list of datalist items (:func:`~maht_net.io.datalist.load_datalist` of a
+    section, or raw items as a datalist file holds them: the bundle's ``train#dataset#data`` and
+    ``validate#dataset#data``, which MONAI Label and MONAI FL set to their own lists), validated
+    by :func:`~maht_net.io.datalist.parse_items` against ``num_landmarks`` (relative image paths
+    resolved against ``base_dir``). Every image path is checked first and every image is decoded
+    while caching, so a missing or unreadable file fails (as :class:`~maht_net.errors.InputError`
+    naming it, or ``source[i]``) before training starts.
     """
     items: list[dict[str, Any]] = [
-        {k: it[k] for k in ITEM_KEYS if k in it} for it in load_datalist(datalist, section, base_dir=base_dir, check_files=check_files)
+        {k: it[k] for k in ITEM_KEYS if k in it} for it in parse_items(data, num_landmarks, base_dir, source, check_files=True)
     ]
     if not cache:
         return Dataset(items, transform)
     try:
-        return CacheDataset(items, transform, cache_rate=1.0, num_workers=num_workers or None, progress=False)
+        return CacheDataset(items, transform, cache_rate=1.0, num_workers=num_workers or None, progress=progress_shown())
     except Exception as e:  # MONAI wraps transform errors; surface the file and the problem
         err = unwrap_input_error(e)
         if err is None:

@@ -14,8 +14,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from ignite import distributed as idist
 from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
 from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler
 
 from maht_net.io.atomic import atomic_write, remove_unfinished_writes
 from maht_net.io.checkpoint import load_checkpoint_file
@@ -28,6 +31,8 @@ __all__ = [
     "BestMetricState",
     "GradientClipHandler",
     "TrainingCheckpoint",
+    "AtomicDiskSaver",
+    "AtomicCheckpointSaver",
     "ProgressBarHandler",
     "Attach",
     "all_rank_handlers",
@@ -300,6 +305,49 @@ class TrainingCheckpoint:
             torch.save(state, f)
 
 
+class AtomicDiskSaver(DiskSaver):
+    """Ignite's ``DiskSaver`` writing through :func:`~maht_net.io.atomic.atomic_write`: a kill at
+    any moment leaves the previous file or the complete new one (never none, never a torn one),
+    with the mode a plain ``open`` gives. ``filename``, when given, replaces the name Ignite
+    builds (as MONAI's ``CheckpointSaver`` does for ``key_metric_filename``); the old file under
+    that name is then replaced by the rename, not deleted first. Temporary files a killed run
+    left in ``dirname`` are removed on construction.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None, **kwargs: Any) -> None:
+        super().__init__(dirname, atomic=True, require_empty=False, **kwargs)
+        self.filename = filename
+        if idist.get_rank() == self.save_on_rank:
+            remove_unfinished_writes(self.dirname, filename or "*")
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, self.filename or filename, metadata)
+
+    def _save_func(self, checkpoint: Mapping, path: Path, func: Any) -> None:
+        with atomic_write(path, "wb") as f:
+            func(checkpoint, f, **self.kwargs)
+
+    def remove(self, filename: str) -> None:
+        if self.filename is None:
+            super().remove(filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (same arguments) whose files are written atomically.
+
+    MONAI's saver deletes the old best ``model.pt`` and then writes the new one in place
+    (Ignite's ``DiskSaver`` with ``atomic=False``): a kill in between leaves no model or a torn
+    one. Here each of its Ignite ``Checkpoint`` objects saves through an :class:`AtomicDiskSaver`.
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, *args: Any, **kwargs: Any) -> None:
+        super().__init__(save_dir, save_dict, *args, **kwargs)
+        # MONAI builds its private DiskSavers in __init__ with no way to pass one in
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = AtomicDiskSaver(save_dir, checkpoint.save_handler.filename)
+
+
 class ProgressBarHandler:
     """Ignite's tqdm progress bar over the iterations of each epoch, when ``enabled``."""
 
@@ -316,8 +364,6 @@ class ProgressBarHandler:
 def all_rank_handlers(handlers: Sequence[Any]) -> list[Any]:
     """The handlers every DDP rank runs: all but logging, progress and checkpoint writers,
     which rank 0 alone runs (:class:`TrainingCheckpoint` itself writes on rank 0 only)."""
-    from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler
-
     rank0_only = (StatsHandler, TensorBoardStatsHandler, CheckpointSaver, ProgressBarHandler)
     return [h for h in handlers if not isinstance(getattr(h, "handler", h), rank0_only)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from maht_net.errors import InputError
 from maht_net.inference.predictor import Predictor, load_model
 from maht_net.io.atomic import atomic_write
 from maht_net.io.checkpoint import load_checkpoint_file
-from maht_net.io.datalist import load_datalist
+from maht_net.io.datalist import load_datalist, parse_items
 from maht_net.io.predictions import prediction_points, prediction_uncertainty
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 def calibrate_checkpoint(
     checkpoint: str | os.PathLike,
-    datalist: str | os.PathLike,
+    datalist: str | os.PathLike | Sequence[Mapping[str, Any]],
     section: str = "validation",
     out: str | os.PathLike | None = None,
     base_dir: str | os.PathLike | None = None,
@@ -35,7 +36,9 @@ def calibrate_checkpoint(
 ) -> dict[str, Any]:
     """Fit the calibration on a datalist section and store it in the checkpoint's info.
 
-    Predicts the section's images without calibration, fits :func:`fit_uncertainty_calibration`
+    ``datalist`` is a datalist file, or the section's items themselves (the bundle passes its
+    ``validate#dataset#data``; ``section`` then only names them, and relative image paths are
+    resolved against ``base_dir``). Predicts the section's images without calibration, fits :func:`fit_uncertainty_calibration`
     and writes the checkpoint (to ``out``, default in place) atomically with
     ``info["uncertainty_calibration"]`` set. Only the chosen section is read, so calibrating on
     ``validation`` never touches the test films.
@@ -48,16 +51,20 @@ def calibrate_checkpoint(
     """
 
     network, info = load_model(checkpoint, device)
-    items = [it for it in load_datalist(datalist, section, base_dir=base_dir, landmark_set=info["landmark_set"], check_files=True) if it.get("landmarks") is not None]
+    if isinstance(datalist, (str, os.PathLike)):
+        source, items = datalist, load_datalist(datalist, section, base_dir=base_dir, landmark_set=info["landmark_set"], check_files=True)
+    else:
+        source, items = section, parse_items(datalist, len(info["landmark_names"]), base_dir, section, check_files=True)
+    items = [it for it in items if it.get("landmarks") is not None]
     if not items:
-        raise InputError(datalist, f"section {section!r} has no image with landmarks to calibrate on")
-    preds = Predictor(network, info, device, mc_samples=mc_samples, tta=tta, calibrate=False).predict(items)
+        raise InputError(source, f"section {section!r} has no image with landmarks to calibrate on")
+    preds = Predictor(network, info, device, mc_samples=mc_samples, tta=tta, calibrate=False).predict(items, desc=f"calibration on {section}")
     points = np.stack([prediction_points(p) for p in preds])
     spread = np.stack([prediction_uncertainty(p) for p in preds])
     try:
         record = fit_uncertainty_calibration(points, spread, np.stack([it["landmarks"] for it in items]), info["landmark_names"], prior_strength)
     except ValueError as e:
-        raise InputError(datalist, f"section {section!r}: {e}") from None
+        raise InputError(source, f"section {section!r}: {e}") from None
     record.update({"section": section, "mc_samples": int(mc_samples), "tta": bool(tta), "date": time.strftime("%Y-%m-%d %H:%M %Z")})
     state = load_checkpoint_file(checkpoint)
     state["info"] = {**state["info"], CALIBRATION_KEY: record}
@@ -70,8 +77,9 @@ def calibrate_checkpoint(
     return record
 
 
-def calibrate_after_training(checkpoint: str | os.PathLike, datalist: str | os.PathLike, section: str, base_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """The bundle's last training step: calibrate the best model on the validation section.
+def calibrate_after_training(checkpoint: str | os.PathLike, datalist: str | os.PathLike | Sequence[Mapping[str, Any]], section: str, base_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The bundle's last training step: calibrate the best model on the validation items
+    (``validate#dataset#data``; see :func:`calibrate_checkpoint`).
 
     A missing model (nothing trained) or a section without landmarks is logged and skipped, so
     a run that trained still finishes; the model then reports raw uncertainty.

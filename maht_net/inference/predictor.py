@@ -28,6 +28,7 @@ from maht_net.io.atomic import write_json_atomic
 from maht_net.io.checkpoint import load_checkpoint_file, model_identity
 from maht_net.io.image import IMAGE_SUFFIXES, load_xray
 from maht_net.models import create_network
+from maht_net.progress import progress
 from maht_net.transforms.io import unwrap_input_error
 from maht_net.transforms.targets import DecodeLandmarksd
 
@@ -153,15 +154,17 @@ class Predictor:
         network, info = load_model(checkpoint, device)
         return cls(network, info, device, **kwargs)
 
-    def predict(self, items: Iterable[str | os.PathLike | Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Predict landmarks for image paths (or datalist-style items with ``image``/``id``/``spacing``).
+    def predict(self, items: Iterable[str | os.PathLike | Mapping[str, Any]], desc: str | None = None) -> list[dict[str, Any]]:
+        """Predict landmarks for image paths (or datalist-style items with ``image``/``id``/``spacing``),
+        with a progress bar named ``desc`` when given.
 
         Raises:
             InputError: an image cannot be read (the message names it).
         """
         preds = []
         loader = DataLoader(Dataset(image_items(items), self.transform), batch_size=self.batch_size, num_workers=0)
-        for batch in _surface_input_errors(loader):
+        batches = _surface_input_errors(loader)
+        for batch in progress(batches, desc, unit="batch", total=len(loader)) if desc else batches:
             image = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"]
             if isinstance(self.network, nn.Module):
                 self.network.eval()

@@ -20,12 +20,14 @@ TEMP_SUFFIX = ".tmp"
 def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. The file gets
+    the mode ``open(path, "w")`` gives a new file (``0o666`` less the umask), not mkstemp's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, _new_file_mode())
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
@@ -35,6 +37,14 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Ite
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _new_file_mode() -> int:
+    """``0o666`` less the process umask (which can only be read by setting it: the strict value
+    set in between can tighten, never loosen, a file another thread creates meanwhile)."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:

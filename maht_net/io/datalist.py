@@ -36,6 +36,7 @@ __all__ = [
     "write_datalist",
     "read_datalist",
     "datalist_sections",
+    "parse_items",
     "load_datalist",
 ]
 
@@ -49,11 +50,14 @@ def points_to_json(points: np.ndarray) -> list[list[float] | None]:
 def points_from_json(
     values: Sequence[Any], num_landmarks: int, where: str | os.PathLike | None = None, what: str = "landmarks"
 ) -> np.ndarray:
-    """JSON list of ``[x, y]`` or ``null`` -> ``(N, 2)`` float array, NaN for missing.
+    """JSON list of ``[x, y]`` or ``null`` (or an ``(N, 2)`` array, NaN rows for missing) ->
+    ``(N, 2)`` float array, NaN for missing.
 
     Raises:
         InputError: wrong count, a non-numeric or non-finite coordinate, or a malformed point.
     """
+    if isinstance(values, np.ndarray) and values.ndim == 2 and values.shape[1] == 2:
+        values = points_to_json(values)
     if not isinstance(values, (list, tuple)):
         raise InputError(where, f"{what} must be a list of [x, y] or null, got {type(values).__name__}")
     if len(values) != num_landmarks:
@@ -145,6 +149,60 @@ def datalist_sections(doc: dict[str, Any]) -> list[str]:
     return [k for k, v in doc.items() if isinstance(v, list) and not (v and all(isinstance(x, str) for x in v))]
 
 
+def parse_items(
+    items: Sequence[Any],
+    num_landmarks: int,
+    base_dir: str | os.PathLike | None = None,
+    source: str | os.PathLike = "data",
+    check_files: bool = False,
+) -> list[dict[str, Any]]:
+    """Validate datalist items and bring them to the loaded form.
+
+    ``items`` are the entries of a section as the datalist file holds them (``landmarks`` a list
+    of ``[x, y]`` or ``null``), or as this function returns them (``landmarks`` an ``(N, 2)``
+    array): the bundle's ``train#dataset#data`` takes either, so MONAI Label or MONAI FL can set
+    it to their own item lists. Relative image paths are resolved against ``base_dir`` (default:
+    the working directory).
+
+    Returns:
+        Items with ``image`` as an absolute path string, ``landmarks`` (when given) as an
+        ``(N, 2)`` ``(x, y)`` float array (NaN = missing), ``spacing`` as ``(sx, sy)`` floats or
+        ``None`` and ``id`` (default: the image's file name without suffix).
+
+    Raises:
+        InputError: naming ``source[i]`` and the first problem of that item.
+    """
+    if not isinstance(items, (list, tuple)):
+        raise InputError(source, f"must be a list of items, got {type(items).__name__}")
+    base = Path(base_dir) if base_dir is not None else Path()
+    out = []
+    for i, raw in enumerate(items):
+        where = f"{source}[{i}]"
+        if not isinstance(raw, Mapping) or "image" not in raw:
+            raise InputError(where, "item must be an object with at least an 'image' path")
+        item = dict(raw)
+        image = Path(os.path.expanduser(str(raw["image"])))
+        item["image"] = str(image if image.is_absolute() else (base / image).resolve())
+        item["id"] = str(raw.get("id") or Path(raw["image"]).stem)
+        if check_files and not Path(item["image"]).is_file():
+            raise InputError(where, f"image file not found: {item['image']}")
+        if raw.get("landmarks") is not None:
+            item["landmarks"] = points_from_json(raw["landmarks"], num_landmarks, where)
+        spacing = raw.get("spacing")
+        if spacing is not None:
+            if (
+                not isinstance(spacing, (list, tuple))
+                or len(spacing) != 2
+                or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in spacing)
+            ):
+                raise InputError(where, f"spacing must be [sx, sy] in mm (positive) or null, got {spacing!r}")
+            item["spacing"] = (float(spacing[0]), float(spacing[1]))
+        else:
+            item["spacing"] = None
+        out.append(item)
+    return out
+
+
 def load_datalist(
     path: str | os.PathLike,
     section: str | Sequence[str] = "training",
@@ -152,10 +210,8 @@ def load_datalist(
     landmark_set: str | LandmarkSet | None = None,
     check_files: bool = False,
 ) -> list[dict[str, Any]]:
-    """Load and validate items of one or more sections.
-
-    Returns items with ``image`` as an absolute path string, ``landmarks`` as an ``(N, 2)``
-    ``(x, y)`` float array (NaN = missing), ``spacing`` as ``(sx, sy)`` floats or ``None``.
+    """Load and validate items of one or more sections (see :func:`parse_items`); image paths are
+    resolved against ``base_dir`` (default: the datalist's folder).
 
     Raises:
         InputError: naming the datalist and the item for every problem found first.
@@ -175,28 +231,5 @@ def load_datalist(
             raise InputError(path, f"no section {sec!r} (sections present: {present})")
         if not isinstance(doc[sec], list):
             raise InputError(path, f"section {sec!r} must be a list of items")
-        for i, raw in enumerate(doc[sec]):
-            where = f"{path} [{sec}][{i}]"
-            if not isinstance(raw, dict) or "image" not in raw:
-                raise InputError(where, "item must be an object with at least an 'image' path")
-            item = dict(raw)
-            image = Path(os.path.expanduser(str(raw["image"])))
-            item["image"] = str(image if image.is_absolute() else (base / image).resolve())
-            item["id"] = str(raw.get("id") or Path(raw["image"]).stem)
-            if check_files and not Path(item["image"]).is_file():
-                raise InputError(where, f"image file not found: {item['image']}")
-            if raw.get("landmarks") is not None:
-                item["landmarks"] = points_from_json(raw["landmarks"], n, where)
-            spacing = raw.get("spacing")
-            if spacing is not None:
-                if (
-                    not isinstance(spacing, (list, tuple))
-                    or len(spacing) != 2
-                    or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in spacing)
-                ):
-                    raise InputError(where, f"spacing must be [sx, sy] in mm (positive) or null, got {spacing!r}")
-                item["spacing"] = (float(spacing[0]), float(spacing[1]))
-            else:
-                item["spacing"] = None
-            out.append(item)
+        out += parse_items(doc[sec], n, base, f"{path} [{sec}]", check_files)
     return out

@@ -154,25 +154,63 @@ def _load_pil(path: Path) -> XRay:
     return XRay(image=image, spacing=None, path=str(path))
 
 
-def _dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None, list[str]]:
-    """``(sx, sy)`` mm from ImagerPixelSpacing, else PixelSpacing, the tag used, and notes.
+def _dicom_pair(ds, keyword: str, notes: list[str]) -> tuple[float, float] | None:
+    """A DICOM ``(row, column)`` spacing as ``(sx, sy)`` mm; ``None`` (with a note when present
+    but malformed or non-positive)."""
+    if keyword not in ds:
+        return None
+    try:
+        value = [float(v) for v in ds[keyword].value]
+    except (TypeError, ValueError):
+        value = []
+    if len(value) == 2 and all(np.isfinite(v) and v > 0 for v in value):
+        return value[1], value[0]
+    notes.append(f"ignored malformed {keyword}")
+    return None
 
-    DICOM stores spacing as ``(row spacing, column spacing)`` = ``(sy, sx)``; it is swapped here.
-    A malformed or non-positive value is skipped with a note (then the next tag is tried).
+
+def _dicom_spacing(ds) -> tuple[tuple[float, float] | None, str | None, list[str]]:
+    """``(sx, sy)`` mm of a DX/CR film at the patient where the header allows it, the tags used,
+    and notes. DICOM stores spacing as ``(row, column)`` = ``(sy, sx)``; it is swapped here.
+
+    Precedence (PS3.3 10.7.1, the DX detector and X-ray acquisition modules):
+
+    1. ``PixelSpacing``, the spacing in the patient, when it is calibrated: it has a
+       ``PixelSpacingCalibrationType`` (GEOMETRY: corrected for the geometric magnification;
+       FIDUCIAL: against an object of known size), or it differs from ``ImagerPixelSpacing``
+       (the standard's sign of a correction), or there is no ``ImagerPixelSpacing`` to compare
+       with (then whether it was calibrated cannot be told; a note says so).
+    2. ``ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor``: the detector spacing
+       brought to the patient plane by the magnification the modality estimated.
+    3. ``ImagerPixelSpacing`` alone: the spacing at the detector, so distances come out larger
+       than at the patient by the radiographic magnification (about 1.1 in a cephalostat); a
+       note says so.
+    4. None (distances in pixels; :func:`_load_dicom` warns).
+
+    A malformed or non-positive value is skipped with a note and the next rule is tried.
     """
-    notes = []
-    for tag in ("ImagerPixelSpacing", "PixelSpacing"):
-        if tag not in ds:
-            continue
-        try:
-            value = [float(v) for v in ds[tag].value]
-        except (TypeError, ValueError):
-            value = []
-        if len(value) == 2 and all(np.isfinite(v) and v > 0 for v in value):
-            row_mm, col_mm = value
-            return (col_mm, row_mm), tag, notes
-        notes.append(f"ignored malformed {tag}")
-    return None, None, notes
+    notes: list[str] = []
+    pixel, imager = _dicom_pair(ds, "PixelSpacing", notes), _dicom_pair(ds, "ImagerPixelSpacing", notes)
+    calibration = str(ds.get("PixelSpacingCalibrationType", "") or "").strip().upper()
+    if pixel is not None:
+        if calibration:
+            description = str(ds.get("PixelSpacingCalibrationDescription", "") or "").strip()
+            notes.append(f"PixelSpacing calibrated at the patient ({calibration}{': ' + description if description else ''})")
+            return pixel, "PixelSpacing", notes
+        if imager is None:
+            notes.append("PixelSpacing without ImagerPixelSpacing or calibration type: calibration unknown")
+            return pixel, "PixelSpacing", notes
+        if not np.allclose(pixel, imager, rtol=1e-6):
+            notes.append("PixelSpacing differs from ImagerPixelSpacing: corrected for magnification at the patient")
+            return pixel, "PixelSpacing", notes
+    if imager is None:
+        return None, None, notes
+    magnification = _dicom_number(ds, "EstimatedRadiographicMagnificationFactor")
+    if magnification is not None and np.isfinite(magnification) and magnification > 0:
+        notes.append(f"ImagerPixelSpacing divided by EstimatedRadiographicMagnificationFactor {magnification:g} (patient plane)")
+        return (imager[0] / magnification, imager[1] / magnification), "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor", notes
+    notes.append("ImagerPixelSpacing is the detector-plane spacing, not corrected for magnification (mm about 10 % too large)")
+    return imager, "ImagerPixelSpacing", notes
 
 
 def _dicom_number(ds, keyword: str) -> float | None:
@@ -186,6 +224,42 @@ def _dicom_number(ds, keyword: str) -> float | None:
         return None if value is None or value == "" else float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _dicom_display(path: Path, ds, arr: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Stored grey values ``(H, W)`` -> ``[0, 1]`` display values as the header defines them, and notes.
+
+    pydicom's ``apply_modality_lut`` (Modality LUT Sequence, else RescaleSlope/Intercept), then
+    ``apply_voi_lut`` (VOI LUT Sequence, else WindowCenter/WindowWidth with VOILUTFunction
+    LINEAR, LINEAR_EXACT or SIGMOID), scaled from the VOI's output range to ``[0, 1]``: from the
+    smallest to the largest entry of the LUT, or the windowing's ``[y_min, y_max]``. Without a
+    VOI (or with an invalid one, noted), the 0.5-99.5 percentile window of the modality values.
+    MONOCHROME1 is inverted by the caller.
+    """
+    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+
+    notes = []
+    try:
+        values = apply_modality_lut(arr, ds)
+        shown = apply_voi_lut(values, ds)
+        if shown is values:
+            low = high = None
+        elif ds.get("VOILUTSequence"):  # the LUT's entries span its output
+            first, count = int(ds.VOILUTSequence[0].LUTDescriptor[1]), int(ds.VOILUTSequence[0].LUTDescriptor[0] or 2**16)
+            entries = apply_voi_lut(np.arange(first, first + count), ds)
+            low, high = float(entries.min()), float(entries.max())
+            notes.append("VOI LUT Sequence applied")
+        else:  # windowing maps -inf and +inf to the ends of its output range
+            low, high = apply_voi_lut(np.array([-np.inf, np.inf]), ds)
+            notes.append(f"{str(ds.get('VOILUTFunction') or 'LINEAR').upper()} window from WindowCenter/WindowWidth applied")
+    except Exception as e:  # pydicom raises ValueError, KeyError, IndexError, ... on malformed LUT/window attributes
+        values, shown, low, high = arr, arr, None, None
+        notes.append(f"ignored invalid Modality LUT/VOI attributes ({type(e).__name__}: {e})")
+    if values is not arr:
+        notes.insert(0, "Modality LUT Sequence applied" if ds.get("ModalityLUTSequence") else "RescaleSlope/RescaleIntercept applied")
+    if low is None:
+        return _to_unit(path, np.asarray(values, dtype=np.float64)), notes + ["windowed to the 0.5-99.5 percentile range"]
+    return window_to_unit(shown, low, high), notes
 
 
 def _load_dicom(path: Path) -> XRay:
@@ -216,21 +290,13 @@ def _load_dicom(path: Path) -> XRay:
             from pydicom.pixel_data_handlers.util import convert_color_space
 
             arr = convert_color_space(arr, photometric, "RGB")
-        arr = _to_gray(arr)
-        notes.append(f"{photometric} converted to grey")
-    elif arr.ndim != 2:
-        raise InputError(path, f"DICOM pixel array has shape {arr.shape}; a 2-D image is expected")
-    values = arr.astype(np.float64)
-    slope = _dicom_number(ds, "RescaleSlope") or 1.0
-    intercept = _dicom_number(ds, "RescaleIntercept") or 0.0
-    values = values * slope + intercept
-    center, width = _dicom_number(ds, "WindowCenter"), _dicom_number(ds, "WindowWidth")
-    if center is not None and width is not None and width > 1:
-        image = window_to_unit(values, center - width / 2.0, center + width / 2.0)
-        notes.append(f"windowed with WindowCenter={center:g} WindowWidth={width:g}")
+        image = _to_unit(path, _to_gray(arr))  # no grey-level LUT applies to colour
+        notes += [f"{photometric} converted to grey", "windowed to the 0.5-99.5 percentile range"]
+    elif arr.ndim == 2:
+        image, display_notes = _dicom_display(path, ds, arr)
+        notes += display_notes
     else:
-        image = _to_unit(path, values)
-        notes.append("windowed to the 0.5-99.5 percentile range")
+        raise InputError(path, f"DICOM pixel array has shape {arr.shape}; a 2-D image is expected")
     if photometric == "MONOCHROME1":
         image = 1.0 - image
         notes.append("MONOCHROME1 inverted")
@@ -275,10 +341,13 @@ def load_xray(path: str | os.PathLike) -> XRay:
     """Read a 2-D X-ray as ``(H, W)`` float32 in ``[0, 1]`` with spacing ``(sx, sy)`` mm or ``None``.
 
     PNG/BMP/TIFF/JPEG: RGB(A) is converted to luminance; 8-bit scales by 1/255, 16-bit by a
-    0.5-99.5 percentile window; no spacing (the datalist supplies it). DICOM: Modality LUT,
-    VOI window from the header (else the percentile window), MONOCHROME1 inverted, spacing from
-    ImagerPixelSpacing, else PixelSpacing, else ``None`` with a warning. NIfTI/NRRD/MHA: one slice
-    via ITK with its spacing and origin.
+    0.5-99.5 percentile window; no spacing (the datalist supplies it). DICOM: pydicom's Modality
+    LUT then VOI LUT or window (LINEAR, LINEAR_EXACT, SIGMOID) from the header, else the
+    percentile window (:func:`_dicom_display`); MONOCHROME1 inverted; spacing at the patient
+    where the header allows it: calibrated PixelSpacing, else ImagerPixelSpacing divided by
+    EstimatedRadiographicMagnificationFactor, else ImagerPixelSpacing (detector plane, noted),
+    else ``None`` with a warning (:func:`_dicom_spacing`). NIfTI/NRRD/MHA: one slice via ITK
+    with its spacing and origin.
 
     Raises:
         InputError: missing, empty, unreadable, too small or too large files, NaN/inf pixels.

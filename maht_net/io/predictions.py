@@ -15,7 +15,8 @@ One image gives ``<id>_landmarks.json``::
 
 ``x``/``y`` are pixels of the original image (x = column, y = row, origin top-left pixel
 centre); a landmark that could not be placed has ``x = y = null``. Beside it,
-``<id>_landmarks.mrk.json`` (Slicer markups point list, LPS, mm) and ``<id>_landmarks.csv``.
+``<id>_landmarks.mrk.json`` (Slicer markups point list, LPS mm, in the geometry 3D Slicer gives the
+image file: see :func:`to_slicer_markups`) and ``<id>_landmarks.csv``.
 
 Uncertainty (:mod:`maht_net.codec.uncertainty`): ``covariance_px`` is the landmark's Gaussian error
 model over ``(x, y)`` original pixels (its 95 % ellipse is what reports draw) and
@@ -38,6 +39,7 @@ import numpy as np
 
 from maht_net.errors import InputError
 from maht_net.io.atomic import atomic_write, write_json_atomic
+from maht_net.io.geometry import ImageGeometry, read_geometry
 from maht_net.io.jsonfile import read_json
 from maht_net.landmarks import COORDINATE_CONVENTION, LandmarkSet, get_landmark_set
 
@@ -174,15 +176,33 @@ def read_prediction(path: str | os.PathLike, landmark_set: str | LandmarkSet | N
     return pred
 
 
-def to_slicer_markups(pred: dict[str, Any]) -> dict[str, Any]:
+def _geometry_note(geometry: ImageGeometry, pred: dict[str, Any]) -> str:
+    """What the markups' positions assume, for their description."""
+    sx, sy, _ = geometry.spacing
+    where = {
+        "itk": "the viewer's geometry of the image file (its header as ITK and 3D Slicer read it; a PNG/JPEG/BMP has 1 mm pixels and origin 0)",
+        "fallback": "the image's geometry as MAHT-Net reads it (ITK could not read the header)",
+    }.get(geometry.source, "the prediction's spacing and origin")
+    origin = ", ".join(f"{v:g}" for v in geometry.origin)
+    note = f"positions in {where}: {sx:g} x {sy:g} mm pixels, origin ({origin}) LPS"
+    if not pred.get("spacing"):
+        return note + "; no physical pixel spacing known: 1 mm per pixel assumed for measurements"
+    return note + f"; measurements use {pred['spacing'][0]:g} x {pred['spacing'][1]:g} mm pixels"
+
+
+def to_slicer_markups(pred: dict[str, Any], geometry: ImageGeometry | None = None) -> dict[str, Any]:
     """A 3D Slicer markups point list (schema v1.0.3) for a prediction document.
 
-    Positions are LPS millimetres as Slicer places a 2-D image read through ITK: pixel
-    ``(x, y)`` -> ``(x0 + x * sx, y0 + y * sy, 0)``. Without spacing 1 mm/px is used (what Slicer
-    assumes for a PNG), and the description says so.
+    Positions are LPS millimetres where the viewer shows pixel ``(x, y)``:
+    ``geometry.to_physical`` (``origin + direction @ (spacing * (x, y, 0))``), for ``geometry``
+    the viewer's geometry of the image (:func:`~maht_net.io.geometry.read_geometry`). Without it,
+    the prediction's own spacing (1 mm/px when unknown) and origin are used. The markup's
+    ``description`` states the geometry assumed and the spacing of the measurements.
     """
-    spacing = pred.get("spacing") or [1.0, 1.0]
-    x0, y0 = pred.get("origin") or [0.0, 0.0]
+    if geometry is None:
+        sx, sy = pred.get("spacing") or (1.0, 1.0)
+        x0, y0 = pred.get("origin") or (0.0, 0.0)
+        geometry = ImageGeometry(pred.get("width", 0), pred.get("height", 0), (sx, sy, 1.0), (x0, y0, 0.0), source="prediction")
     points = []
     for r in pred["landmarks"]:
         placed = r["x"] is not None and r["y"] is not None
@@ -194,7 +214,7 @@ def to_slicer_markups(pred: dict[str, Any]) -> dict[str, Any]:
                 "id": str(r["index"]),
                 "label": r["name"],
                 "description": desc,
-                "position": [x0 + r["x"] * spacing[0], y0 + r["y"] * spacing[1], 0.0] if placed else [0.0, 0.0, 0.0],
+                "position": [float(v) for v in geometry.to_physical(np.array([[r["x"], r["y"]]]))[0]] if placed else [0.0, 0.0, 0.0],
                 "orientation": [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0],
                 "selected": True,
                 "locked": False,
@@ -202,7 +222,6 @@ def to_slicer_markups(pred: dict[str, Any]) -> dict[str, Any]:
                 "positionStatus": "defined" if placed else "undefined",
             }
         )
-    note = "" if pred.get("spacing") else " (no pixel spacing known: 1 mm per pixel assumed)"
     return {
         "@schema": SLICER_MARKUPS_SCHEMA,
         "markups": [
@@ -216,7 +235,7 @@ def to_slicer_markups(pred: dict[str, Any]) -> dict[str, Any]:
                 "labelFormat": "%N-%d",
                 "controlPoints": points,
                 "measurements": [],
-                "description": f"MAHT-Net landmarks{note}",
+                "description": f"MAHT-Net landmarks; {_geometry_note(geometry, pred)}",
             }
         ],
     }
@@ -233,10 +252,22 @@ def to_csv(pred: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def _viewer_geometry(image: str | None) -> ImageGeometry | None:
+    try:
+        return read_geometry(image) if image else None
+    except InputError:  # moved or unreadable since it was predicted: the prediction's geometry
+        return None
+
+
 def write_prediction(
     pred: dict[str, Any], out_dir: str | os.PathLike, formats: Sequence[str] = ("json", "mrk", "csv")
 ) -> dict[str, Path]:
-    """Write the prediction as ``<id>_landmarks.json`` (+ ``.mrk.json``, ``.csv``), each atomically."""
+    """Write the prediction as ``<id>_landmarks.json`` (+ ``.mrk.json``, ``.csv``), each atomically.
+
+    The markups are placed in the viewer's geometry of ``pred["image"]`` (read from its header,
+    :func:`~maht_net.io.geometry.read_geometry`), so they land on the anatomy when the film is
+    opened in 3D Slicer; when that file cannot be read, in the prediction's own spacing and origin.
+    """
     out_dir = Path(out_dir)
     stem = str(pred["id"])
     if not stem or "/" in stem or "\\" in stem or stem in (".", ".."):
@@ -248,7 +279,7 @@ def write_prediction(
         write_json_atomic(paths["json"], doc)
     if "mrk" in formats:
         paths["mrk"] = out_dir / f"{stem}{MARKUPS_SUFFIX}"
-        write_json_atomic(paths["mrk"], to_slicer_markups(doc))
+        write_json_atomic(paths["mrk"], to_slicer_markups(doc, _viewer_geometry(doc.get("image"))))
     if "csv" in formats:
         paths["csv"] = out_dir / f"{stem}{CSV_SUFFIX}"
         with atomic_write(paths["csv"], "w", encoding="utf-8", newline="") as f:

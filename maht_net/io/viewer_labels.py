@@ -4,9 +4,10 @@ This is the shared, viewer-facing side of the MONAI Label app (``monailabel_app/
 the app stays a thin shell and the conversions can be tested without a server.
 
 Geometry. A viewer (3D Slicer, OHIF) places a 2-D image in physical space the way ITK reads
-it: pixel ``(x, y)`` is ITK index ``(x, y, 0)`` at ``origin + direction @ (spacing * index)``
-(LPS mm). :class:`ImageGeometry` holds exactly that (always 3-D, a 2-D image gets a unit third
-axis), read from the image file by :func:`read_geometry`. Label maps written by
+it (:mod:`maht_net.io.geometry`): pixel ``(x, y)`` is ITK index ``(x, y, 0)`` at
+``origin + direction @ (spacing * index)`` (LPS mm). :class:`ImageGeometry` holds exactly that
+(always 3-D, a 2-D image gets a unit third axis), read from the image file by
+:func:`read_geometry`. Label maps written by
 :func:`write_label_map` carry the same geometry, so they overlay the image; Slicer markups built
 by :func:`viewer_markups` use it for their positions. Note that this is the *viewer's* spacing:
 Slicer shows a PNG at 1 mm per pixel whatever the film's real spacing is, while millimetre
@@ -30,7 +31,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ import numpy as np
 
 from maht_net.errors import InputError
 from maht_net.io.datalist import points_from_json
-from maht_net.io.image import IMAGE_SUFFIXES, _looks_like_dicom, load_xray
+from maht_net.io.geometry import ImageGeometry, itk_geometry, read_geometry
 from maht_net.io.jsonfile import read_json
 from maht_net.io.predictions import to_slicer_markups
 from maht_net.landmarks import LandmarkSet, get_landmark_set
@@ -70,112 +70,6 @@ def _suffix(path: str | os.PathLike) -> str:
         if name.endswith(s):
             return s
     return Path(name).suffix
-
-
-@dataclass(frozen=True)
-class ImageGeometry:
-    """Where a 2-D image's pixels lie in a viewer's physical (LPS, mm) space.
-
-    Attributes:
-        width, height: pixels (``x`` ranges over ``[0, width)``, ``y`` over ``[0, height)``).
-        spacing: ``(sx, sy, sz)`` mm per index step, as the viewer reads it.
-        origin: ``(x0, y0, z0)`` physical position of pixel ``(0, 0)``.
-        direction: ``3 x 3`` direction cosines (columns = index axes), row-major nested tuples.
-        source: ``"itk"`` when read from the file header by ITK, ``"fallback"`` otherwise.
-    """
-
-    width: int
-    height: int
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
-    source: str = "itk"
-
-    @property
-    def matrix(self) -> np.ndarray:
-        """``3 x 3`` index -> physical matrix ``direction @ diag(spacing)``."""
-        return np.asarray(self.direction, dtype=float) @ np.diag(np.asarray(self.spacing, dtype=float))
-
-    def to_physical(self, points: np.ndarray) -> np.ndarray:
-        """``(N, 2)`` pixel ``(x, y)`` -> ``(N, 3)`` physical LPS mm."""
-        pts = np.asarray(points, dtype=float).reshape(-1, 2)
-        index = np.concatenate([pts, np.zeros((len(pts), 1))], axis=1)
-        return index @ self.matrix.T + np.asarray(self.origin, dtype=float)
-
-    def to_pixels(self, physical: np.ndarray) -> np.ndarray:
-        """``(N, 3)`` physical LPS mm -> ``(N, 2)`` pixel ``(x, y)`` (the third index is dropped)."""
-        phys = np.asarray(physical, dtype=float).reshape(-1, 3)
-        index = np.linalg.solve(self.matrix, (phys - np.asarray(self.origin, dtype=float)).T).T
-        return index[:, :2]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "width": self.width,
-            "height": self.height,
-            "spacing": list(self.spacing),
-            "origin": list(self.origin),
-            "direction": [list(r) for r in self.direction],
-        }
-
-
-def _itk_geometry(image, path) -> ImageGeometry:
-    dim = int(image.GetImageDimension())
-    size = [int(s) for s in image.GetLargestPossibleRegion().GetSize()]
-    spacing = [float(s) for s in image.GetSpacing()]
-    origin = [float(o) for o in image.GetOrigin()]
-    import itk
-
-    direction = np.asarray(itk.array_from_matrix(image.GetDirection()), dtype=float)
-    if dim == 2:
-        spacing, origin = spacing + [1.0], origin + [0.0]
-        d3 = np.eye(3)
-        d3[:2, :2] = direction
-        direction, size = d3, size + [1]
-    elif dim != 3:
-        raise InputError(path, f"image has {dim} dimensions; a single 2-D slice is expected")
-    if size[2] != 1:
-        raise InputError(path, f"image has {size[2]} slices; a single 2-D slice is expected")
-    return ImageGeometry(
-        width=size[0],
-        height=size[1],
-        spacing=tuple(spacing),
-        origin=tuple(origin),
-        direction=tuple(tuple(float(v) for v in row) for row in direction),
-        source="itk",
-    )
-
-
-def _read_itk_header(path: Path):
-    import itk
-
-    reader = itk.ImageFileReader.New(FileName=str(path))
-    reader.UpdateOutputInformation()
-    return reader.GetOutput()
-
-
-def read_geometry(path: str | os.PathLike) -> ImageGeometry:
-    """The geometry a viewer gives the image file (ITK header; see :class:`ImageGeometry`).
-
-    Falls back to :func:`~maht_net.io.image.load_xray` (file spacing or 1 mm, origin 0) when ITK
-    cannot read the header (e.g. a DICOM transfer syntax GDCM lacks).
-
-    Raises:
-        InputError: missing or unreadable file, or not a single 2-D image.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    suffix = _suffix(path)
-    if suffix not in IMAGE_SUFFIXES and not _looks_like_dicom(path):
-        raise InputError(path, f"unsupported file type {suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
-    try:
-        return _itk_geometry(_read_itk_header(path), path)
-    except InputError:
-        raise
-    except Exception:  # ITK raises RuntimeError with long messages; try our own readers
-        xray = load_xray(path)
-        sx, sy = xray.spacing if xray.spacing is not None else (1.0, 1.0)
-        return ImageGeometry(xray.width, xray.height, (sx, sy, 1.0), (xray.origin[0], xray.origin[1], 0.0), source="fallback")
 
 
 def label_names(landmark_set: str | LandmarkSet = "isbi2015") -> dict[str, int]:
@@ -310,7 +204,7 @@ def _read_label_array(path: Path, geometry: ImageGeometry) -> tuple[np.ndarray, 
     array = np.asarray(itk.array_from_image(image))
     lgeom = None
     if suffix in _GEOMETRIC:
-        lgeom = _itk_geometry(image, path)
+        lgeom = itk_geometry(image, path)
     array = np.squeeze(array)
     if array.ndim != 2:
         raise InputError(None, f"label map has shape {array.shape}; a single 2-D slice is expected")
@@ -501,21 +395,8 @@ def check_landmarks(points: np.ndarray, width: int, height: int, landmark_set: s
 
 
 def viewer_markups(pred: Mapping[str, Any], geometry: ImageGeometry) -> dict[str, Any]:
-    """Slicer markups (LPS mm) for a prediction, placed with the *viewer's* geometry of the image.
-
-    Same document as :func:`~maht_net.io.predictions.to_slicer_markups`, but positions come from
-    ``geometry`` (what Slicer uses for the image volume), so the fiducials sit on the anatomy
-    even where the physical spacing used for ``*_mm`` differs from what the viewer assumes (PNG).
-    """
-    doc = to_slicer_markups(dict(pred))
-    points = doc["markups"][0]["controlPoints"]
-    for r, cp in zip(pred["landmarks"], points):
-        if r["x"] is not None and r["y"] is not None:
-            cp["position"] = [float(v) for v in geometry.to_physical(np.array([[r["x"], r["y"]]]))[0]]
-    if pred.get("spacing") and not np.allclose(geometry.spacing[:2], pred["spacing"], rtol=1e-3):
-        doc["markups"][0]["description"] = (
-            f"MAHT-Net landmarks (placed with the viewer's {geometry.spacing[0]:g} x {geometry.spacing[1]:g} mm pixels; "
-            f"measurements use {pred['spacing'][0]:g} x {pred['spacing'][1]:g} mm)"
-        )
-    return doc
-
+    """Slicer markups (LPS mm) for a prediction, placed with the *viewer's* geometry of the image
+    (:func:`~maht_net.io.predictions.to_slicer_markups` with ``geometry``), so the fiducials sit
+    on the anatomy even where the physical spacing used for ``*_mm`` differs from what the viewer
+    assumes (PNG)."""
+    return to_slicer_markups(dict(pred), geometry)
