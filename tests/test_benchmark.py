@@ -38,6 +38,7 @@ def test_epochs_are_fitted_to_the_budget():
     assert benchmark._fit_epochs(1, 5.0, 10, 0.0, 0)[0] == 1
 
 
+@pytest.mark.slow  # minutes of benchmark plumbing on CPU; make test-slow
 def test_benchmark_run_trains_tests_and_tabulates(datalist, tmp_path, monkeypatch):
     monkeypatch.setitem(benchmark.TRACKS, "tiny", TINY_TRACK)
     res = benchmark.run_accuracy_benchmark(datalist, tmp_path, "tiny", ["maht_net", "unet"], folds=2, progress=False)

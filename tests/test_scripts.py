@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # minutes of benchmark plumbing on CPU; make test-slow
 def test_profile_networks_prints_a_table():
     out = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "profile_networks.py"), "--sizes", "64", "--repeats", "1", "--batch", "2", "--only", "U-Net", "CPU recipe"],
@@ -24,6 +27,7 @@ def _phantom_datalist(tmp_path):
     return make_phantom_dataset(tmp_path / "phantom", n=12, seed=4, size=(128, 160))
 
 
+@pytest.mark.slow  # minutes of benchmark plumbing on CPU; make test-slow
 def test_benchmark_speed_prints_every_table(tiny_checkpoint, tmp_path):
     datalist = _phantom_datalist(tmp_path)
     run = subprocess.run(
