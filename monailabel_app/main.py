@@ -25,13 +25,14 @@ import tempfile
 from typing import Any
 
 from lib.config import AppConfig
-from lib.datastore import LandmarkDatastore
+from lib.datastore import FilmDICOMwebDatastore, LandmarkDatastore
 from lib.errors import http_error
 from lib.infers.landmarks import LandmarkInferTask
 from lib.model import ModelStore, read_decisions
 from lib.scoring.uncertainty import LandmarkUncertaintyScoring
 from lib.trainers.landmarks import LandmarkTrainTask
 from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.activelearning.epistemic import Epistemic
@@ -65,15 +66,20 @@ class MAHTNetApp(MONAILabelApp):
     # ------------------------------------------------------------------ tasks
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            # DICOMweb (e.g. Orthanc), XNAT, DSA: MONAI Label's own datastore, used read-only
-            # (DX/CR films cannot be saved back as DICOM SEG)
-            remote = super().init_datastore()
-
-            def read_only(image_id, label_filename, label_tag, label_info, *args, **kwargs):
-                raise http_error(409, "this server reads its films from a remote store (read-only): submit labels to a server on a local studies folder")
-
-            remote.save_label = read_only
-            return remote
+            remote = super().init_datastore()  # DICOMweb with MONAI Label's client, authentication and cache settings
+            if not isinstance(remote, DICOMWebDatastore):
+                raise ValueError(f"studies {self.studies}: only DICOMweb servers are supported as remote studies")
+            # MONAI Label's default filter (CT) stands for "not set": start_server exports every
+            # setting to the environment, so an explicit setting cannot be told apart otherwise
+            search_filter = settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER
+            explicit = bool(search_filter) and search_filter != {"Modality": "CT"}
+            return FilmDICOMwebDatastore(
+                remote._client,  # monailabel 0.8.5 (pinned) keeps the configured client here
+                modalities=self.cfg.dicomweb_modalities,
+                search_filter=search_filter if explicit else None,
+                cache_path=(settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or None,
+                fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+            )
         return LandmarkDatastore(
             self.studies,
             landmark_set=lambda: self.models.landmark_set,
@@ -136,7 +142,7 @@ class MAHTNetApp(MONAILabelApp):
             image_id = image
             request["image"] = datastore.get_image_uri(image)
         elif not isinstance(datastore, LandmarkDatastore) and image in datastore.list_images():
-            image_id = image  # remote datastore (DICOMweb): the series is fetched into its cache
+            image_id = image  # DICOMweb: the series' film is fetched into the cache
             request["image"] = datastore.get_image_uri(image)
         else:
             raise http_error(404, f"image {image!r} not found in the datastore")

@@ -159,7 +159,8 @@ def main(argv=None) -> int:
         print(f"  uncertainty of {len(pool)} films: {time.time() - t0:.0f} s", flush=True)
     results: dict[str, Any] = {"checkpoint": str(args.checkpoint), "site": args.site, "pool_films": len(pool),
                                "test_films": len(test), "seeds": args.seeds, "arguments": vars(args), "curves": {}}
-    jobs = [(s, seed, n) for s in args.strategies for seed in args.seeds for n in sorted(args.counts)]
+    # seed by seed, so that a run cut short still compares the strategies on the same seeds
+    jobs = [(s, seed, n) for seed in args.seeds for s in args.strategies for n in sorted(args.counts)]
     for strategy, seed, n in progress(jobs, desc="fine-tunings", unit="run"):
         order = orders.get(strategy) or [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
         chosen = order[:n]

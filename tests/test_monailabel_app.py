@@ -738,10 +738,14 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 @pytest.mark.skipif(not ORTHANC or not DICOMWEB_PLUGIN.is_file(), reason="Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
-def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, tmp_path):
-    """A DX film stored in Orthanc, served to the app over DICOMweb: infer works with the film's
-    spacing, label submission is refused (DX cannot become DICOM SEG)."""
-    import requests
+def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, phantom, tmp_path):
+    """A DX film and a CR film (MONOCHROME1, the same pixels inverted) stored in Orthanc, served
+    over DICOMweb with no search filter set: both are listed, inferred from the DICOM file itself
+    (the same landmarks as the local file, the film's spacing; the CR inverted back), scored, and
+    label submission is refused (DX/CR cannot become DICOM SEG)."""
+    from PIL import Image
+
+    from maht_net.inference.predictor import Predictor
 
     orthanc_port, dicom_port, port = free_port(), free_port(), free_port()
     (tmp_path / "db").mkdir()
@@ -754,6 +758,10 @@ def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, tmp_path)
     orthanc = start_process([ORTHANC, str(tmp_path / "orthanc.json")], tmp_path / "orthanc.log")
     app = tmp_path / "monailabel_app"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model", "bin"))
+    dx = _study_file(studies, DICOM_ID)
+    pixels = np.asarray(Image.open(phantom["items"][DICOM_ID]["image"])).astype(np.uint8)
+    cr = write_dicom(tmp_path / "cr.dcm", 255 - pixels, photometric="MONOCHROME1", Modality="CR",
+                     ImagerPixelSpacing=[DICOM_SPACING[1], DICOM_SPACING[0]])
     server = None
     try:
         base = f"http://127.0.0.1:{orthanc_port}"
@@ -763,13 +771,12 @@ def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, tmp_path)
                     break
             except requests.ConnectionError:
                 time.sleep(0.5)
-        dx = _study_file(studies, DICOM_ID)
-        assert requests.post(f"{base}/instances", data=dx.read_bytes(), timeout=30).json()["Status"] == "Success"
-        env = dict(os.environ)
+        for film in (dx, cr):
+            assert requests.post(f"{base}/instances", data=film.read_bytes(), timeout=30).json()["Status"] == "Success"
+        env = {k: v for k, v in os.environ.items() if k != "MONAI_LABEL_DICOMWEB_SEARCH_FILTER"}
         env.update(
             MONAI_LABEL_AUTO_UPDATE_SCORING="false", MONAI_LABEL_SESSIONS="false", MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
-            MONAI_LABEL_DICOMWEB_SEARCH_FILTER='{"Modality": "DX"}', MONAI_LABEL_DICOMWEB_CACHE_PATH=str(tmp_path / "cache"),
-            PYTHONPATH=str(REPO),
+            MONAI_LABEL_DICOMWEB_CACHE_PATH=str(tmp_path / "cache"), PYTHONPATH=str(REPO),
         )
         server = start_process(
             [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", f"{base}/dicom-web",
@@ -785,16 +792,27 @@ def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, tmp_path)
             except (OSError, MONAILabelClientException):
                 assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
                 time.sleep(1)
-        assert info is not None and info["datastore"]["total"] == 1
-        series = client.next_sample("first", {})["id"]
-        result, params = client.infer("maht_net", series, {})
-        label = itk.imread(result)
-        assert itk.array_from_image(label).shape == (1, 320, 256)
-        np.testing.assert_allclose(tuple(label.GetSpacing())[:2], DICOM_SPACING, rtol=1e-6)
-        np.testing.assert_allclose(params["spacing"], DICOM_SPACING, rtol=1e-6)
-        assert len(params["landmarks"]) == 19
-        status, msg = _error(client.save_label, series, result, tag="final")
-        assert status == 409 and "read-only" in msg
+        assert info is not None and info["datastore"]["total"] == 2  # DX and CR listed, not only CT
+        local = Predictor.from_checkpoint(bundle_root / "models" / "model.pt").predict([str(dx)])[0]
+        import pydicom
+
+        series = {}
+        assert client.next_sample("first", {})["id"] in {str(pydicom.dcmread(f).SeriesInstanceUID) for f in (dx, cr)}
+        for film in (dx, cr):
+            sid = str(pydicom.dcmread(film).SeriesInstanceUID)
+            result, params = client.infer("maht_net", sid, {})
+            series[sid] = params
+            label = itk.imread(result)
+            assert itk.array_from_image(label).shape == (1, 320, 256)
+            np.testing.assert_allclose(tuple(label.GetSpacing())[:2], DICOM_SPACING, rtol=1e-6)
+            np.testing.assert_allclose(params["spacing"], DICOM_SPACING, rtol=1e-6)
+            for got, want in zip(params["landmarks"], local["landmarks"]):
+                assert abs(got["x"] - want["x"]) < 1e-3 and abs(got["y"] - want["y"]) < 1e-3, (got, want)
+            status, msg = _error(client.save_label, sid, result, tag="final")
+            assert status == 409 and "read-only" in msg
+        assert len(series) == 2
+        status, body, _, _ = MONAILabelUtils.http_method("POST", f"http://127.0.0.1:{port}", "/scoring/maht_uncertainty?run_sync=true")
+        assert status == 200 and sorted(json.loads(body)["scored"]) == sorted(series), body
         status, _ = _error(client.infer, "maht_net", "../../etc", {})
         assert status == 404
     finally:

@@ -31,6 +31,9 @@ Every key is optional:
                         films is at most the served model's + this (mm, or px for films
                         without spacing; default 0)
 ``device``              ``cpu``, ``cuda`` ... (default: CUDA when available)
+``dicomweb_modalities`` modalities listed from a DICOMweb studies server, comma-separated;
+                        default ``DX,CR`` (``MONAI_LABEL_DICOMWEB_SEARCH_FILTER``, when set to
+                        anything but MONAI Label's default ``{"Modality": "CT"}``, wins)
 ``extensions``          image file patterns of the studies folder, comma-separated; default
                         PNG, BMP, TIFF, JPEG, DICOM, NIfTI, NRRD, MHA
 ======================  ==================================================================
@@ -120,6 +123,7 @@ class AppConfig:
     promote_tolerance: float = 0.0
     device: str = ""
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    dicomweb_modalities: tuple[str, ...] = ("DX", "CR")
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any] | None, app_dir: str | os.PathLike) -> AppConfig:
@@ -173,6 +177,7 @@ class AppConfig:
             model_dir=model_dir,
             device=str(conf.get("device", "")),
             extensions=extensions,
+            dicomweb_modalities=tuple(m.strip().upper() for m in str(conf.get("dicomweb_modalities", "DX,CR")).split(",") if m.strip()),
         )
 
     @property

@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 from filelock import FileLock
+from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import DataModel, LocalDatastore, LocalDatastoreModel
+from pydicom import Dataset
 
 from maht_net.io.atomic import atomic_write, remove_unfinished_writes
 from maht_net.io.datalist import points_to_json
@@ -246,3 +248,47 @@ class LandmarkDatastore(LocalDatastore):
         geometry = read_geometry(self.get_image_uri(image_id))
         points, _ = read_landmark_label(uri, geometry, self._landmark_set())
         return points
+
+
+class FilmDICOMwebDatastore(DICOMWebDatastore):
+    """MONAI Label's DICOMweb datastore (e.g. Orthanc) for single-frame X-ray films, read-only.
+
+    Differences from MONAI Label's defaults, which are made for CT volumes:
+
+    - lists the series of ``modalities`` (default DX and CR; one QIDO search each, since a
+      DICOMweb search matches one value), where MONAI Label lists ``Modality=CT`` only, unless
+      ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER`` is set to another filter, which then wins;
+    - hands the app the DICOM file itself instead of a NIfTI conversion, so the film is read by
+      :func:`maht_net.io.image.read_image` with its MONOCHROME1 inversion, Modality/VOI LUTs and
+      spacing tags (the conversion drops them);
+    - refuses labels: a DX/CR film has no image position, so no DICOM SEG can be built for it.
+    """
+
+    def __init__(self, client: Any, modalities: tuple[str, ...], search_filter: dict[str, Any] | None,
+                 cache_path: str | None, fetch_by_frame: bool) -> None:
+        super().__init__(client, search_filter or {}, cache_path, fetch_by_frame, convert_to_nifti=False)
+        self._modalities = () if search_filter else tuple(modalities)
+
+    def list_images(self) -> list[str]:
+        if not self._modalities:
+            return super().list_images()
+        series = set()
+        for modality in self._modalities:
+            for ds in self._client.search_for_series(search_filters={"Modality": modality}):
+                series.add(str(Dataset.from_json(ds)["SeriesInstanceUID"].value))
+        logger.info("DICOMweb: %d series of modality %s", len(series), "/".join(self._modalities))
+        return sorted(series)
+
+    def get_image_uri(self, image_id: str) -> str:
+        """The one DICOM file of the series, fetched into the cache on first use and registered
+        there, so that image info (the uncertainty score) can be stored for it."""
+        folder = Path(super().get_image_uri(image_id))
+        files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        if len(files) != 1:
+            raise http_error(422, f"series {image_id!r} has {len(files)} files; one 2-D X-ray film is expected")
+        if image_id not in self._datastore.objects:
+            LocalDatastore.add_image(self, image_id, str(files[0]), {"SeriesInstanceUID": image_id})
+        return str(files[0])
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        raise http_error(409, "this server reads its films from a remote store (read-only): submit labels to a server on a local studies folder")

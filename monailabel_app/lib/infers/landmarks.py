@@ -74,11 +74,6 @@ class LandmarkInferTask(InferTask):
     def __call__(self, request: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         start = time.time()
         image = request.get("image")
-        if isinstance(image, str) and os.path.isdir(image):  # a DICOMweb series fetched as a folder
-            files = sorted(os.path.join(image, f) for f in os.listdir(image) if os.path.isfile(os.path.join(image, f)))
-            if len(files) != 1:
-                raise http_error(422, f"series {request.get('image_id', image)!r} has {len(files)} files; one 2-D X-ray is expected")
-            image = files[0]
         if not isinstance(image, str) or not os.path.isfile(image):
             raise http_error(404, f"image not found: {request.get('image_id', image)!r}")
         image_id = str(request.get("image_id") or os.path.basename(image).split(".")[0])
