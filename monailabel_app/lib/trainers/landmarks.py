@@ -60,10 +60,13 @@ MIN_LABELS = 1
 def split_labelled(items: list[dict[str, Any]], val_fraction: float) -> tuple[list, list]:
     """``(training, held_out)``: the films whose id hashes below ``val_fraction`` are held out.
 
-    The hash (SHA-256 of the id, as a number in [0, 1)) makes the choice stable: adding labels
-    never moves a film from one side to the other, so the gate keeps judging on films no model
-    was trained on. Once there are two films at least one is held out and one trained on; with
-    one film (or ``val_fraction`` 0) nothing is held out.
+    The hash (SHA-256 of the id, as a number in [0, 1)) makes the choice stable as labels are
+    added, so the gate keeps judging on films no model was trained on. Once there are two films
+    at least one is held out (with none hashing below ``val_fraction``, the lowest; a newer film
+    hashing lower takes its place, and the film it replaces was never trained on before) and
+    at least one is trained on (while every film hashes below ``val_fraction``, the highest
+    trains: the one case where a film trained on can later be held out). With one film (or
+    ``val_fraction`` 0) nothing is held out.
     """
     if len(items) < 2 or val_fraction <= 0:
         return list(items), []
