@@ -49,7 +49,9 @@ def test_shipped_checkpoint_is_inference_only_and_says_how_it_was_made():
     assert prov["datalist"] == "datalists/two_sites.json" and prov["datalist_sha256"] == _sha256(DATALIST)
     assert len(prov["git_commit"]) == 40 and prov["command"].startswith("python scripts/pretrained.py")
     meta = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text())
-    assert prov["bundle_version"] == meta["version"]
+    # the weights were trained at a released bundle version; later config-only releases keep them
+    version = lambda v: tuple(int(p) for p in v.split("."))  # noqa: E731
+    assert prov["bundle_version"] in meta["changelog"] and version(prov["bundle_version"]) <= version(meta["version"])
     assert info["uncertainty_calibration"]["method"] == "sigma_scaling"
     doc = json.loads(DATALIST.read_text())
     for site in SPACING:  # the figures quoted come from films the model never trained on
