@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from maht_net.inference.predictor import Predictor, load_model
-from maht_net.io.atomic import write_json_atomic
+from maht_net.io.atomic import atomic_write, write_json_atomic
 from maht_net.io.checkpoint import file_sha256
 
 from .errors import NoModelError, user_errors
@@ -119,11 +119,9 @@ class ModelStore:
 
 
 def _copy_in(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` through a temporary file beside it and one rename."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.incoming")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    """Copy ``src`` over ``dst`` atomically (:func:`~maht_net.io.atomic.atomic_write`)."""
+    with open(src, "rb") as f, atomic_write(dst, "wb") as out:
+        shutil.copyfileobj(f, out)
 
 
 def promote(model_dir: str | os.PathLike, new_model: str | os.PathLike) -> str:
@@ -131,15 +129,11 @@ def promote(model_dir: str | os.PathLike, new_model: str | os.PathLike) -> str:
     then the new one replaces ``model.pt`` in one rename. Returns the new file's SHA-256."""
     folder = Path(model_dir)
     served = folder / SERVED
-    incoming = folder / f".{SERVED}.incoming"
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(new_model, incoming)
-    sha = file_sha256(incoming)
     if served.is_file():
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(served.stat().st_mtime))
         _copy_in(served, folder / HISTORY / f"{stamp}-{file_sha256(served)[:12]}.pt")
-    os.replace(incoming, served)
-    return sha
+    _copy_in(Path(new_model), served)
+    return file_sha256(served)
 
 
 def keep_candidate(model_dir: str | os.PathLike, new_model: str | os.PathLike) -> str:
