@@ -1,0 +1,69 @@
+"""The standard splits in ``datalists/``: documented, consistent with each other, and clean under
+``maht-net audit`` (skipped without the shared data)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maht_net.datasets.audit import audit_datalist
+from maht_net.io.datalist import datalist_sections, load_datalist
+
+REPO = Path(__file__).resolve().parents[1]
+DATALISTS = sorted((REPO / "datalists").glob("*.json"))
+
+
+def _doc(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _data_root(path: Path) -> Path:
+    return REPO / _doc(path)["data_root"]
+
+
+def test_every_datalist_is_documented_and_names_its_data_root():
+    readme = (REPO / "datalists" / "README.md").read_text()
+    assert {p.name for p in DATALISTS} >= {"two_sites.json", "hamedan.json", "isbi2015_train_mean.json", "isbi2015_train_senior.json"}
+    for path in DATALISTS:
+        doc = _doc(path)
+        assert f"`{path.name}`" in readme, f"{path.name} is not in datalists/README.md"
+        assert doc["data_root"] == "../shared/data" and doc["landmark_set"] == "isbi2015"
+        for section in datalist_sections(doc):
+            for item in doc[section]:
+                assert re.match(r"^(hamedan-ceph|isbi2015-ceph)/", item["image"]), item["image"]  # relative to the data root
+
+
+def test_hamedan_split_is_the_two_site_split():
+    two = {s: {it["id"]: it for it in _doc(REPO / "datalists" / "two_sites.json")[s] if it["site"] == "hamedan"} for s in ("training", "validation", "test")}
+    ham = _doc(REPO / "datalists" / "hamedan.json")
+    for section, items in two.items():
+        assert sorted(f"hamedan-{it['id']}" for it in ham[section]) == sorted(items)
+        for it in ham[section]:
+            np.testing.assert_allclose(it["landmarks"], items[f"hamedan-{it['id']}"]["landmarks"], atol=1e-9)
+
+
+def test_isbi_truths_mean_and_senior():
+    mean, senior = (_doc(REPO / "datalists" / f"isbi2015_train_{t}.json") for t in ("mean", "senior"))
+    assert mean["truth"] == "mean" and senior["truth"] == "senior"
+    assert [it["image"] for it in mean["training"]] == [it["image"] for it in senior["training"]] and len(mean["training"]) == 150
+    two = {it["image"]: it for s in ("training", "validation", "test") for it in _doc(REPO / "datalists" / "two_sites.json")[s] if it["site"] == "isbi2015"}
+    gap = []
+    for m, s in zip(mean["training"], senior["training"]):
+        np.testing.assert_allclose(m["landmarks"], two[m["image"]]["landmarks"], atol=1e-9)  # the shipped model's truth
+        assert m["spacing"] == s["spacing"] == [0.1, 0.1]
+        gap.append(np.linalg.norm(np.subtract(m["landmarks"], s["landmarks"]), axis=-1).mean())
+    assert 0.5 < np.mean(gap) * 0.1 < 2.0  # the mean sits half way to the junior doctor: about 1 mm from the senior
+
+
+@pytest.mark.parametrize("path", DATALISTS, ids=lambda p: p.name)
+def test_audit_passes_on_the_shared_data(path):
+    if not _data_root(path).is_dir():
+        pytest.skip(f"the data root {_data_root(path)} is not here")
+    report = audit_datalist(path, base_dir=_data_root(path), mean_images=0)
+    assert report["problems"] == [], report["problems"]
+    n = sum(len(load_datalist(path, s, base_dir=_data_root(path), check_files=True)) for s in datalist_sections(_doc(path)))
+    assert n == sum(len(_doc(path)[s]) for s in datalist_sections(_doc(path)))
