@@ -731,6 +731,71 @@ def test_promotion_killed_at_any_moment_leaves_one_complete_model(tiny_checkpoin
         store.load()
 
 
+def _kill_when_a_model_is_written(proc: subprocess.Popen, model_dir: Path, timeout: float) -> Path | None:
+    """Poll ``model_dir`` (and ``history/``) for a model file being written (atomic_write's hidden
+    ``.<name>.pt.<random>.tmp``) and SIGKILL the server's process group the moment one appears;
+    returns the file seen (None: the server ended, or nothing was written within ``timeout``)."""
+    from maht_net.io.atomic import TEMP_SUFFIX
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        for folder in (model_dir, model_dir / "history"):
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.startswith(".") and ".pt." in name and name.endswith(TEMP_SUFFIX):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return folder / name
+        time.sleep(0.0005)
+    return None
+
+
+def test_server_killed_mid_promotion_restarts_on_one_complete_model(bundle_root, studies, tiny_checkpoint, tmp_path):
+    """The real server (training runs in its subprocess) SIGKILLed while a retrained model is being
+    promoted, twice (first promotion; then one with a fine-tuned model already served, which goes
+    to history/ first): restarted on the same model_dir it serves one complete model, the one
+    served before or the new one, and the next promotion clears what the killed one left."""
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    ids = sorted(i for i in studies["truth"] if i not in (NRRD_ID, DICOM_ID))[:4]
+    for i in ids:
+        shutil.copy(_study_file(studies, i), folder)
+    model_dir = tmp_path / "served"
+    conf = ("--conf", "model", str(tiny_checkpoint), "--conf", "model_dir", str(model_dir), "--conf", "promote_tolerance", "1e9")
+    fit = {"epochs": 1, "overrides": {"batch_size": 2}}
+    served = file_sha256(tiny_checkpoint)  # the model served before the kill
+    with running_server(bundle_root, folder, tmp_path, studies["spacing"][0], *conf) as srv:
+        for i in ids:
+            (tmp_path / f"{i}.json").write_text(json.dumps({"landmarks": np.asarray(studies["truth"][i]).tolist()}))
+            srv["client"].save_label(i, str(tmp_path / f"{i}.json"), tag="final")
+        srv["client"].train_start("maht_net", fit)
+        seen = _kill_when_a_model_is_written(srv["proc"], model_dir, timeout=300)
+        assert seen is not None, f"no promotion seen:\n{srv['log'].read_text()[-3000:]}"
+    for attempt in range(2):
+        with running_server(bundle_root, folder, tmp_path, studies["spacing"][0], *conf) as srv:
+            client = srv["client"]
+            version = client.info()["model_version"]
+            assert version["sha256"] in (served, file_sha256(model_dir / "train" / "models" / "model.pt")), (seen, version)
+            _, result = client.infer("maht_net", ids[0], {})
+            assert result["model"]["sha256"] == version["sha256"] and len(result["landmarks"]) == 19
+            if version["source"] == "base":  # killed before the rename: promote once, to kill one that moves a model to history/
+                info = _train(client, fit)
+                assert info["promotion"]["promoted"] and info["model_version"]["source"] == "fine-tuned"
+            served = client.info()["model_version"]["sha256"]
+            if attempt == 0:
+                client.train_start("maht_net", fit)
+                seen = _kill_when_a_model_is_written(srv["proc"], model_dir, timeout=300)
+                assert seen is not None, f"no promotion seen:\n{srv['log'].read_text()[-3000:]}"
+            else:  # the next promotion clears what the killed ones left
+                info = _train(client, fit)
+                assert info["promotion"]["promoted"] and info["model_version"]["sha256"] == file_sha256(model_dir / "model.pt")
+                left = [p for p in model_dir.rglob(".*") if p.name.endswith(".tmp")]
+                assert not left, left
+
+
 # --------------------------------------------------------------------------- DICOMweb (Orthanc)
 
 ORTHANC = shutil.which("Orthanc")
@@ -825,16 +890,28 @@ def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, phantom, 
 
 
 def test_simulate_active_learning_tiny(tmp_path):
-    out = tmp_path / "sim.json"
+    """Every strategy and seed runs its rounds from the seed's shared initial model; the films
+    picked are new each round and never test films; the summary, curve and PNG are written."""
+    out = tmp_path / "sim"
     cmd = [
-        sys.executable, str(REPO / "scripts" / "simulate_active_learning.py"), "--work", str(tmp_path / "work"),
-        "--n", "10", "--size", "256", "320", "--test", "2", "--initial", "2", "--k", "2", "--rounds", "1",
-        "--epochs", "1", "--initial-epochs", "2", "--input-size", "64", "96", "--tiny", "--mc-samples", "1", "--out", str(out),
-    ]
+        sys.executable, str(REPO / "scripts" / "simulate_active_learning.py"), "--out", str(out), "--pool", "8", "--test", "2",
+        "--initial", "2", "--k", "2", "--rounds", "1", "--seeds", "3", "--initial-presentations", "4", "--presentations", "4",
+        "--min-epochs", "1", "--input-size", "64", "96", "--tiny", "--mc-samples", "1", "--candidates", "5",
+    ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "round 1" in proc.stdout and "uncertainty" in proc.stdout and "random" in proc.stdout
-    result = json.loads(out.read_text())
-    for arm in ("uncertainty", "random"):
-        assert len(result["arms"][arm]) == 2  # round 0 (initial model) and round 1
-        assert all(np.isfinite(r["mre_mm"]) for r in result["arms"][arm])
+    assert "films to reach" in proc.stdout and "seconds per round" in proc.stdout
+    result = json.loads((out / "active_learning.json").read_text())
+    assert set(result["runs"]) == {"random", "uncertainty", "kcenter", "hybrid"}
+    test_ids = set(result["test_ids"])
+    for strategy, runs in result["runs"].items():
+        assert [r["seed"] for r in runs] == [3]
+        for run in runs:
+            first, last = run["rounds"]
+            assert first["model"] == result["runs"]["random"][0]["rounds"][0]["model"]  # the seed's shared initial model
+            assert [first["labelled"], last["labelled"]] == [2, 4] and all(np.isfinite(r["mre"]) for r in run["rounds"])
+            assert len(set(last["selected"])) == 2 and not set(last["selected"]) & (set(first["selected"]) | test_ids)
+            assert (last["selection_scores"] is not None) == (strategy in ("uncertainty", "hybrid"))
+    curve = result["summary"]["curves"]["kcenter"]
+    assert [c["labelled"] for c in curve] == [2, 4] and all(c["seeds"] == 1 for c in curve)
+    assert (out / "active_learning.png").stat().st_size > 10_000

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from maht_net.inference.predictor import Predictor, load_model
-from maht_net.io.atomic import atomic_write, write_json_atomic
+from maht_net.io.atomic import atomic_write, remove_unfinished_writes, write_json_atomic
 from maht_net.io.checkpoint import file_sha256
 
 from .errors import NoModelError, user_errors
@@ -124,10 +124,20 @@ def _copy_in(src: Path, dst: Path) -> None:
         shutil.copyfileobj(f, out)
 
 
+def _remove_unfinished(folder: Path) -> None:
+    """Delete the temporary files of a change a killed server never finished. Done by the
+    changes themselves, which MONAI Label runs one at a time (its training queue), and not at
+    start-up, when a training subprocess may be writing."""
+    removed = remove_unfinished_writes(folder, recursive=True)
+    if removed:
+        logger.warning("removed %d unfinished write(s) of an interrupted promotion: %s", len(removed), ", ".join(p.name for p in removed))
+
+
 def promote(model_dir: str | os.PathLike, new_model: str | os.PathLike) -> str:
     """Serve ``new_model``: the fine-tuned model served until now (if any) goes to ``history/``,
     then the new one replaces ``model.pt`` in one rename. Returns the new file's SHA-256."""
     folder = Path(model_dir)
+    _remove_unfinished(folder)
     served = folder / SERVED
     if served.is_file():
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(served.stat().st_mtime))
@@ -139,6 +149,7 @@ def promote(model_dir: str | os.PathLike, new_model: str | os.PathLike) -> str:
 def keep_candidate(model_dir: str | os.PathLike, new_model: str | os.PathLike) -> str:
     """Keep a model that was not promoted as ``candidate.pt``; returns its SHA-256."""
     target = Path(model_dir) / CANDIDATE
+    _remove_unfinished(target.parent)
     _copy_in(Path(new_model), target)
     return file_sha256(target)
 
@@ -154,6 +165,7 @@ def restore_previous(model_dir: str | os.PathLike) -> dict[str, Any]:
     served = folder / SERVED
     if not served.is_file():
         raise FileNotFoundError("the base model is served: there is no earlier model to restore")
+    _remove_unfinished(folder)
     rolled_back = file_sha256(served)
     _copy_in(served, folder / CANDIDATE)
     history = sorted((folder / HISTORY).glob("*.pt"))
