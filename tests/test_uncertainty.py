@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,49 @@ def test_prediction_documents_keep_covariance_and_fall_back_to_isotropic():
     for r in old["landmarks"]:
         del r["covariance_px"]  # a prediction written before covariances existed
     np.testing.assert_allclose(landmark_covariances(old)[0], np.eye(2) * 8.0)
+
+
+# --------------------------------------------------------------------------- active-learning selection
+
+
+def test_prepared_inputs_predict_the_same_as_files(tiny_checkpoint, phantom):
+    """Predictor.prepare reads each film once; predicting the prepared inputs (as the simulation
+    does for every round's model) gives the same documents as predicting the files."""
+    items = load_datalist(phantom, ["training", "validation", "test"])[:3]
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    from_files = predictor.predict(items)
+    prepared = predictor.prepare(items)
+    again = predictor.predict(prepared, prepared=True)
+    assert [p["id"] for p in again] == [it["id"] for it in items]
+    for a, b in zip(from_files, again):
+        np.testing.assert_allclose(prediction_points(a), prediction_points(b), atol=1e-5)
+        assert a["spacing"] == b["spacing"] and a["width"] == b["width"]
+    with pytest.raises(InputError, match="missing.png"):
+        predictor.prepare([{"image": str(Path(items[0]["image"]).with_name("missing.png")), "id": "x"}])
+
+
+def test_k_center_greedy_picks_the_farthest_film_each_time():
+    from maht_net.inference.active_learning import k_center_greedy
+
+    # two tight clusters near the labelled film, one film far away, one in between
+    x = np.array([[0, 0], [0.1, 0], [0, 0.1], [10, 0], [5, 0], [0.05, 0.05]], dtype=float)
+    assert k_center_greedy(x, [0], 1) == [3]
+    assert k_center_greedy(x, [0], 2) == [3, 4]  # 4 is then the farthest from {0, 3}
+    assert k_center_greedy(x, [0], 2, candidates=[1, 2, 4]) == [4, 1]  # only candidates; ties: the first
+    assert sorted(k_center_greedy(x, [], 6)) == list(range(6))  # never a film twice
+    assert k_center_greedy(x, [0, 1, 2, 3, 4, 5], 3) == []
+
+
+def test_encoder_features_describe_films_and_need_an_encoder(tiny_checkpoint, phantom):
+    from maht_net.inference.active_learning import encoder_features
+
+    network, _ = load_model(tiny_checkpoint)
+    network.train()
+    items = load_datalist(phantom, ["training", "validation", "test"])[:3]
+    images = torch.stack([torch.as_tensor(p["image"]).as_subclass(torch.Tensor) for p in Predictor(network, load_model(tiny_checkpoint)[1]).prepare(items)])
+    f = encoder_features(network, images)
+    assert f.shape[0] == 3 and f.ndim == 2 and network.training  # the mode is restored
+    np.testing.assert_allclose(f.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(encoder_features(network, images[:1]).numpy(), f[:1].numpy(), atol=1e-5)  # deterministic, per film
+    with pytest.raises(TypeError, match="no 'encoder'"):
+        encoder_features(torch.nn.Conv2d(1, 1, 1), images)

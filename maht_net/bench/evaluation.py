@@ -34,8 +34,11 @@ METRICS_FORMAT = "maht-net-metrics"
 logger = logging.getLogger(__name__)
 
 
-def predictor_errors(predictor: Predictor, items: Sequence[dict[str, Any]]) -> tuple[np.ndarray, str]:
+def predictor_errors(
+    predictor: Predictor, items: Sequence[dict[str, Any]], prepared: Sequence[dict[str, Any]] | None = None
+) -> tuple[np.ndarray, str]:
     """Run ``predictor`` on labelled datalist items and measure it, without writing files.
+    ``prepared``: the items' network inputs from :meth:`Predictor.prepare`, reused across models.
 
     Returns:
         ``(errors, unit)``: ``(F, N)`` landmark errors (NaN where a landmark is not annotated or
@@ -43,7 +46,10 @@ def predictor_errors(predictor: Predictor, items: Sequence[dict[str, Any]]) -> t
         (``unit`` ``"mm"`` or ``"px"``), so one figure never mixes units.
     """
     unit = "mm" if all(it.get("spacing") for it in items) else "px"
-    preds = predictor.predict([{k: it[k] for k in ("image", "id", "spacing") if it.get(k) is not None} for it in items])
+    if prepared is not None:
+        preds = predictor.predict(prepared, prepared=True)
+    else:
+        preds = predictor.predict([{k: it[k] for k in ("image", "id", "spacing") if it.get(k) is not None} for it in items])
     errors = [radial_errors(prediction_points(pred), np.asarray(it["landmarks"], dtype=float), it["spacing"] if unit == "mm" else None)
               for pred, it in zip(preds, items)]
     return np.asarray(errors), unit

@@ -1,4 +1,4 @@
-"""Active learning support: one uncertainty score per image.
+"""Active learning support: one uncertainty score per image, and diversity selection.
 
 Used by the MONAI Label app (scoring method) and by ``scripts/simulate_active_learning.py``, so
 the server and the simulation measure the same way. :func:`image_uncertainty` runs a
@@ -6,6 +6,11 @@ the server and the simulation measure the same way. :func:`image_uncertainty` ru
 (``mc_samples``, ``tta``) on one image, seeded, and condenses the per-landmark spread
 (``uncertainty_px`` / ``uncertainty_mm``) into one score: the mean over the landmarks, in mm when
 the spacing is known (or given as a fallback), else in pixels.
+
+Diversity: :func:`encoder_features` describes each film by the network's deepest encoder
+features, and :func:`k_center_greedy` picks films far from everything already labelled (the
+core-set strategy of Sener & Savarese, 2018); given a shortlist of uncertain films it is the
+hybrid "uncertain, then diverse" selection.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from maht_net.clinical.analysis import analyze_prediction
 from maht_net.codec.uncertainty import landmark_covariances
@@ -105,3 +112,50 @@ def image_uncertainty(
         torch.random.set_rng_state(state)
     pred = with_fallback_spacing(pred, fallback_spacing)
     return pred, uncertainty_summary(pred)
+
+
+def encoder_features(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` film descriptors: the deepest encoder feature map of ``(B, C_in, H, W)`` network
+    inputs, averaged over space and L2-normalised (MAHT-Net's timm encoder, before the ViT).
+
+    Raises:
+        TypeError: the network has no ``encoder`` (e.g. the U-Net baseline or an ONNX session).
+    """
+    encoder = getattr(network, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"{type(network).__name__} has no 'encoder' module to describe films with")
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.no_grad():
+            features = encoder(images)[-1].mean((-2, -1))
+    finally:
+        network.train(was_training)
+    return F.normalize(features.float(), dim=1)
+
+
+def k_center_greedy(features: np.ndarray, labelled: Sequence[int], k: int, candidates: Sequence[int] | None = None) -> list[int]:
+    """Greedy k-centre selection: ``k`` row indices of ``features`` ``(M, C)``, each the candidate
+    farthest (Euclidean) from every labelled or already chosen row.
+
+    Args:
+        labelled: rows already labelled (may be empty: the first pick is then the candidate
+            farthest from the candidates' mean).
+        candidates: rows that may be chosen (default: every row not labelled).
+
+    Returns:
+        ``min(k, len(candidates))`` distinct candidate rows, in the order chosen.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    pool = [i for i in (range(len(x)) if candidates is None else candidates) if i not in set(labelled)]
+    if not pool or k <= 0:
+        return []
+    centres = x[list(labelled)] if len(labelled) else x[pool].mean(0, keepdims=True)
+    nearest = np.min(np.linalg.norm(x[pool][:, None] - centres[None], axis=-1), axis=1)
+    chosen: list[int] = []
+    for _ in range(min(k, len(pool))):
+        j = int(np.argmax(nearest))
+        chosen.append(pool[j])
+        nearest = np.minimum(nearest, np.linalg.norm(x[pool] - x[pool[j]], axis=-1))
+        nearest[j] = -np.inf
+    return chosen

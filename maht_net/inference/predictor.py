@@ -154,15 +154,29 @@ class Predictor:
         network, info = load_model(checkpoint, device)
         return cls(network, info, device, **kwargs)
 
-    def predict(self, items: Iterable[str | os.PathLike | Mapping[str, Any]], desc: str | None = None) -> list[dict[str, Any]]:
+    def prepare(self, items: Iterable[str | os.PathLike | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The network inputs of ``items``, read and preprocessed once (for :meth:`predict` with
+        ``prepared=True``, when the same films are predicted by several models of one recipe).
+
+        Raises:
+            InputError: an image cannot be read (the message names it).
+        """
+        data = Dataset(image_items(items), self.transform)
+        return list(_surface_input_errors(data[i] for i in range(len(data))))
+
+    def predict(
+        self, items: Iterable[str | os.PathLike | Mapping[str, Any]], desc: str | None = None, prepared: bool = False
+    ) -> list[dict[str, Any]]:
         """Predict landmarks for image paths (or datalist-style items with ``image``/``id``/``spacing``),
-        with a progress bar named ``desc`` when given.
+        with a progress bar named ``desc`` when given. ``prepared``: ``items`` come from
+        :meth:`prepare` (of a predictor with the same ``input_size``/normalisation).
 
         Raises:
             InputError: an image cannot be read (the message names it).
         """
         preds = []
-        loader = DataLoader(Dataset(image_items(items), self.transform), batch_size=self.batch_size, num_workers=0)
+        data = Dataset(list(items)) if prepared else Dataset(image_items(items), self.transform)
+        loader = DataLoader(data, batch_size=self.batch_size, num_workers=0)
         batches = _surface_input_errors(loader)
         for batch in progress(batches, desc, unit="batch", total=len(loader)) if desc else batches:
             image = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"]
