@@ -248,7 +248,7 @@ def test_info_lists_model_labels_strategies_scoring(server):
     model = info["models"]["maht_net"]
     assert model["type"] == "segmentation" and model["dimension"] == 2
     assert list(model["labels"]) == ISBI2015.names and list(model["labels"].values()) == list(range(1, 20))
-    assert list(info["labels"]) == ISBI2015.names
+    assert info["labels"] == ISBI2015.names  # a list, as OHIF's panel expects (it appends to it)
     assert list(info["strategies"])[:3] == ["random", "maht_uncertainty", "first"]  # random is the viewers' default
     assert "maht_uncertainty" in info["scoring"] and "maht_net" in info["trainers"]
     assert info["datastore"]["total"] == 9  # 8 phantoms + 1 unreadable file
@@ -285,6 +285,15 @@ def test_infer_label_map_overlays_the_image(server, studies, image_id):
     np.testing.assert_allclose((sx, sy), expected, rtol=1e-6)
     x0, y0 = params["origin"]
     np.testing.assert_allclose(rows[0]["x_mm"], x0 + rows[0]["x"] * sx, rtol=1e-9)
+
+
+def test_infer_honours_result_compress(server):
+    """OHIF's panel asks for an uncompressed NRRD (``result_compress=false``); gzip stays the default."""
+    client = server["client"]
+    raw, _ = client.infer("maht_net", "phantom_0000", {"result_compress": False})
+    packed, _ = client.infer("maht_net", "phantom_0000", {})
+    assert b"encoding: raw" in Path(raw).read_bytes()[:400] and b"encoding: gzip" in Path(packed).read_bytes()[:400]
+    np.testing.assert_array_equal(itk.array_from_image(itk.imread(raw)), itk.array_from_image(itk.imread(packed)))
 
 
 def test_infer_markups_for_slicer(server, studies):
