@@ -61,7 +61,9 @@ class MAHTNetApp(MONAILabelApp):
             name="MAHT-Net cephalometric landmarks",
             description="19 cephalometric landmarks on lateral skull X-rays, with uncertainty-driven active learning",
             version="0.1.0",
-            labels=label_names("isbi2015"),
+            # the app-wide list is names in value order (MONAI Label's type; OHIF's panel appends to it),
+            # while the model's ``labels`` map name -> disc value
+            labels=list(label_names("isbi2015")),
         )
 
     # ------------------------------------------------------------------ tasks

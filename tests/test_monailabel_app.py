@@ -31,7 +31,16 @@ itk = pytest.importorskip("itk")
 from bad_inputs import SIZE, make_image_cases, make_label_cases, write_dicom  # noqa: E402
 from monailabel.client import MONAILabelClient  # noqa: E402
 from monailabel.client.client import MONAILabelClientException, MONAILabelUtils  # noqa: E402
-from servers import free_port, start_process, stop_process  # noqa: E402
+from servers import (  # noqa: E402
+    ORTHANC_MISSING,
+    free_port,
+    orthanc_available,
+    running_app_on_dicomweb,
+    running_orthanc,
+    start_process,
+    stop_process,
+    store_in_orthanc,
+)
 from test_bundle import TINY  # noqa: E402  (the same tiny training recipe as the bundle tests)
 
 from maht_net.datasets.phantom import make_phantom_dataset  # noqa: E402
@@ -239,7 +248,7 @@ def test_info_lists_model_labels_strategies_scoring(server):
     model = info["models"]["maht_net"]
     assert model["type"] == "segmentation" and model["dimension"] == 2
     assert list(model["labels"]) == ISBI2015.names and list(model["labels"].values()) == list(range(1, 20))
-    assert list(info["labels"]) == ISBI2015.names
+    assert info["labels"] == ISBI2015.names  # a list, as OHIF's panel expects (it appends to it)
     assert list(info["strategies"])[:3] == ["random", "maht_uncertainty", "first"]  # random is the viewers' default
     assert "maht_uncertainty" in info["scoring"] and "maht_net" in info["trainers"]
     assert info["datastore"]["total"] == 9  # 8 phantoms + 1 unreadable file
@@ -276,6 +285,15 @@ def test_infer_label_map_overlays_the_image(server, studies, image_id):
     np.testing.assert_allclose((sx, sy), expected, rtol=1e-6)
     x0, y0 = params["origin"]
     np.testing.assert_allclose(rows[0]["x_mm"], x0 + rows[0]["x"] * sx, rtol=1e-9)
+
+
+def test_infer_honours_result_compress(server):
+    """OHIF's panel asks for an uncompressed NRRD (``result_compress=false``); gzip stays the default."""
+    client = server["client"]
+    raw, _ = client.infer("maht_net", "phantom_0000", {"result_compress": False})
+    packed, _ = client.infer("maht_net", "phantom_0000", {})
+    assert b"encoding: raw" in Path(raw).read_bytes()[:400] and b"encoding: gzip" in Path(packed).read_bytes()[:400]
+    np.testing.assert_array_equal(itk.array_from_image(itk.imread(raw)), itk.array_from_image(itk.imread(packed)))
 
 
 def test_infer_markups_for_slicer(server, studies):
@@ -798,69 +816,28 @@ def test_server_killed_mid_promotion_restarts_on_one_complete_model(bundle_root,
 
 # --------------------------------------------------------------------------- DICOMweb (Orthanc)
 
-ORTHANC = shutil.which("Orthanc")
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-
-
-@pytest.mark.skipif(not ORTHANC or not DICOMWEB_PLUGIN.is_file(), reason="Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+@pytest.mark.skipif(not orthanc_available(), reason=ORTHANC_MISSING)
 def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, phantom, tmp_path):
     """A DX film and a CR film (MONOCHROME1, the same pixels inverted) stored in Orthanc, served
     over DICOMweb with no search filter set: both are listed, inferred from the DICOM file itself
     (the same landmarks as the local file, the film's spacing; the CR inverted back), scored, and
     label submission is refused (DX/CR cannot become DICOM SEG)."""
+    import pydicom
     from PIL import Image
 
     from maht_net.inference.predictor import Predictor
 
-    orthanc_port, dicom_port, port = free_port(), free_port(), free_port()
-    (tmp_path / "db").mkdir()
-    config = {
-        "Name": "maht-net-test", "StorageDirectory": str(tmp_path / "db"), "IndexDirectory": str(tmp_path / "db"),
-        "HttpPort": orthanc_port, "DicomPort": dicom_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    (tmp_path / "orthanc.json").write_text(json.dumps(config))
-    orthanc = start_process([ORTHANC, str(tmp_path / "orthanc.json")], tmp_path / "orthanc.log")
-    app = tmp_path / "monailabel_app"
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model", "bin"))
     dx = _study_file(studies, DICOM_ID)
     pixels = np.asarray(Image.open(phantom["items"][DICOM_ID]["image"])).astype(np.uint8)
     cr = write_dicom(tmp_path / "cr.dcm", 255 - pixels, photometric="MONOCHROME1", Modality="CR",
                      ImagerPixelSpacing=[DICOM_SPACING[1], DICOM_SPACING[0]])
-    server = None
-    try:
-        base = f"http://127.0.0.1:{orthanc_port}"
-        for _ in range(60):
-            try:
-                if requests.get(f"{base}/system", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        for film in (dx, cr):
-            assert requests.post(f"{base}/instances", data=film.read_bytes(), timeout=30).json()["Status"] == "Success"
-        env = {k: v for k, v in os.environ.items() if k != "MONAI_LABEL_DICOMWEB_SEARCH_FILTER"}
-        env.update(
-            MONAI_LABEL_AUTO_UPDATE_SCORING="false", MONAI_LABEL_SESSIONS="false", MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
-            MONAI_LABEL_DICOMWEB_CACHE_PATH=str(tmp_path / "cache"), PYTHONPATH=str(REPO),
-        )
-        server = start_process(
-            [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", f"{base}/dicom-web",
-             "--host", "127.0.0.1", "--port", str(port), "--conf", "bundle", str(bundle_root)],
-            tmp_path / "server.log", env=env, cwd=str(tmp_path),
-        )
-        client = MONAILabelClient(f"http://127.0.0.1:{port}", tmpdir=str(tmp_path))
-        info = None
-        for _ in range(180):
-            try:
-                info = client.info()
-                break
-            except (OSError, MONAILabelClientException):
-                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-                time.sleep(1)
-        assert info is not None and info["datastore"]["total"] == 2  # DX and CR listed, not only CT
+    with running_orthanc(tmp_path / "orthanc") as orthanc, \
+            running_app_on_dicomweb(tmp_path, f"{orthanc}/dicom-web", bundle_root) as url:
+        store_in_orthanc(orthanc, dx, cr)
+        client = MONAILabelClient(url, tmpdir=str(tmp_path))
+        info = client.info()
+        assert info["datastore"]["total"] == 2  # DX and CR listed, not only CT
         local = Predictor.from_checkpoint(bundle_root / "models" / "model.pt").predict([str(dx)])[0]
-        import pydicom
-
         series = {}
         assert client.next_sample("first", {})["id"] in {str(pydicom.dcmread(f).SeriesInstanceUID) for f in (dx, cr)}
         for film in (dx, cr):
@@ -876,14 +853,10 @@ def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, phantom, 
             status, msg = _error(client.save_label, sid, result, tag="final")
             assert status == 409 and "read-only" in msg
         assert len(series) == 2
-        status, body, _, _ = MONAILabelUtils.http_method("POST", f"http://127.0.0.1:{port}", "/scoring/maht_uncertainty?run_sync=true")
+        status, body, _, _ = MONAILabelUtils.http_method("POST", url, "/scoring/maht_uncertainty?run_sync=true")
         assert status == 200 and sorted(json.loads(body)["scored"]) == sorted(series), body
         status, _ = _error(client.infer, "maht_net", "../../etc", {})
         assert status == 404
-    finally:
-        if server is not None:
-            stop_process(server)
-        stop_process(orthanc)
 
 
 # --------------------------------------------------------------------------- simulation script

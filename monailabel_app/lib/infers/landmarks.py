@@ -12,7 +12,8 @@ Returns
   provides it), ``spacing``/``spacing_source``, ``geometry`` (the viewer's), ``model`` (version).
 
 Request parameters (all optional): ``output`` (``labelmap``/``markups``), ``result_extension``
-(``.nrrd``, ``.nii.gz``, ``.json``), ``mc_samples``, ``tta``, ``disc_radius`` (px).
+(``.nrrd``, ``.nii.gz``, ``.json``), ``result_compress`` (default true; OHIF sends false),
+``mc_samples``, ``tta``, ``disc_radius`` (px).
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ class LandmarkInferTask(InferTask):
             except (TypeError, ValueError):
                 raise http_error(400, f"disc_radius must be a number of pixels, got {radius!r}") from None
             label = render_label_map(prediction_points(pred), geometry.width, geometry.height, radius)
-            write_label_map(path, label, geometry)
+            # OHIF's panel asks for result_compress=false (its NRRD reader warns on gzip)
+            write_label_map(path, label, geometry, compression=_flag(request.get("result_compress", True)))
         t["write"] = time.time() - t0
         t["total"] = time.time() - start
         result_json["latencies"] = {k: round(v, 3) for k, v in t.items()}
