@@ -67,3 +67,40 @@ def test_audit_passes_on_the_shared_data(path):
     assert report["problems"] == [], report["problems"]
     n = sum(len(load_datalist(path, s, base_dir=_data_root(path), check_files=True)) for s in datalist_sections(_doc(path)))
     assert n == sum(len(_doc(path)[s]) for s in datalist_sections(_doc(path)))
+
+
+def test_make_datalists_writes_every_split_present_relative_to_the_data_root(tmp_path):
+    """On a data root with both sets (the ISBI release complete: Test1/Test2 too), the script
+    writes each split for both truths, with paths that resolve from the data root."""
+    import sys
+
+    from PIL import Image
+    from test_labelme_prepare import _base_points, _shape, _write
+    from test_readers import _isbi_tree
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import make_datalists
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    root = tmp_path / "data"
+    _isbi_tree(root / "isbi2015-ceph", n_train=3, suffix=".jpg")
+    rng = np.random.default_rng(0)
+    (root / "hamedan-ceph" / "images").mkdir(parents=True)
+    for i in range(1, 11):
+        Image.fromarray(np.zeros((100, 200), np.uint8)).save(root / "hamedan-ceph" / "images" / f"{i:03d}.png")
+        points = _base_points(rng)
+        for annotator in ("annotator1", "annotator2"):
+            _write(root / "hamedan-ceph" / "annotations" / annotator / f"{i:03d}.json", [_shape(f"l{k + 1}", *q) for k, q in enumerate(points)])
+    out = tmp_path / "datalists"
+    assert make_datalists.main(["--data-root", str(root), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.glob("*.json"))
+    assert names == sorted(["hamedan.json"] + [f"isbi2015_{s}_{t}.json" for s in ("train", "test1", "test2") for t in ("mean", "senior")])
+    for path in out.glob("*.json"):
+        doc = _doc(path)
+        assert doc["data_root"] == str(root.resolve())  # not beside the repository: an absolute root
+        for section in datalist_sections(doc):
+            assert load_datalist(path, section, base_dir=root, check_files=True)
+    test1 = _doc(out / "isbi2015_test1_senior.json")
+    assert test1["truth"] == "senior" and [Path(it["image"]).name for it in test1["test"]] == ["151.jpg", "152.jpg", "153.jpg"]
+    assert [len(_doc(out / "hamedan.json")[s]) for s in ("training", "validation", "test")] == [7, 1, 2]
