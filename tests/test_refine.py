@@ -86,12 +86,17 @@ def test_jitter_matches_its_statistics():
 
 
 @pytest.fixture(scope="module")
-def phantom_items(tmp_path_factory):
+def phantom_datalist(tmp_path_factory):
     from maht_net.datasets.phantom import make_phantom_dataset
+
+    return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), n=10, seed=1, size=(256, 320))
+
+
+@pytest.fixture(scope="module")
+def phantom_items(phantom_datalist):
     from maht_net.io.datalist import load_datalist
 
-    datalist = make_phantom_dataset(tmp_path_factory.mktemp("phantom"), n=10, seed=1, size=(256, 320))
-    return load_datalist(datalist, ["training", "validation", "test"])
+    return load_datalist(phantom_datalist, ["training", "validation", "test"])
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +187,25 @@ def test_refinement_network_exports_to_onnx_with_parity(two_stage, phantom_items
     eager = Predictor(*load_model(two_stage), refiner=refiner).predict(images)[0]
     ort = Predictor(*load_model(two_stage), refiner=onnx).predict(images)[0]
     assert np.allclose(_points(eager), _points(ort), atol=1e-3)
+
+
+def test_cli_trains_attaches_exports_and_infers_both_stages(tiny_checkpoint, phantom_datalist, phantom_items, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from maht_net.cli import main
+
+    model = tmp_path / "two_stage.pt"
+    args = ["--datalist", str(phantom_datalist), "--out", str(model), "--network", "refine_net_small", "--patch", "32", "--mm-per-px", "0.66"]
+    assert main(["refine", str(tiny_checkpoint), *args, "--iterations", "3", "--batch-size", "2"]) == 0
+    assert checkpoint_stages(load_checkpoint_file(model)) == ["coarse", "refine"]
+    assert main(["export", "--checkpoint", str(model), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.refine.onnx").is_file()
+    image, spacing = phantom_items[9]["image"], str(phantom_items[9]["spacing"][0])
+    for name, extra in (("torch", []), ("ort", ["--onnx", str(tmp_path / "m.onnx")]), ("coarse", ["--no-refine"])):
+        assert main(["infer", "--checkpoint", str(model), "--input", image, "--out", str(tmp_path / name), "--spacing", spacing, "--no-overlay", *extra]) == 0
+    read = {name: json.loads(next((tmp_path / name).glob("*_landmarks.json")).read_text()) for name in ("torch", "ort", "coarse")}
+    assert read["torch"]["stages"] == read["ort"]["stages"] == ["coarse", "refine"] and "stages" not in read["coarse"]
+    assert np.allclose(_points(read["torch"]), _points(read["ort"]), atol=1e-3)
+    assert np.allclose([[r["coarse_x"], r["coarse_y"]] for r in read["torch"]["landmarks"]], _points(read["coarse"]))
+    assert "two stages" in capsys.readouterr().out
