@@ -16,7 +16,7 @@ def _run(args: argparse.Namespace) -> int:
     if not isinstance(state, dict) or "info" not in state:
         raise InputError(args.checkpoint, "not a MAHT-Net checkpoint: expected keys 'model' and 'info'")
     info = state["info"]
-    items = load_datalist(args.datalist, args.section)
+    items = load_datalist(args.datalist, args.section, base_dir=args.base_dir, landmark_set=info.get("landmark_set"), check_files=True)
     codec = PatchCodec(patch_size=args.patch, mm_per_px=args.mm_per_px, stride=args.stride, sigma=args.sigma)
     jitter = PatchJitter(sigma_mm=args.jitter_mm, tail_fraction=args.tail_fraction, tail_mm=args.tail_mm)
     _, stage = train_refiner(
@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="the first-stage model.pt")
     p.add_argument("--datalist", required=True, help="datalist with ground-truth landmarks")
     p.add_argument("--section", default="training", help="section to train on")
-    p.add_argument("--out", help="write the two-stage checkpoint here instead of in place")
+    p.add_argument("--base-dir", help="folder that relative image paths of the datalist are resolved against (default: its folder)")
+    p.add_argument("--out", required=True, help="the two-stage checkpoint to write (may be the input checkpoint itself)")
     p.add_argument("--network", default="refine_net", help="refinement network (refine_net, refine_net_small)")
     p.add_argument("--patch", type=int, default=64, help="patch side in patch pixels")
     p.add_argument("--mm-per-px", type=float, default=0.2, help="patch resolution (field = patch x mm-per-px)")
