@@ -173,6 +173,8 @@ def test_predictor_runs_both_stages_and_records_the_first(tiny_checkpoint, two_s
     predictor = Predictor(*load_model(two_stage), refiner=load_refiner(two_stage))
     again = predictor.predict(predictor.prepare(images), prepared=True)
     assert np.allclose(_points(again[0]), _points(on[0]))
+    with pytest.raises(ValueError, match="full-resolution films"):
+        predictor.predict(Predictor(*load_model(two_stage)).prepare(images), prepared=True)
 
 
 def test_refinement_network_exports_to_onnx_with_parity(two_stage, phantom_items, tmp_path):

@@ -198,6 +198,8 @@ class Predictor:
                 log_p = self.inferer(image.to(self.device), self.network).cpu()
             output = self.decode({"pred": log_p, "to_original": batch["to_original"], "orig_size": batch["orig_size"]})
             if self.refiner is not None:
+                if FILM_KEY not in batch:
+                    raise ValueError("the refinement stage needs the full-resolution films: prepare the items with this predictor (or one that refines)")
                 output = self.refiner.refine(output, batch[FILM_KEY], batch["orig_spacing"])
             preds += prediction_from_batch(batch, output, self.info.get("landmark_set", "isbi2015"), self.info.get("model"))
         return preds
