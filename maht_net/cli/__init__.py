@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "maht_net.cli.evaluate",
     "maht_net.cli.infer",
     "maht_net.cli.calibrate",
+    "maht_net.cli.refine",
     "maht_net.cli.analyze",
     "maht_net.cli.report",
 )

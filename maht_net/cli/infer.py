@@ -12,6 +12,7 @@ from maht_net.errors import InputError
 from maht_net.inference.ensemble import load_ensemble
 from maht_net.inference.export import OnnxNetwork, export_onnx, export_torchscript
 from maht_net.inference.predictor import Predictor, image_items, load_model
+from maht_net.inference.refine import Refiner, load_refiner
 from maht_net.inference.writers import write_outputs
 from maht_net.io.checkpoint import shipped_model
 
@@ -23,8 +24,16 @@ def _checkpoints(args: argparse.Namespace) -> list[Path]:
     return [Path(args.bundle) / "models" / "model.pt" if args.bundle else shipped_model()]
 
 
+def refine_onnx_path(onnx: str | Path) -> Path:
+    """Where ``maht-net export`` writes the refinement stage beside the first stage's ONNX file
+    (``model.onnx`` -> ``model.refine.onnx``), and where ``maht-net infer --onnx`` looks for it."""
+    onnx = Path(onnx)
+    return onnx.with_name(onnx.stem + ".refine" + onnx.suffix)
+
+
 def _run_infer(args: argparse.Namespace) -> int:
     checkpoints = _checkpoints(args)
+    refiner = None
     if len(checkpoints) > 1:
         if args.onnx:
             raise InputError(args.onnx, "an ensemble runs the PyTorch checkpoints; drop --onnx or pass one --checkpoint")
@@ -32,12 +41,18 @@ def _run_infer(args: argparse.Namespace) -> int:
         print(f"ensemble of {len(checkpoints)} models (mean heatmap); uncertainty reported uncalibrated")
     else:
         network, info = load_model(checkpoints[0])
+        refiner = None if args.no_refine else load_refiner(checkpoints[0])
         model = info["model"]
-        print(f"model: {checkpoints[0]} (version {model['version'] or 'not recorded'}, sha256 {model['sha256'][:12]})")
+        stages = "two stages (refinement on the full-resolution film)" if refiner else "one stage"
+        print(f"model: {checkpoints[0]} (version {model['version'] or 'not recorded'}, sha256 {model['sha256'][:12]}; {stages})")
     if args.onnx:
         if not Path(args.onnx).is_file():
             raise InputError(args.onnx, "ONNX model not found (make one with 'maht-net export --format onnx')")
         network = OnnxNetwork(args.onnx, threads=args.threads)
+        if refiner is not None:
+            if not refine_onnx_path(args.onnx).is_file():
+                raise InputError(refine_onnx_path(args.onnx), "the checkpoint has a refinement stage but its ONNX file is missing (export both with 'maht-net export --format onnx', or pass --no-refine)")
+            refiner = Refiner(OnnxNetwork(refine_onnx_path(args.onnx), threads=args.threads), refiner.info)
         if args.mc_samples:
             raise InputError(args.onnx, "MC-dropout needs the PyTorch model; drop --onnx or --mc-samples")
     inputs = args.input[0] if len(args.input) == 1 and Path(args.input[0]).is_dir() else args.input
@@ -45,7 +60,7 @@ def _run_infer(args: argparse.Namespace) -> int:
     if args.spacing:
         sx, sy = (args.spacing[0], args.spacing[0]) if len(args.spacing) == 1 else args.spacing[:2]
         items = [dict(it, spacing=(sx, sy)) for it in items]
-    predictor = Predictor(network, info, mc_samples=args.mc_samples, tta=args.tta)
+    predictor = Predictor(network, info, mc_samples=args.mc_samples, tta=args.tta, refiner=refiner)
     out = Path(args.out)
     failed = []
     for item in items:  # one at a time: a bad file is reported by name and the others still run
@@ -66,10 +81,18 @@ def _run_infer(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    network, info = load_model(_checkpoints(args)[0])
+    checkpoint = _checkpoints(args)[0]
+    network, info = load_model(checkpoint)
     size = (int(info["input_size"][1]), int(info["input_size"][0]))  # (H, W)
-    diff = (export_onnx if args.format == "onnx" else export_torchscript)(network, args.out, size=size)
+    export = export_onnx if args.format == "onnx" else export_torchscript
+    diff = export(network, args.out, size=size)
     print(f"wrote {args.out} ({args.format}); max |logit difference| vs eager on a random input: {diff:.2e}")
+    refiner = load_refiner(checkpoint)
+    if refiner is not None:
+        out = refine_onnx_path(args.out)
+        patch = refiner.codec.patch_size
+        diff = export(refiner.network, out, size=(patch, patch))
+        print(f"wrote {out} (refinement stage, {args.format}); max |logit difference| vs eager on random patches: {diff:.2e}")
     return 0
 
 
@@ -87,10 +110,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", help="run this ONNX model with ONNX Runtime instead of PyTorch")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
+    p.add_argument("--no-refine", action="store_true", help="first stage only, for a two-stage checkpoint (docs/refinement.md)")
     p.set_defaults(func=_run_infer)
     e = subparsers.add_parser("export", help="export a trained bundle model to ONNX or TorchScript (checked against eager)")
     e.add_argument("--bundle", help="bundle folder whose models/model.pt is exported (default: the shipped model)")
     e.add_argument("--checkpoint", help="a checkpoint file instead")
     e.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="export format (default: onnx)")
-    e.add_argument("--out", required=True, help="file to write (e.g. model.onnx or model.ts)")
+    e.add_argument("--out", required=True, help="file to write (e.g. model.onnx or model.ts); a two-stage checkpoint's "
+                   "refinement stage goes beside it (model.refine.onnx)")
     e.set_defaults(func=_run_export)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monai.data import CacheDataset, Dataset
-from monai.transforms import Compose
+from monai.transforms import Compose, CopyItemsd
 
 from maht_net.io.datalist import parse_items
 from maht_net.progress import progress_shown
@@ -23,7 +23,7 @@ from maht_net.transforms.io import LoadXRayd, unwrap_input_error
 from maht_net.transforms.spatial import LandmarkResizePadd, RandLandmarkAffineElasticd
 from maht_net.transforms.targets import PackLandmarksd
 
-__all__ = ["preprocessing_transforms", "augmentation_transforms", "training_transforms", "evaluation_transforms", "landmark_dataset", "ITEM_KEYS"]
+__all__ = ["FILM_KEY", "film_transforms", "preprocessing_transforms", "augmentation_transforms", "training_transforms", "evaluation_transforms", "landmark_dataset", "ITEM_KEYS"]
 
 ITEM_KEYS = ("image", "landmarks", "spacing", "id")
 
@@ -35,14 +35,31 @@ def _size(size: int | Sequence[int]) -> tuple[int, int]:
     return w, h
 
 
-def preprocessing_transforms(size: int | Sequence[int] = (256, 320), normalize: str = "percentile", clahe: bool = False) -> list:
-    """Load -> normalise intensities -> optional CLAHE -> letterbox to ``size`` ``(W, H)``.
+FILM_KEY = "film"
+"""Key of the full-resolution film (normalised, before the letterbox) that the refinement stage reads."""
 
-    Deterministic, so a ``CacheDataset`` caches its output.
-    """
+
+def film_transforms(normalize: str = "percentile", clahe: bool = False) -> list:
+    """Load -> normalise intensities -> optional CLAHE: the film at its own resolution, as both
+    stages see it (the first after :func:`preprocessing_transforms`' letterbox, the refinement
+    stage in patches)."""
     steps: list = [LoadXRayd("image"), NormalizeXRayd("image", mode=normalize)]
     if clahe:
         steps.append(CLAHEd("image"))
+    return steps
+
+
+def preprocessing_transforms(
+    size: int | Sequence[int] = (256, 320), normalize: str = "percentile", clahe: bool = False, keep_film: bool = False
+) -> list:
+    """Load -> normalise intensities -> optional CLAHE -> letterbox to ``size`` ``(W, H)``.
+
+    Deterministic, so a ``CacheDataset`` caches its output. ``keep_film``: also keep the film
+    before the letterbox under :data:`FILM_KEY` (``(1, H, W)``, for the refinement stage).
+    """
+    steps = film_transforms(normalize, clahe)
+    if keep_film:
+        steps.append(CopyItemsd("image", names=FILM_KEY))
     steps.append(LandmarkResizePadd("image", size=_size(size)))
     return steps
 
@@ -82,9 +99,11 @@ def training_transforms(
 
 
 def evaluation_transforms(
-    size: int | Sequence[int] = (256, 320), num_landmarks: int = 19, normalize: str = "percentile", clahe: bool = False
+    size: int | Sequence[int] = (256, 320), num_landmarks: int = 19, normalize: str = "percentile", clahe: bool = False, keep_film: bool = False
 ) -> Compose:
-    return Compose(preprocessing_transforms(size, normalize, clahe) + [PackLandmarksd(num_landmarks=num_landmarks)])
+    """Preprocessing and packing for evaluation and inference; ``keep_film``: see :func:`preprocessing_transforms`."""
+    extra = (FILM_KEY,) if keep_film else ()
+    return Compose(preprocessing_transforms(size, normalize, clahe, keep_film) + [PackLandmarksd(num_landmarks=num_landmarks, extra_keys=extra)])
 
 
 def landmark_dataset(

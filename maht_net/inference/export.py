@@ -16,8 +16,8 @@ __all__ = ["export_torchscript", "export_onnx", "OnnxNetwork"]
 
 
 def _example(model: nn.Module, size: tuple[int, int]) -> torch.Tensor:
-    h, w = size
-    return torch.rand(1, getattr(model, "in_channels", 1), h, w)
+    h, w = size  # a refinement network's input is one patch per landmark: (1, N, P, P)
+    return torch.rand(1, getattr(model, "input_channels", getattr(model, "in_channels", 1)), h, w)
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (256, 256)) -> float:

@@ -16,13 +16,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from monai.data import DataLoader, Dataset
+from monai.data import DataLoader, Dataset, list_data_collate
 from monai.inferers import Inferer
 
 from maht_net.codec.heatmaps import mix_log_probs, spatial_log_softmax
 from maht_net.codec.uncertainty import calibration_for
-from maht_net.datasets.pipeline import evaluation_transforms
+from maht_net.datasets.pipeline import FILM_KEY, evaluation_transforms
 from maht_net.errors import InputError
+from maht_net.inference.refine import Refiner, load_refiner
 from maht_net.inference.writers import prediction_from_batch
 from maht_net.io.atomic import write_json_atomic
 from maht_net.io.checkpoint import load_checkpoint_file, model_identity
@@ -122,14 +123,19 @@ class Predictor:
     """Run a trained network on image files and return prediction documents.
 
     The same pieces as the bundle's inference workflow: :func:`~maht_net.datasets.pipeline.evaluation_transforms`,
-    :class:`LandmarkInferer`, :class:`DecodeLandmarksd`, :func:`prediction_from_batch`.
+    :class:`LandmarkInferer`, :class:`DecodeLandmarksd`, :func:`prediction_from_batch`; then,
+    with a ``refiner``, the refinement stage (:class:`~maht_net.inference.refine.Refiner`) on the
+    full-resolution film around each first-stage landmark.
 
     Args:
         network: a MAHT-Net/U-Net module, or an :class:`~maht_net.inference.export.OnnxNetwork`.
         info: the checkpoint's inference spec (:class:`~maht_net.io.checkpoint.CheckpointInfo`).
-        mc_samples, tta: see :class:`LandmarkInferer`.
+        mc_samples, tta: see :class:`LandmarkInferer` (first stage only).
         calibrate: apply the checkpoint's uncertainty calibration when it was fitted for this
-            ``mc_samples``/``tta`` (:func:`~maht_net.codec.uncertainty.calibration_for`).
+            ``mc_samples``/``tta`` (:func:`~maht_net.codec.uncertainty.calibration_for`; first
+            stage only: refined landmarks report the refinement network's own spread).
+        refiner: the refinement stage (:func:`~maht_net.inference.refine.load_refiner`), or ``None``.
+        refine: run it (``False``: first stage only, for paired on/off comparisons).
     """
 
     def __init__(
@@ -141,18 +147,24 @@ class Predictor:
         tta: bool = False,
         batch_size: int = 1,
         calibrate: bool = True,
+        refiner: Refiner | None = None,
+        refine: bool = True,
     ) -> None:
         self.network, self.info, self.device = network, dict(info), torch.device(device)
         self.batch_size = int(batch_size)
-        self.transform = evaluation_transforms(info["input_size"], len(info["landmark_names"]), info.get("normalize", "percentile"), info.get("clahe", False))
+        self.refiner = refiner if refine else None
+        self.transform = evaluation_transforms(
+            info["input_size"], len(info["landmark_names"]), info.get("normalize", "percentile"), info.get("clahe", False), keep_film=self.refiner is not None
+        )
         self.inferer = LandmarkInferer(mc_samples, tta, int(info["stride"]))
         calibration = calibration_for(info, mc_samples, tta) if calibrate else None
         self.decode = DecodeLandmarksd(stride=int(info["stride"]), method=info.get("decoder", "dark"), calibration=calibration)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str = "cpu", **kwargs: Any) -> Predictor:
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str = "cpu", refine: bool = True, **kwargs: Any) -> Predictor:
+        """Both stages of ``checkpoint`` (the refinement stage when it holds one and ``refine``)."""
         network, info = load_model(checkpoint, device)
-        return cls(network, info, device, **kwargs)
+        return cls(network, info, device, refiner=load_refiner(checkpoint, device) if refine else None, **kwargs)
 
     def prepare(self, items: Iterable[str | os.PathLike | Mapping[str, Any]]) -> list[dict[str, Any]]:
         """The network inputs of ``items``, read and preprocessed once (for :meth:`predict` with
@@ -176,7 +188,7 @@ class Predictor:
         """
         preds = []
         data = Dataset(list(items)) if prepared else Dataset(image_items(items), self.transform)
-        loader = DataLoader(data, batch_size=self.batch_size, num_workers=0)
+        loader = DataLoader(data, batch_size=self.batch_size, num_workers=0, collate_fn=_collate_films)
         batches = _surface_input_errors(loader)
         for batch in progress(batches, desc, unit="batch", total=len(loader)) if desc else batches:
             image = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"]
@@ -185,6 +197,10 @@ class Predictor:
             with torch.no_grad():
                 log_p = self.inferer(image.to(self.device), self.network).cpu()
             output = self.decode({"pred": log_p, "to_original": batch["to_original"], "orig_size": batch["orig_size"]})
+            if self.refiner is not None:
+                if FILM_KEY not in batch:
+                    raise ValueError("the refinement stage needs the full-resolution films: prepare the items with this predictor (or one that refines)")
+                output = self.refiner.refine(output, batch[FILM_KEY], batch["orig_spacing"])
             preds += prediction_from_batch(batch, output, self.info.get("landmark_set", "isbi2015"), self.info.get("model"))
         return preds
 
@@ -261,6 +277,15 @@ def _surface_input_errors(loader: Iterable) -> Iterable:
                 raise
             raise err from None
         yield batch
+
+
+def _collate_films(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """MONAI's collation, with the full-resolution films (of different sizes) kept as a list."""
+    films = [s[FILM_KEY] for s in samples] if samples and FILM_KEY in samples[0] else None
+    batch = list_data_collate([{k: v for k, v in s.items() if k != FILM_KEY} for s in samples])
+    if films is not None:
+        batch[FILM_KEY] = films
+    return batch
 
 
 def _shift(x: torch.Tensor, dx: int, dy: int, fill: float = 0.0) -> torch.Tensor:

@@ -35,7 +35,7 @@ def prediction_from_batch(
     ``batch`` holds the collated samples (``image`` MetaTensor with its meta, ``id``,
     ``orig_spacing``); ``output`` the ``pred_points``/``pred_spread``/``pred_covariance``/
     ``pred_confidence`` (and ``uncertainty_calibration``) of :class:`DecodeLandmarksd`, all in
-    original pixels. Each document carries the cephalometric
+    original pixels, and after the refinement stage the first stage's ``coarse_points``/``coarse_spread``. Each document carries the cephalometric
     measurements of :func:`maht_net.clinical.analysis.analyze_prediction` under ``"measurements"``
     and, when given, the ``model`` that made it (:func:`~maht_net.io.checkpoint.model_identity`).
     """
@@ -43,6 +43,8 @@ def prediction_from_batch(
     spread = torch.as_tensor(output["pred_spread"]).detach().cpu().numpy()
     covariance = torch.as_tensor(output["pred_covariance"]).detach().cpu().numpy() if "pred_covariance" in output else None
     conf = torch.as_tensor(output["pred_confidence"]).detach().cpu().numpy()
+    coarse = torch.as_tensor(output["coarse_points"]).detach().cpu().numpy() if "coarse_points" in output else None
+    coarse_spread = torch.as_tensor(output["coarse_spread"]).detach().cpu().numpy() if "coarse_points" in output else None
     n = points.shape[0]
     meta = getattr(batch["image"], "meta", {})
     files = _meta_list(meta, "filename_or_obj", n)
@@ -68,6 +70,8 @@ def prediction_from_batch(
                 origin=tuple(float(v) for v in np.asarray(origins[i])) if origins[i] is not None else (0.0, 0.0),
                 covariance_px=None if covariance is None else covariance[i],
                 uncertainty_calibration=output.get("uncertainty_calibration"),
+                coarse_points=None if coarse is None else coarse[i],
+                coarse_uncertainty_px=None if coarse_spread is None else coarse_spread[i],
                 **({"model": dict(model)} if model else {}),
             )
         )

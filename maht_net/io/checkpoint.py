@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from maht_net.errors import InputError
+from maht_net.io.atomic import atomic_write
 from maht_net.landmarks import get_landmark_set
 
 PREPROCESSING_KEYS = ("landmark_set", "landmark_names", "input_size", "normalize", "clahe")
@@ -23,6 +24,15 @@ CODEC_KEYS = ("stride", "sigma", "decoder")
 
 INFO_KEYS = ("network", "network_kwargs", *PREPROCESSING_KEYS, *CODEC_KEYS, "coordinate_convention")
 """Every field of a checkpoint's ``info`` (:class:`CheckpointInfo`); calibration may add ``uncertainty_calibration``."""
+
+PATCH_CODEC_KEYS = ("patch_size", "mm_per_px", "stride", "sigma", "decoder", "default_spacing")
+"""Refinement-stage info fields that record its patch codec (:class:`maht_net.codec.patches.PatchCodec`)."""
+
+REFINE_STAGE = "refine"
+"""Checkpoint key of the refinement stage: ``{"model": state_dict, "info": {...}}`` (:func:`refine_stage`)."""
+
+REFINE_INFO_KEYS = ("network", "network_kwargs", "landmark_names", "normalize", "clahe", *PATCH_CODEC_KEYS)
+"""Every field of a refinement stage's ``info`` (training may add ``trained``: its recipe and provenance)."""
 
 RECIPE_KEYS = tuple(k for k in PREPROCESSING_KEYS + CODEC_KEYS if k not in ("landmark_names", "stride"))
 """Info fields that are ``train.json`` ids of the same name (the network's are ``network_name`` and
@@ -115,6 +125,60 @@ def training_recipe(info: Mapping[str, Any], network_kwargs: Mapping[str, Any] |
     recipe = {"network_name": info["network"], "network_kwargs": dict(kwargs)}
     recipe.update({key: info[key] for key in RECIPE_KEYS if key in info})
     return recipe
+
+
+def checkpoint_stages(state: Mapping[str, Any]) -> list[str]:
+    """The stages a loaded checkpoint holds: ``["coarse"]`` (every checkpoint, also those written
+    before the refinement stage existed) plus ``"refine"`` when it holds one."""
+    return ["coarse", REFINE_STAGE] if isinstance(state.get(REFINE_STAGE), Mapping) else ["coarse"]
+
+
+def refine_stage(state: Mapping[str, Any], checkpoint: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The refinement stage ``{"model", "info"}`` of a loaded checkpoint, or ``None`` when it has none.
+
+    Raises:
+        InputError: the stage is there but incomplete (``model`` or one of :data:`REFINE_INFO_KEYS` missing).
+    """
+    stage = state.get(REFINE_STAGE)
+    if stage is None:
+        return None
+    if not (isinstance(stage, Mapping) and "model" in stage and isinstance(stage.get("info"), Mapping)):
+        raise InputError(checkpoint, "refinement stage incomplete: expected keys 'model' and 'info'")
+    missing = [k for k in REFINE_INFO_KEYS if k not in stage["info"]]
+    if missing:
+        raise InputError(checkpoint, f"refinement stage incomplete: missing {', '.join(missing)}")
+    return {"model": stage["model"], "info": dict(stage["info"])}
+
+
+def attach_refine_stage(
+    checkpoint: str | os.PathLike, stage: Mapping[str, Any], out: str | os.PathLike | None = None
+) -> Path:
+    """Write ``checkpoint`` with the refinement ``stage`` (``{"model", "info"}``) added or
+    replaced, to ``out`` (default: over ``checkpoint``), atomically; ``info["stages"]`` records
+    ``["coarse", "refine"]``. The first stage's weights and info are kept unchanged.
+
+    Raises:
+        InputError: not a MAHT-Net checkpoint, an incomplete ``stage``, or a stage whose
+            landmarks or intensity normalisation differ from the first stage's.
+    """
+    state = load_checkpoint_file(checkpoint)
+    if not isinstance(state, Mapping) or "info" not in state or "model" not in state:
+        raise InputError(checkpoint, "not a MAHT-Net checkpoint: expected keys 'model' and 'info'")
+    stage = refine_stage({REFINE_STAGE: stage}, checkpoint)
+    assert stage is not None
+    info = dict(state["info"])
+    for key, default in (("landmark_names", None), ("normalize", "percentile"), ("clahe", False)):
+        if list(_as_list(info.get(key, default))) != list(_as_list(stage["info"][key])):
+            raise InputError(checkpoint, f"refinement stage does not fit: its {key} {stage['info'][key]!r} differ from the checkpoint's {info.get(key, default)!r}")
+    new = dict(state, info=dict(info, stages=["coarse", REFINE_STAGE]), **{REFINE_STAGE: stage})
+    out = Path(out) if out is not None else Path(checkpoint)
+    with atomic_write(out, "wb") as f:
+        torch.save(new, f)
+    return out
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 SHIPPED_MODEL_ENV = "MAHT_NET_MODEL"

@@ -9,7 +9,10 @@ One image gives ``<id>_landmarks.json``::
                     "x_mm": float | null, "y_mm": float | null,
                     "uncertainty_px": float | null, "uncertainty_mm": float | null,
                     "covariance_px": [[cxx, cxy], [cxy, cyy]] | null,
-                    "confidence": float | null}, ...],
+                    "confidence": float | null,
+                    "coarse_x": float | null, "coarse_y": float | null,   # two-stage models only
+                    "coarse_uncertainty_px": float | null}, ...],
+     "stages": ["coarse", "refine"],   # two-stage models only
      "uncertainty_calibration": {...} | null,
      "measurements": {...}}   # optional: maht_net.clinical.analysis.analyze_prediction (SNA, ANB, ...)
 
@@ -24,6 +27,12 @@ model over ``(x, y)`` original pixels (its 95 % ellipse is what reports draw) an
 set (the fitted record: method, per-landmark ``scale``, the section it was fitted on), both
 are calibrated: ``uncertainty_px`` is the expected RMS error; when it is ``null`` they are the
 network's raw spread, which over-states the error on real films.
+
+Two stages (``docs/refinement.md``): when the model refines the first stage's landmarks on the
+full-resolution film, ``x``/``y``, the uncertainty and the confidence are the refinement stage's,
+the document lists ``"stages": ["coarse", "refine"]`` and each landmark keeps the first stage's
+point and spread as ``coarse_x``/``coarse_y``/``coarse_uncertainty_px``. Documents of
+single-stage models have none of these keys (unchanged from before the refinement stage).
 """
 
 from __future__ import annotations
@@ -84,6 +93,8 @@ def build_prediction(
     origin: Sequence[float] = (0.0, 0.0),
     covariance_px: np.ndarray | None = None,
     uncertainty_calibration: dict[str, Any] | None = None,
+    coarse_points: np.ndarray | None = None,
+    coarse_uncertainty_px: np.ndarray | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Assemble the prediction document for one image.
@@ -95,6 +106,8 @@ def build_prediction(
         confidence: ``(N,)`` in ``[0, 1]``.
         covariance_px: ``(N, 2, 2)`` over ``(x, y)`` pixels (``null`` where not finite).
         uncertainty_calibration: the calibration record applied to both, or ``None`` (raw).
+        coarse_points, coarse_uncertainty_px: the first stage's ``(N, 2)`` points and ``(N,)``
+            spread when ``points`` are the refinement stage's (adds ``coarse_*`` and ``stages``).
     """
     lset = get_landmark_set(landmark_set)
     points = np.asarray(points, dtype=float)
@@ -123,6 +136,15 @@ def build_prediction(
                 "confidence": None if confidence is None else _opt(confidence[k]),
             }
         )
+        if coarse_points is not None:
+            cx, cy = _opt(coarse_points[k][0]), _opt(coarse_points[k][1])
+            rows[-1].update(
+                coarse_x=None if cy is None else cx,
+                coarse_y=None if cx is None else cy,
+                coarse_uncertainty_px=None if coarse_uncertainty_px is None else _opt(coarse_uncertainty_px[k]),
+            )
+    if coarse_points is not None:
+        extra = {"stages": ["coarse", "refine"], **extra}
     image = os.fspath(image)
     return {
         "format": "maht-net-landmarks",

@@ -37,13 +37,22 @@ class PackLandmarksd(MapTransform):
         ``orig_landmarks`` ``(N, 2)`` float64 ``(x, y)`` in the original image (NaN after an elastic warp);
         ``orig_spacing`` ``(2,)`` float64 mm of the original image (NaN when unknown);
         ``orig_size`` ``(2,)`` ``(W, H)`` of the original image;
-        ``id`` str. Keys that do not collate (``None`` values, extra datalist fields) are dropped.
+        ``id`` str; each of ``extra_keys`` as a plain tensor (e.g. the full-resolution film the
+        refinement stage reads). Other keys (``None`` values, extra datalist fields) are dropped.
     """
 
-    def __init__(self, image_key: str = "image", landmarks_key: str = "landmarks", spacing_key: str = "spacing", num_landmarks: int = 19) -> None:
+    def __init__(
+        self,
+        image_key: str = "image",
+        landmarks_key: str = "landmarks",
+        spacing_key: str = "spacing",
+        num_landmarks: int = 19,
+        extra_keys: tuple[str, ...] = (),
+    ) -> None:
         super().__init__([image_key])
         self.image_key, self.landmarks_key, self.spacing_key = image_key, landmarks_key, spacing_key
         self.num_landmarks = int(num_landmarks)
+        self.extra_keys = tuple(extra_keys)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         img = data[self.image_key]
@@ -67,6 +76,9 @@ class PackLandmarksd(MapTransform):
             "orig_size": torch.as_tensor(np.asarray(meta.get(ORIGINAL_SIZE, (w, h)), dtype=np.float64)),
             "id": str(data.get("id", "")),
         }
+        for key in self.extra_keys:
+            value = data[key]
+            out[key] = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
         return out
 
 

@@ -1,0 +1,74 @@
+"""``maht-net refine``: train the refinement stage and attach it to a first-stage checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+from maht_net.codec.patches import PatchCodec
+from maht_net.engine.refine import PatchJitter, train_refiner
+from maht_net.errors import InputError
+from maht_net.io.checkpoint import attach_refine_stage, load_checkpoint_file
+from maht_net.io.datalist import load_datalist
+
+
+def _run(args: argparse.Namespace) -> int:
+    state = load_checkpoint_file(args.checkpoint)
+    if not isinstance(state, dict) or "info" not in state:
+        raise InputError(args.checkpoint, "not a MAHT-Net checkpoint: expected keys 'model' and 'info'")
+    info = state["info"]
+    items = load_datalist(args.datalist, args.section, base_dir=args.base_dir, landmark_set=info.get("landmark_set"), check_files=True)
+    codec = PatchCodec(patch_size=args.patch, mm_per_px=args.mm_per_px, stride=args.stride, sigma=args.sigma)
+    jitter = PatchJitter(sigma_mm=args.jitter_mm, tail_fraction=args.tail_fraction, tail_mm=args.tail_mm)
+    _, stage = train_refiner(
+        items,
+        landmark_set=info.get("landmark_set", "isbi2015"),
+        codec=codec,
+        network=args.network,
+        network_kwargs={"output_stride": args.stride},
+        jitter=jitter,
+        iterations=args.iterations,
+        time_budget_s=None if args.minutes is None else 60.0 * args.minutes,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        normalize=info.get("normalize", "percentile"),
+        clahe=bool(info.get("clahe", False)),
+        seed=args.seed,
+    )
+    out = attach_refine_stage(args.checkpoint, stage, args.out)
+    trained = stage["info"]["trained"]
+    print(
+        f"refinement stage: {trained['iterations']} steps in {trained['seconds']} s on {trained['films']} film(s) of '{args.section}', "
+        f"final loss {trained['final_loss']:.3f}; {codec.patch_size} x {codec.patch_size} patches at {codec.mm_per_px:g} mm/px "
+        f"({codec.field_mm:g} mm) -> wrote {out}"
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``maht-net refine`` (train the refinement stage of a checkpoint)."""
+    p = subparsers.add_parser(
+        "refine",
+        help="train the refinement stage (full-resolution patches around each landmark) and add it to a checkpoint",
+        description="Train the second stage on a datalist section (patches around the true landmarks, moved like the "
+        "first stage's errors) and write the checkpoint with both stages; prediction then runs both (see docs/refinement.md).",
+    )
+    p.add_argument("checkpoint", help="the first-stage model.pt")
+    p.add_argument("--datalist", required=True, help="datalist with ground-truth landmarks")
+    p.add_argument("--section", default="training", help="section to train on")
+    p.add_argument("--base-dir", help="folder that relative image paths of the datalist are resolved against (default: its folder)")
+    p.add_argument("--out", required=True, help="the two-stage checkpoint to write (may be the input checkpoint itself)")
+    p.add_argument("--network", default="refine_net", help="refinement network (refine_net, refine_net_small)")
+    p.add_argument("--patch", type=int, default=64, help="patch side in patch pixels")
+    p.add_argument("--mm-per-px", type=float, default=0.2, help="patch resolution (field = patch x mm-per-px)")
+    p.add_argument("--stride", type=int, default=2, choices=(1, 2), help="heatmap stride in patch pixels")
+    p.add_argument("--sigma", type=float, default=2.0, help="target Gaussian std in patch pixels")
+    p.add_argument("--jitter-mm", type=float, default=1.5, help="per-axis std of the patch-centre offsets (mm)")
+    p.add_argument("--tail-fraction", type=float, default=0.1, help="fraction of offsets drawn uniformly within --tail-mm")
+    p.add_argument("--tail-mm", type=float, default=5.0, help="radius of the large offsets (mm)")
+    p.add_argument("--iterations", type=int, default=2000, help="training steps")
+    p.add_argument("--minutes", type=float, help="time budget (stops early)")
+    p.add_argument("--batch-size", type=int, default=8, help="films per step (each gives one patch per landmark)")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run)
+

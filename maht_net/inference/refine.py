@@ -1,0 +1,104 @@
+"""The refinement stage at inference: patches of the full-resolution film around the first
+stage's landmarks -> the refinement network -> landmarks and uncertainty in film pixels.
+
+:class:`Refiner` is the only implementation; :class:`~maht_net.inference.predictor.Predictor`
+runs it after the first stage's decoding when the checkpoint holds the stage
+(:func:`load_refiner`), so every caller of the predictor gets both stages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from maht_net.codec.heatmaps import DecodedLandmarks, covariance_to_spread
+from maht_net.codec.patches import PatchCodec
+from maht_net.errors import InputError
+from maht_net.io.checkpoint import load_checkpoint_file, refine_stage
+from maht_net.models import create_network
+
+__all__ = ["Refiner", "load_refiner"]
+
+
+class Refiner:
+    """The refinement stage: a patch network and its :class:`~maht_net.codec.patches.PatchCodec`.
+
+    Args:
+        network: a refinement network (:mod:`maht_net.models.refine_net`) or an
+            :class:`~maht_net.inference.export.OnnxNetwork` of one: ``(B, N, P, P)`` patches in,
+            ``(B, N, P/s, P/s)`` logits out.
+        info: the stage's info (:data:`~maht_net.io.checkpoint.REFINE_INFO_KEYS`).
+    """
+
+    def __init__(self, network: Any, info: Mapping[str, Any], device: str | torch.device = "cpu") -> None:
+        self.network, self.info, self.device = network, dict(info), torch.device(device)
+        self.codec = PatchCodec.from_info(info)
+
+    @classmethod
+    def from_stage(cls, stage: Mapping[str, Any], device: str | torch.device = "cpu", checkpoint: str | os.PathLike | None = None) -> Refiner:
+        """Build the network of a checkpoint stage ``{"model", "info"}`` and load its weights."""
+        info = stage["info"]
+        network = create_network(info["network"], num_landmarks=len(info["landmark_names"]), **info.get("network_kwargs", {}))
+        try:
+            network.load_state_dict(stage["model"])
+        except RuntimeError as e:
+            raise InputError(checkpoint, f"refinement weights do not fit network {info['network']!r} ({str(e).splitlines()[0]})") from None
+        return cls(network.to(device).eval(), info, device)
+
+    def __call__(self, films: Sequence[torch.Tensor], centres: torch.Tensor, spacing: torch.Tensor | None) -> DecodedLandmarks:
+        """Refined landmarks of ``B`` films around ``centres`` ``(B, N, 2)`` film pixels.
+
+        ``films``: ``(1, H, W)`` or ``(H, W)`` each, normalised as the first stage's input (before
+        its letterbox); ``spacing`` ``(B, 2)`` mm/px (NaN = unknown: the codec's default).
+        Non-finite centres are sampled at ``(0, 0)`` (the caller keeps its own point there).
+        Returns film pixels (``points`` float64), film-pixel covariance and confidence.
+        """
+        centres = torch.as_tensor(centres, dtype=torch.float64)
+        safe = torch.where(torch.isfinite(centres), centres, torch.zeros_like(centres))
+        patches = self.codec.sample_batch(films, safe, spacing)
+        if isinstance(self.network, nn.Module):
+            self.network.eval()
+        with torch.no_grad():
+            logits = self.network(patches.to(self.device))
+        return self.codec.decode(torch.as_tensor(logits).cpu(), safe, spacing)
+
+    def refine(self, output: Mapping[str, Any], films: Sequence[torch.Tensor], spacing: torch.Tensor | None) -> dict[str, Any]:
+        """Replace the first stage's decoded landmarks in ``output`` (of
+        :class:`~maht_net.transforms.targets.DecodeLandmarksd`: ``pred_points``, ``pred_covariance``,
+        ``pred_spread``, ``pred_confidence``, in film pixels) by the refined ones.
+
+        The first stage's points and spread are kept as ``coarse_points``/``coarse_spread``; a
+        landmark whose first-stage point is not finite keeps it. Refined points are clamped to
+        the film (``orig_size``). The refined uncertainty is the refinement network's own
+        (uncalibrated), so ``uncertainty_calibration`` is dropped.
+        """
+        d = dict(output)
+        coarse = torch.as_tensor(d["pred_points"], dtype=torch.float64)
+        refined = self(films, coarse, spacing)
+        ok = torch.isfinite(coarse).all(-1)
+        points = refined.points
+        if "orig_size" in d:
+            size = torch.as_tensor(d["orig_size"]).to(points)[:, None, :]
+            points = torch.minimum(points.clamp_min(0.0), size - 1)
+        covariance = refined.covariance.to(torch.as_tensor(d["pred_covariance"]).dtype)
+        d["coarse_points"], d["coarse_spread"] = coarse, d["pred_spread"]
+        d["pred_points"] = torch.where(ok[..., None], points, coarse)
+        d["pred_covariance"] = torch.where(ok[..., None, None], covariance, d["pred_covariance"])
+        d["pred_spread"] = covariance_to_spread(d["pred_covariance"])
+        d["pred_confidence"] = torch.where(ok, refined.confidence.to(d["pred_confidence"].dtype), d["pred_confidence"])
+        d.pop("uncertainty_calibration", None)
+        return d
+
+
+def load_refiner(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> Refiner | None:
+    """The refinement stage of a checkpoint file, or ``None`` for a single-stage checkpoint.
+
+    Raises:
+        InputError: unreadable file, or an incomplete stage or weights that do not fit.
+    """
+    stage = refine_stage(load_checkpoint_file(checkpoint), checkpoint)
+    return None if stage is None else Refiner.from_stage(stage, device, checkpoint)

@@ -1,0 +1,213 @@
+"""The refinement stage (docs/refinement.md): patch geometry, codec, jitter, training, checkpoint
+stages and the two-stage predictor. Tiny: phantoms of 256 x 320 px, a small network, 60 steps."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from maht_net.codec.patches import PatchCodec
+from maht_net.engine.refine import PatchJitter, load_films, train_refiner
+from maht_net.errors import InputError
+from maht_net.inference.predictor import Predictor, load_model
+from maht_net.inference.refine import Refiner, load_refiner
+from maht_net.io.checkpoint import attach_refine_stage, checkpoint_stages, load_checkpoint_file
+
+PHANTOM_MM = 0.6640625  # mm/px of a 256 x 320 phantom
+
+
+def _blob(shape: tuple[int, int], centre: tuple[float, float], sigma_px: tuple[float, float]) -> torch.Tensor:
+    """``(H, W)`` Gaussian blob at ``centre`` ``(x, y)`` with per-axis std ``sigma_px``."""
+    ys, xs = torch.meshgrid(torch.arange(shape[0], dtype=torch.float64), torch.arange(shape[1], dtype=torch.float64), indexing="ij")
+    return torch.exp(-((xs - centre[0]) ** 2) / (2 * sigma_px[0] ** 2) - (ys - centre[1]) ** 2 / (2 * sigma_px[1] ** 2))
+
+
+def _moments(patch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid ``(u, v)`` and per-axis std of a non-negative ``(P, P)`` patch."""
+    p = patch.double() / patch.sum()
+    v, u = torch.meshgrid(torch.arange(patch.shape[0], dtype=torch.float64), torch.arange(patch.shape[1], dtype=torch.float64), indexing="ij")
+    cu, cv = float((p * u).sum()), float((p * v).sum())
+    return np.array([cu, cv]), np.sqrt([float((p * (u - cu) ** 2).sum()), float((p * (v - cv) ** 2).sum())])
+
+
+def test_patches_show_a_film_point_where_the_codec_says_in_physical_units():
+    spacing = (0.1, 0.15)  # anisotropic film pixels (mm)
+    codec = PatchCodec(patch_size=32, mm_per_px=0.3, stride=2)
+    point = (101.3, 77.6)
+    film = _blob((160, 240), point, (1.0 / spacing[0], 1.0 / spacing[1]))  # a 1 mm round blob
+    centres = torch.tensor([[point[0] + 17.0, point[1] - 9.0], [point[0], point[1]]])
+    patches = codec.sample(film, centres, spacing)
+    assert patches.shape == (2, 32, 32)
+    expected = codec.film_to_patch(torch.tensor([[point, point]]), centres[None], spacing)[0]
+    assert torch.allclose(expected[1], torch.tensor([15.5, 15.5], dtype=torch.float64))  # the patch centre
+    assert torch.allclose(expected[0], torch.tensor([15.5 - 17.0 / 3.0, 15.5 + 9.0 / 2.0], dtype=torch.float64))
+    for patch, where in zip(patches, expected, strict=True):
+        centroid, std = _moments(patch)
+        assert np.allclose(centroid, where.numpy(), atol=0.05)
+        assert np.allclose(std, 1.0 / 0.3, rtol=0.06)  # round in mm -> round in the patch, 1 mm = 3.3 px
+    back = codec.patch_to_film(expected[None], centres[None], spacing)[0]
+    assert torch.allclose(back, torch.tensor([point, point], dtype=torch.float64))
+    # unknown spacing: the documented default mm/px; outside the film reads 0
+    assert torch.equal(codec.film_spacing(torch.tensor([[float("nan"), float("nan")]])), torch.full((1, 2), codec.default_spacing, dtype=torch.float64))
+    assert float(codec.sample(film, torch.tensor([[-500.0, -500.0]])).abs().max()) == 0.0
+
+
+def test_codec_encode_decode_round_trip_in_film_pixels():
+    codec = PatchCodec(patch_size=48, mm_per_px=0.25, stride=2, sigma=2.0)
+    spacing = torch.tensor([[0.1, 0.127], [0.127, 0.127]], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    centres = torch.rand(2, 19, 2, generator=g, dtype=torch.float64) * 1000 + 100
+    truth = centres + (torch.rand(2, 19, 2, generator=g, dtype=torch.float64) - 0.5) * 30  # within the 12 mm field
+    target = codec.encode(truth, centres, spacing)
+    assert target.shape == (2, 19, 24, 24) and float(target.amax()) <= 1.0
+    decoded = codec.decode(torch.log(target.clamp_min(1e-12)), centres, spacing)
+    assert torch.allclose(decoded.points, truth, atol=0.05)
+    # the covariance in film pixels is the patch's scaled by k = mm_per_px / spacing per axis
+    k = (codec.mm_per_px / spacing)[:, None, :]
+    patch_cov = codec.heatmap_codec.decode(torch.log(target.clamp_min(1e-12))).covariance
+    assert torch.allclose(decoded.covariance, patch_cov * (k[..., :, None] * k[..., None, :]).float())
+    assert codec.info() == PatchCodec.from_info(codec.info()).info()
+
+
+def test_jitter_matches_its_statistics():
+    g = torch.Generator().manual_seed(1)
+    off = PatchJitter(sigma_mm=1.5, tail_fraction=0.0).sample(g, 2000, 19, max_mm=100.0)
+    assert off.shape == (2000, 19, 2)
+    assert float(off.std()) == pytest.approx(1.5, rel=0.03) and abs(float(off.mean())) < 0.02
+    tails = PatchJitter(sigma_mm=0.0, tail_fraction=0.25, tail_mm=5.0).sample(g, 2000, 19, max_mm=100.0).norm(dim=-1)
+    assert float((tails > 0).double().mean()) == pytest.approx(0.25, abs=0.01) and float(tails.max()) <= 5.0
+    clipped = PatchJitter(sigma_mm=10.0, max_fraction=0.5).sample(g, 100, 19, max_mm=4.0)
+    assert float(clipped.abs().max()) <= 2.0
+    per_landmark = PatchJitter.from_errors(np.array([[2.0] * 18 + [4.0], [2.0] * 18 + [4.0]]))
+    assert per_landmark.sigma_mm[0] == pytest.approx(2.0 / np.sqrt(2)) and per_landmark.sigma_mm[-1] == pytest.approx(4.0 / np.sqrt(2))
+
+
+@pytest.fixture(scope="module")
+def phantom_datalist(tmp_path_factory):
+    from maht_net.datasets.phantom import make_phantom_dataset
+
+    return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), n=10, seed=1, size=(256, 320))
+
+
+@pytest.fixture(scope="module")
+def phantom_items(phantom_datalist):
+    from maht_net.io.datalist import load_datalist
+
+    return load_datalist(phantom_datalist, ["training", "validation", "test"])
+
+
+@pytest.fixture(scope="module")
+def trained_stage(phantom_items):
+    """A small refinement network trained for 60 steps on 7 phantoms (about 5 s)."""
+    films = load_films(phantom_items)
+    codec = PatchCodec(patch_size=32, mm_per_px=PHANTOM_MM, stride=2, sigma=1.5)
+    jitter = PatchJitter(sigma_mm=2.0, tail_fraction=0.0)
+    net, stage = train_refiner(films[:7], codec=codec, network="refine_net_small", jitter=jitter, iterations=60, batch_size=4, lr=3e-3, desc=None)
+    return {"network": net, "stage": stage, "films": films}
+
+
+def test_training_refines_perturbed_landmarks_on_unseen_films(trained_stage):
+    test = trained_stage["films"][7:]
+    refiner = Refiner(trained_stage["network"], trained_stage["stage"]["info"])
+    truth = torch.stack([f.landmarks for f in test])
+    g = torch.Generator().manual_seed(0)
+    centres = truth + torch.randn(truth.shape, generator=g, dtype=torch.float64) * 3.0  # the first stage's error, 2 mm
+    refined = refiner([f.film.float() for f in test], centres, torch.stack([f.spacing for f in test]))
+    before = float((centres - truth).norm(dim=-1).mean())
+    after = float((refined.points - truth).norm(dim=-1).mean())
+    assert after < 0.7 * before, (before, after)
+    info = trained_stage["stage"]["info"]
+    assert info["trained"]["iterations"] == 60 and info["network"] == "refine_net_small" and info["patch_size"] == 32
+
+
+@pytest.fixture(scope="module")
+def two_stage(tiny_checkpoint, trained_stage, tmp_path_factory):
+    path = tmp_path_factory.mktemp("two_stage") / "two_stage.pt"
+    shutil.copy(tiny_checkpoint, path)
+    assert attach_refine_stage(path, trained_stage["stage"]) == path
+    return path
+
+
+def test_checkpoint_stages_round_trip_and_old_checkpoints_load(tiny_checkpoint, two_stage, trained_stage, tmp_path):
+    old, new = load_checkpoint_file(tiny_checkpoint), load_checkpoint_file(two_stage)
+    assert checkpoint_stages(old) == ["coarse"] and load_refiner(tiny_checkpoint) is None
+    assert checkpoint_stages(new) == ["coarse", "refine"] and new["info"]["stages"] == ["coarse", "refine"]
+    assert all(torch.equal(new["model"][k], v) for k, v in old["model"].items())  # first stage unchanged
+    refiner = load_refiner(two_stage)
+    probe = torch.rand(1, 19, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(refiner.network(probe), trained_stage["network"](probe))
+    assert refiner.codec == PatchCodec(patch_size=32, mm_per_px=PHANTOM_MM, stride=2, sigma=1.5)
+    bad = dict(trained_stage["stage"], info=dict(trained_stage["stage"]["info"], normalize="zscore"))
+    with pytest.raises(InputError, match="normalize"):
+        attach_refine_stage(tiny_checkpoint, bad, out=tmp_path / "bad.pt")
+    assert not (tmp_path / "bad.pt").exists()
+    with pytest.raises(InputError, match="incomplete"):
+        attach_refine_stage(tiny_checkpoint, {"model": {}, "info": {"network": "refine_net"}}, out=tmp_path / "bad.pt")
+
+
+def _points(pred: dict) -> np.ndarray:
+    return np.array([[r["x"], r["y"]] for r in pred["landmarks"]])
+
+
+def test_predictor_runs_both_stages_and_records_the_first(tiny_checkpoint, two_stage, phantom_items):
+    images = phantom_items[7:9]  # with their spacing (0.66 mm/px: one film pixel per patch pixel)
+    old = Predictor.from_checkpoint(tiny_checkpoint).predict(images)
+    assert Predictor.from_checkpoint(tiny_checkpoint).refiner is None
+    assert all("stages" not in p and "coarse_x" not in p["landmarks"][0] for p in old)  # single-stage documents as before
+    off = Predictor.from_checkpoint(two_stage, refine=False).predict(images)
+    on = Predictor.from_checkpoint(two_stage, batch_size=2).predict(images)
+    for o, f, n in zip(old, off, on, strict=True):
+        assert [r for r in o["landmarks"]] == [r for r in f["landmarks"]]  # the first stage of a two-stage checkpoint is the old model
+        assert n["stages"] == ["coarse", "refine"] and n["uncertainty_calibration"] is None
+        coarse = np.array([[r["coarse_x"], r["coarse_y"]] for r in n["landmarks"]])
+        assert np.allclose(coarse, _points(o))
+        moved = np.linalg.norm(_points(n) - coarse, axis=1)
+        assert np.all(moved > 0) and np.all(moved < 16 * np.sqrt(2))  # refined within the 32 x 32 patch
+        assert all(r["uncertainty_px"] > 0 and 0 <= r["confidence"] <= 1 for r in n["landmarks"])
+        assert np.allclose([r["coarse_uncertainty_px"] for r in n["landmarks"]], [r["uncertainty_px"] for r in o["landmarks"]])
+    # a film read once (prepare) predicts the same
+    predictor = Predictor(*load_model(two_stage), refiner=load_refiner(two_stage))
+    again = predictor.predict(predictor.prepare(images), prepared=True)
+    assert np.allclose(_points(again[0]), _points(on[0]))
+    with pytest.raises(ValueError, match="full-resolution films"):
+        predictor.predict(Predictor(*load_model(two_stage)).prepare(images), prepared=True)
+
+
+def test_refinement_network_exports_to_onnx_with_parity(two_stage, phantom_items, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from maht_net.inference.export import OnnxNetwork, export_onnx
+
+    refiner = load_refiner(two_stage)
+    diff = export_onnx(refiner.network, tmp_path / "refine.onnx", size=(32, 32))
+    assert diff < 1e-4
+    onnx = Refiner(OnnxNetwork(tmp_path / "refine.onnx"), refiner.info)
+    images = phantom_items[8:9]
+    eager = Predictor(*load_model(two_stage), refiner=refiner).predict(images)[0]
+    ort = Predictor(*load_model(two_stage), refiner=onnx).predict(images)[0]
+    assert np.allclose(_points(eager), _points(ort), atol=1e-3)
+
+
+def test_cli_trains_attaches_exports_and_infers_both_stages(tiny_checkpoint, phantom_datalist, phantom_items, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from maht_net.cli import main
+
+    model = tmp_path / "two_stage.pt"
+    args = ["--datalist", str(phantom_datalist), "--out", str(model), "--network", "refine_net_small", "--patch", "32", "--mm-per-px", "0.66"]
+    assert main(["refine", str(tiny_checkpoint), *args, "--iterations", "3", "--batch-size", "2"]) == 0
+    assert checkpoint_stages(load_checkpoint_file(model)) == ["coarse", "refine"]
+    assert main(["export", "--checkpoint", str(model), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.refine.onnx").is_file()
+    image, spacing = phantom_items[9]["image"], str(phantom_items[9]["spacing"][0])
+    for name, extra in (("torch", []), ("ort", ["--onnx", str(tmp_path / "m.onnx")]), ("coarse", ["--no-refine"])):
+        assert main(["infer", "--checkpoint", str(model), "--input", image, "--out", str(tmp_path / name), "--spacing", spacing, "--no-overlay", *extra]) == 0
+    read = {name: json.loads(next((tmp_path / name).glob("*_landmarks.json")).read_text()) for name in ("torch", "ort", "coarse")}
+    assert read["torch"]["stages"] == read["ort"]["stages"] == ["coarse", "refine"] and "stages" not in read["coarse"]
+    assert np.allclose(_points(read["torch"]), _points(read["ort"]), atol=1e-3)
+    assert np.allclose([[r["coarse_x"], r["coarse_y"]] for r in read["torch"]["landmarks"]], _points(read["coarse"]))
+    assert "two stages" in capsys.readouterr().out
