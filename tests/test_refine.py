@@ -4,6 +4,7 @@ stages and the two-stage predictor. Tiny: phantoms of 256 x 320 px, a small netw
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from maht_net.inference.predictor import Predictor, load_model
 from maht_net.inference.refine import Refiner, load_refiner
 from maht_net.io.checkpoint import attach_refine_stage, checkpoint_stages, load_checkpoint_file
 
+REPO = Path(__file__).resolve().parents[1]
 PHANTOM_MM = 0.6640625  # mm/px of a 256 x 320 phantom
 
 
@@ -211,3 +213,36 @@ def test_cli_trains_attaches_exports_and_infers_both_stages(tiny_checkpoint, pha
     assert np.allclose(_points(read["torch"]), _points(read["ort"]), atol=1e-3)
     assert np.allclose([[r["coarse_x"], r["coarse_y"]] for r in read["torch"]["landmarks"]], _points(read["coarse"]))
     assert "two stages" in capsys.readouterr().out
+
+
+def test_fine_tuning_a_two_stage_model_keeps_its_refinement_stage(two_stage, phantom_datalist, tmp_path):
+    """train_bundle (the app's retraining, the AL and site-adaptation scripts) fine-tunes the first
+    stage and carries the refinement stage over unchanged, so a promoted model stays two-stage."""
+    from maht_net.engine.workflow import train_bundle
+    from maht_net.io.checkpoint import refine_stage
+
+    result = train_bundle(REPO / "bundle" / "configs", phantom_datalist, tmp_path / "ft", init_checkpoint=two_stage,
+                          overrides={"epochs": 1, "batch_size": 4, "num_workers": 0})
+    before, after = load_checkpoint_file(two_stage), load_checkpoint_file(result["model"])
+    assert checkpoint_stages(after) == ["coarse", "refine"] and after["info"]["stages"] == ["coarse", "refine"]
+    kept = refine_stage(after)
+    assert kept["info"] == refine_stage(before)["info"]
+    assert all(torch.equal(kept["model"][k], v) for k, v in refine_stage(before)["model"].items())
+    assert any(not torch.equal(after["model"][k], v) for k, v in before["model"].items() if v.is_floating_point())  # the first stage trained
+
+
+def test_the_monailabel_app_serves_both_stages(tiny_checkpoint, two_stage, phantom_items, tmp_path):
+    import sys
+
+    pytest.importorskip("monailabel")
+    sys.path.insert(0, str(REPO / "monailabel_app"))
+    try:
+        from lib.model import ModelStore
+    finally:
+        sys.path.remove(str(REPO / "monailabel_app"))
+    served = ModelStore(two_stage, tmp_path / "served").predictor().predict(phantom_items[:2])
+    direct = Predictor.from_checkpoint(two_stage).predict(phantom_items[:2])
+    assert all(p["stages"] == ["coarse", "refine"] for p in served)
+    for a, b in zip(served, direct):
+        assert [(r["x"], r["y"]) for r in a["landmarks"]] == [(r["x"], r["y"]) for r in b["landmarks"]]
+    assert ModelStore(tiny_checkpoint, tmp_path / "served").predictor().refiner is None

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from maht_net.errors import InputError
-from maht_net.io.checkpoint import checkpoint_recipe
+from maht_net.io.checkpoint import attach_refine_stage, checkpoint_recipe, load_checkpoint_file, refine_stage
 
 __all__ = [
     "train_bundle",
@@ -42,7 +42,9 @@ def train_bundle(
         datalist: datalist with ``training`` and ``validation`` sections.
         bundle_root: where ``models/`` and ``eval/`` of this run go (``resume`` is off).
         init_checkpoint: start from these weights, with the checkpoint's recipe (see
-            :func:`checkpoint_recipe`); ``progressive`` staging is off for fine-tuning.
+            :func:`checkpoint_recipe`); ``progressive`` staging is off for fine-tuning. Its
+            refinement stage, if any, is carried over unchanged (it reads the film, not the
+            first stage's features), so a fine-tuned two-stage model stays two-stage.
         overrides: further ``train.json`` ids (``epochs``, ``lr``, ``batch_size`` ...); they win
             over the recipe except for the network's shape.
 
@@ -89,6 +91,9 @@ def train_bundle(
     model = root / "models" / "model.pt"
     if not model.is_file():
         raise RuntimeError(f"training finished without writing {model}")
+    stage = refine_stage(load_checkpoint_file(init_checkpoint), init_checkpoint) if init_checkpoint is not None else None
+    if stage is not None:  # the refinement stage does not depend on the first stage's weights: keep it
+        attach_refine_stage(model, stage)
     return {
         "model": str(model),
         "best_val_mre": None if best is None or not np.isfinite(best) else float(best),

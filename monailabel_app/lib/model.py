@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from maht_net.inference.predictor import Predictor, load_model
+from maht_net.inference.refine import Refiner, load_refiner
 from maht_net.io.atomic import atomic_write, remove_unfinished_writes, write_json_atomic
 from maht_net.io.checkpoint import file_sha256
 
@@ -55,6 +56,7 @@ class ModelStore:
         self._key: tuple | None = None
         self._network: Any = None
         self._info: dict[str, Any] | None = None
+        self._refiner: Refiner | None = None
         self._sha: tuple[tuple, str] | None = None
 
     @property
@@ -90,7 +92,7 @@ class ModelStore:
             return {"path": key[0], "source": source, "mtime": key[1] / 1e9, "size": key[2], "sha256": self._sha[1]}
 
     def load(self) -> tuple[Any, dict[str, Any]]:
-        """``(network, info)`` of the current file, reloading it when it changed.
+        """``(network, info)`` of the current file (its first stage), reloading it when it changed.
 
         Raises:
             NoModelError: no model file (409, "no trained model yet: run training ...").
@@ -103,13 +105,17 @@ class ModelStore:
             if key != self._key:
                 with user_errors(f"model file {key[0]}: ", status=409):
                     network, info = load_model(key[0], self.device)
-                logger.info("%s model %s", "reloading" if self._key else "loading", key[0])
-                self._network, self._info, self._key = network, info, key
+                    refiner = load_refiner(key[0], self.device)
+                logger.info("%s model %s (stages: %s)", "reloading" if self._key else "loading", key[0], "coarse, refine" if refiner else "coarse")
+                self._network, self._info, self._refiner, self._key = network, info, refiner, key
             return self._network, self._info
 
     def predictor(self, mc_samples: int = 0, tta: bool = False, calibrate: bool = True) -> Predictor:
-        network, info = self.load()
-        return Predictor(network, info, device=self.device, mc_samples=mc_samples, tta=tta, calibrate=calibrate)
+        """Both stages of the served model (the refinement stage when the file holds one)."""
+        with self.lock:
+            network, info = self.load()
+            refiner = self._refiner
+        return Predictor(network, info, device=self.device, mc_samples=mc_samples, tta=tta, calibrate=calibrate, refiner=refiner)
 
     @property
     def landmark_set(self) -> str:
