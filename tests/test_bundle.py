@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,35 @@ def test_inference_workflow_writes_all_outputs(trained, phantom, tmp_path):
         assert pred["uncertainty_calibration"]["method"] == "sigma_scaling"
         cov = np.array([r["covariance_px"] for r in pred["landmarks"]])
         np.testing.assert_allclose(np.sqrt(cov[:, 0, 0] + cov[:, 1, 1]), [r["uncertainty_px"] for r in pred["landmarks"]], rtol=1e-5)
+
+
+def test_inference_workflow_runs_both_stages_of_a_two_stage_checkpoint(trained, phantom, tmp_path):
+    """inference.json with a refinement stage in the checkpoint: the same landmarks as the
+    Predictor (one prediction path), the first stage's kept; ``refine=false`` gives the first stage."""
+    from maht_net.engine.refine import train_refiner
+    from maht_net.inference.predictor import Predictor
+    from maht_net.io.checkpoint import attach_refine_stage
+    from maht_net.io.datalist import load_datalist
+
+    root = tmp_path / "bundle"
+    shutil.copytree(trained / "models", root / "models")
+    _, stage = train_refiner(load_datalist(phantom, "training")[:4], network="refine_net_small", iterations=3, batch_size=2, desc=None)
+    attach_refine_stage(root / "models" / "model.pt", stage)
+    images = sorted((phantom.parent / "images").glob("*.png"))[:2]
+    runs = {}
+    for refine in (True, False):
+        out = tmp_path / f"out-{refine}"
+        wf = workflow(["inference.json"], "infer", root, input_files=[str(p) for p in images], output_dir=str(out), spacing=[0.3, 0.3], refine=refine, overlay=False)
+        wf.initialize()
+        wf.run()
+        runs[refine] = [json.loads((out / f"{p.stem}_landmarks.json").read_text()) for p in images]
+    for refine, preds in runs.items():
+        direct = Predictor.from_checkpoint(root / "models" / "model.pt", refine=refine).predict([{"image": str(p), "spacing": [0.3, 0.3]} for p in images])
+        for a, b in zip(preds, direct):
+            np.testing.assert_allclose([[r["x"], r["y"]] for r in a["landmarks"]], [[r["x"], r["y"]] for r in b["landmarks"]], atol=1e-3)
+    for on, off in zip(runs[True], runs[False]):
+        assert on["stages"] == ["coarse", "refine"] and "stages" not in off
+        np.testing.assert_allclose([[r["coarse_x"], r["coarse_y"]] for r in on["landmarks"]], [[r["x"], r["y"]] for r in off["landmarks"]], atol=1e-6)
 
 
 def test_ckpt_export_torchscript_loads_and_matches(trained, tmp_path):

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from monai.data import DataLoader, Dataset, list_data_collate
+from monai.data import DataLoader, Dataset
 from monai.inferers import Inferer
 
 from maht_net.codec.heatmaps import mix_log_probs, spatial_log_softmax
 from maht_net.codec.uncertainty import calibration_for
 from maht_net.datasets.pipeline import FILM_KEY, evaluation_transforms
 from maht_net.errors import InputError
-from maht_net.inference.refine import Refiner, load_refiner
+from maht_net.inference.refine import Refiner, collate_films, load_refiner
 from maht_net.inference.writers import prediction_from_batch
 from maht_net.io.atomic import write_json_atomic
 from maht_net.io.checkpoint import load_checkpoint_file, model_identity
@@ -188,7 +188,7 @@ class Predictor:
         """
         preds = []
         data = Dataset(list(items)) if prepared else Dataset(image_items(items), self.transform)
-        loader = DataLoader(data, batch_size=self.batch_size, num_workers=0, collate_fn=_collate_films)
+        loader = DataLoader(data, batch_size=self.batch_size, num_workers=0, collate_fn=collate_films)
         batches = _surface_input_errors(loader)
         for batch in progress(batches, desc, unit="batch", total=len(loader)) if desc else batches:
             image = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"]
@@ -277,15 +277,6 @@ def _surface_input_errors(loader: Iterable) -> Iterable:
                 raise
             raise err from None
         yield batch
-
-
-def _collate_films(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """MONAI's collation, with the full-resolution films (of different sizes) kept as a list."""
-    films = [s[FILM_KEY] for s in samples] if samples and FILM_KEY in samples[0] else None
-    batch = list_data_collate([{k: v for k, v in s.items() if k != FILM_KEY} for s in samples])
-    if films is not None:
-        batch[FILM_KEY] = films
-    return batch
 
 
 def _shift(x: torch.Tensor, dx: int, dy: int, fill: float = 0.0) -> torch.Tensor:

@@ -14,14 +14,17 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from monai.data import list_data_collate
+from monai.transforms import MapTransform
 
 from maht_net.codec.heatmaps import DecodedLandmarks, covariance_to_spread
 from maht_net.codec.patches import PatchCodec
+from maht_net.datasets.pipeline import FILM_KEY
 from maht_net.errors import InputError
 from maht_net.io.checkpoint import load_checkpoint_file, refine_stage
 from maht_net.models import create_network
 
-__all__ = ["Refiner", "load_refiner"]
+__all__ = ["Refiner", "RefineLandmarksd", "load_refiner", "collate_films"]
 
 
 class Refiner:
@@ -102,3 +105,34 @@ def load_refiner(checkpoint: str | os.PathLike, device: str | torch.device = "cp
     """
     stage = refine_stage(load_checkpoint_file(checkpoint), checkpoint)
     return None if stage is None else Refiner.from_stage(stage, device, checkpoint)
+
+
+class RefineLandmarksd(MapTransform):
+    """Dictionary wrapper of :meth:`Refiner.refine` for MONAI engines' postprocessing (after
+    :class:`~maht_net.transforms.targets.DecodeLandmarksd`; the bundle's ``inference.json``).
+
+    Reads the decoded ``pred_*`` keys, the films under :data:`~maht_net.datasets.pipeline.FILM_KEY`
+    (``evaluation_transforms(keep_film=True)``, collated by :func:`collate_films`) and
+    ``orig_spacing``; with ``refiner=None`` (a single-stage checkpoint, or refinement off) it
+    returns the data unchanged.
+    """
+
+    def __init__(self, refiner: Refiner | None) -> None:
+        super().__init__(["pred_points"])
+        self.refiner = refiner
+
+    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        if self.refiner is None:
+            return dict(data)
+        if FILM_KEY not in data:
+            raise ValueError(f"the refinement stage needs the full-resolution films under {FILM_KEY!r} (evaluation_transforms(keep_film=True))")
+        return self.refiner.refine(data, data[FILM_KEY], data.get("orig_spacing"))
+
+
+def collate_films(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """MONAI's collation, with the full-resolution films (of different sizes) kept as a list."""
+    films = [s[FILM_KEY] for s in samples] if samples and FILM_KEY in samples[0] else None
+    batch = list_data_collate([{k: v for k, v in s.items() if k != FILM_KEY} for s in samples])
+    if films is not None:
+        batch[FILM_KEY] = films
+    return batch
