@@ -87,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--tiny", action="store_true", help="small network (as in the tests): fast on a CPU")
     p.add_argument("--bundle", default=str(REPO / "bundle"), help="bundle folder (its configs/ are used)")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="no training: combine active_learning.json files of runs with other "
+                   "seeds (same data and settings, e.g. one seed per machine) into --out, with the summary and the PNG")
     args = p.parse_args(argv)
     if args.initial < 1 or args.k < 1 or args.rounds < 1:
         p.error("--initial, --k and --rounds must be at least 1")
@@ -255,10 +257,56 @@ def plot(summary: dict[str, Any], results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def merge(paths: list[str]) -> dict[str, Any]:
+    """One result from runs of the same simulation with different seeds (a seed in two files: the first wins)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    for p, part in zip(paths[1:], parts[1:]):
+        if part["test_ids"] != first["test_ids"] or part["pool_films"] != first["pool_films"]:
+            raise SystemExit(f"{p}: another pool or test set than {paths[0]}")
+    merged = {k: v for k, v in first.items() if k not in ("runs", "summary", "seeds", "total_seconds")}
+    merged["merged_from"] = [str(p) for p in paths]
+    merged["runs"] = {}
+    for part in parts:
+        for strategy, runs in part["runs"].items():
+            have = {r["seed"] for r in merged["runs"].get(strategy, [])}
+            merged["runs"].setdefault(strategy, []).extend(r for r in runs if r["seed"] not in have)
+    for runs in merged["runs"].values():
+        runs.sort(key=lambda r: r["seed"])
+    seeds = [{r["seed"] for r in runs} for runs in merged["runs"].values()]
+    merged["seeds"] = sorted(set.intersection(*seeds))
+    merged["runs"] = {s: [r for r in runs if r["seed"] in merged["seeds"]] for s, runs in merged["runs"].items()}  # strategies compared on the same seeds
+    merged["total_seconds"] = sum(part.get("total_seconds", 0.0) for part in parts)
+    return merged
+
+
+def report(results: dict[str, Any], out: Path) -> None:
+    """Summary, JSON, PNG and the printed tables."""
+    results["summary"] = summary = summarize(results)
+    (out / "active_learning.json").write_text(json.dumps(results, indent=1))
+    plot(summary, results, out / "active_learning.png")
+    unit = results["unit"]
+    counts = [c["labelled"] for c in next(iter(summary["curves"].values()))]
+    print(f"\nMRE ({unit}) on {results['test_films']} test films, mean [95 % CI] over seeds {results['seeds']}")
+    print("strategy     " + "".join(f"{n:>22d}" for n in counts))
+    for strategy, curve in summary["curves"].items():
+        print(f"{strategy:12s} " + "".join(f"{c['mre']:>8.2f} [{c['mre_ci95'][0]:.2f}-{c['mre_ci95'][1]:.2f}]" for c in curve))
+    if "films_to_target" in summary:
+        print(f"films to reach {summary['target_mre']:.2f} {unit} (random's MRE with {counts[-1]} films): "
+              + ", ".join(f"{s} {'not reached' if v is None else f'{v:.0f}'}" for s, v in summary["films_to_target"].items()))
+    print("seconds per round (selection + fine-tuning), mean: "
+          + ", ".join(f"{s} {np.mean([c['selection_seconds'] for c in cv[1:]]):.0f} + {np.mean([c['training_seconds'] for c in cv[1:]]):.0f}"
+                      for s, cv in summary["curves"].items()))
+    print(f"total {results['total_seconds'] / 60:.1f} min; {out / 'active_learning.json'}, {out / 'active_learning.png'}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        report(merge(args.merge), out)
+        return 0
     pool, test = load_data(args)
     sim = Simulation(args, pool, test)
     print(f"pool {len(pool)} films, test {len(test)} films; initial {args.initial}, +{args.k} per round, {args.rounds} rounds, "
@@ -297,22 +345,7 @@ def main(argv=None) -> int:
         results["summary"] = summarize(results)
         (out / "active_learning.json").write_text(json.dumps(results, indent=1))
     results["total_seconds"] = round(time.time() - start, 1)
-    summary = results["summary"]
-    (out / "active_learning.json").write_text(json.dumps(results, indent=1))
-    plot(summary, results, out / "active_learning.png")
-    unit = results["unit"]
-    counts = [c["labelled"] for c in next(iter(summary["curves"].values()))]
-    print(f"\nMRE ({unit}) on {len(test)} test films, mean [95 % CI] over seeds {args.seeds}")
-    print("strategy     " + "".join(f"{n:>22d}" for n in counts))
-    for strategy, curve in summary["curves"].items():
-        print(f"{strategy:12s} " + "".join(f"{c['mre']:>8.2f} [{c['mre_ci95'][0]:.2f}-{c['mre_ci95'][1]:.2f}]" for c in curve))
-    if "films_to_target" in summary:
-        print(f"films to reach {summary['target_mre']:.2f} {unit} (random's MRE with {counts[-1]} films): "
-              + ", ".join(f"{s} {'not reached' if v is None else f'{v:.0f}'}" for s, v in summary["films_to_target"].items()))
-    print("seconds per round (selection + fine-tuning), mean: "
-          + ", ".join(f"{s} {np.mean([c['selection_seconds'] for c in cv[1:]]):.0f} + {np.mean([c['training_seconds'] for c in cv[1:]]):.0f}"
-                      for s, cv in summary["curves"].items()))
-    print(f"total {results['total_seconds'] / 60:.1f} min; {out / 'active_learning.json'}, {out / 'active_learning.png'}")
+    report(results, out)
     return 0
 
 

@@ -888,3 +888,9 @@ def test_simulate_active_learning_tiny(tmp_path):
     curve = result["summary"]["curves"]["kcenter"]
     assert [c["labelled"] for c in curve] == [2, 4] and all(c["seeds"] == 1 for c in curve)
     assert (out / "active_learning.png").stat().st_size > 10_000
+    # runs of other seeds (e.g. on other machines) merge into one result; a seed in two files counts once
+    merged = subprocess.run(cmd[:2] + ["--merge", str(out / "active_learning.json"), str(out / "active_learning.json"), "--out", str(tmp_path / "merged")],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    again = json.loads((tmp_path / "merged" / "active_learning.json").read_text())
+    assert again["seeds"] == [3] and again["summary"]["curves"] == result["summary"]["curves"]
