@@ -335,6 +335,7 @@ def _cli_overrides(override: dict) -> list[str]:
     return args
 
 
+@pytest.mark.slow  # two torchrun processes train; make test-slow
 def test_multi_gpu_config_trains_with_torchrun_on_cpu(phantom, tmp_path):
     """DDP through torchrun with 2 CPU processes (gloo): one short epoch, one checkpoint writer."""
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"

@@ -719,6 +719,7 @@ def test_restore_previous_walks_back_to_the_base_model(tiny_checkpoint, tmp_path
     assert tiny_checkpoint.is_file()
 
 
+@pytest.mark.slow  # six kills of a promotion loop; the real server's kill test runs by default; make test-slow
 def test_promotion_killed_at_any_moment_leaves_one_complete_model(tiny_checkpoint, tmp_path):
     """SIGKILL a process that keeps promoting two models in turn (the app's own ``promote``):
     afterwards the served file always loads and is one of the two."""
@@ -862,6 +863,7 @@ def test_dicomweb_studies_from_orthanc_read_only(bundle_root, studies, phantom, 
 # --------------------------------------------------------------------------- simulation script
 
 
+@pytest.mark.slow  # ten trainings of the simulation's plumbing; make test-slow
 def test_simulate_active_learning_tiny(tmp_path):
     """Every strategy and seed runs its rounds from the seed's shared initial model; the films
     picked are new each round and never test films; the summary, curve and PNG are written."""

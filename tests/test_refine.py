@@ -166,11 +166,11 @@ def test_predictor_runs_both_stages_and_records_the_first(tiny_checkpoint, two_s
         assert [r for r in o["landmarks"]] == [r for r in f["landmarks"]]  # the first stage of a two-stage checkpoint is the old model
         assert n["stages"] == ["coarse", "refine"] and n["uncertainty_calibration"] is None
         coarse = np.array([[r["coarse_x"], r["coarse_y"]] for r in n["landmarks"]])
-        assert np.allclose(coarse, _points(o))
+        np.testing.assert_allclose(coarse, _points(o), atol=0.01)  # batch 2 vs 1: float sums differ (an untrained net's flat heatmaps)
         moved = np.linalg.norm(_points(n) - coarse, axis=1)
         assert np.all(moved > 0) and np.all(moved < 16 * np.sqrt(2))  # refined within the 32 x 32 patch
         assert all(r["uncertainty_px"] > 0 and 0 <= r["confidence"] <= 1 for r in n["landmarks"])
-        assert np.allclose([r["coarse_uncertainty_px"] for r in n["landmarks"]], [r["uncertainty_px"] for r in o["landmarks"]])
+        np.testing.assert_allclose([r["coarse_uncertainty_px"] for r in n["landmarks"]], [r["uncertainty_px"] for r in o["landmarks"]], rtol=1e-3)
     # a film read once (prepare) predicts the same
     predictor = Predictor(*load_model(two_stage), refiner=load_refiner(two_stage))
     again = predictor.predict(predictor.prepare(images), prepared=True)
