@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Refinement on vs off: the same two-stage checkpoint with and without its refinement stage, on
-the same films (paired), per site and per landmark, and the time each takes per film.
+"""Refinement on vs off: the same two-stage checkpoint without its refinement stage and with it
+(combined with the first stage by ``fuse``, the default, and by ``replace``), on the same films
+(paired), per site and per landmark, and the time each takes per film.
 
-Both runs read every film once (``Predictor.prepare``) and differ only in the refinement stage;
+All runs read every film once (``Predictor.prepare``) and differ only in the refinement stage;
 the per-film MREs are compared with a paired Wilcoxon test (:func:`maht_net.bench.metrics.paired_comparison`).
 Writes ``<out>/refinement.json`` and prints markdown tables. Example (docs/benchmarks.md)::
 
@@ -28,6 +29,7 @@ if str(REPO) not in sys.path:
 from maht_net.bench.evaluation import predictor_errors  # noqa: E402
 from maht_net.bench.metrics import paired_comparison, summarize  # noqa: E402
 from maht_net.inference.predictor import Predictor  # noqa: E402
+from maht_net.inference.refine import COMBINE_MODES  # noqa: E402
 from maht_net.io.checkpoint import checkpoint_stages, load_checkpoint_file  # noqa: E402
 from maht_net.io.datalist import load_datalist, read_datalist  # noqa: E402
 
@@ -54,33 +56,41 @@ def main(argv=None) -> int:
     doc = read_datalist(args.datalist)
     root = args.data_root or (REPO / doc["data_root"] if doc.get("data_root") else None)
     items = load_datalist(args.datalist, args.section, base_dir=root, check_files=True)
-    both = Predictor.from_checkpoint(args.checkpoint)
     coarse = Predictor.from_checkpoint(args.checkpoint, refine=False)
-    names = both.info["landmark_names"]
+    variants = {"first stage": coarse}
+    for combine in COMBINE_MODES:  # the same refinement stage, two ways of combining it with the first
+        variants[f"refined ({combine})"] = Predictor.from_checkpoint(args.checkpoint)
+        variants[f"refined ({combine})"].refiner.combine = combine
+    names = coarse.info["landmark_names"]
     results: dict = {"checkpoint": str(args.checkpoint), "datalist": str(args.datalist), "section": args.section, "sites": {}}
     sites = sorted({it.get("site", "all") for it in items})
-    print("| site | films | first stage: MRE mm | SDR 2 mm | with refinement: MRE mm | SDR 2 mm | paired difference mm [95 % CI] | better / worse films | Wilcoxon p | s/film first stage | s/film both |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    per_landmark = {}
+    print("| site | films | variant | MRE mm [95 % CI] | median | SDR 2 / 4 mm % | vs first stage: paired difference mm [95 % CI] | better / worse films | Wilcoxon p | s/film |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    per_landmark: dict = {}
     for site in sites:
         part = [it for it in items if it.get("site", "all") == site]
-        prepared = both.prepare(part)  # with the films, for the refinement stage; the first stage ignores them
-        e_off, t_off = timed_errors(coarse, part, prepared)
-        e_on, t_on = timed_errors(both, part, prepared)
-        s_off, s_on = (summarize(e, landmark_names=names, n_bootstrap=1000)["overall"] for e in (e_off, e_on))
-        paired = paired_comparison(e_on, e_off, ids=[it["id"] for it in part], n_bootstrap=1000)
-        results["sites"][site] = {"films": len(part), "first_stage": s_off, "refined": s_on, "paired": paired,
-                                  "seconds_per_film": {"first_stage": t_off, "both": t_on},
-                                  "per_landmark_mre": {"first_stage": np.nanmean(e_off, 0).tolist(), "refined": np.nanmean(e_on, 0).tolist()}}
-        per_landmark[site] = (np.nanmean(e_off, 0), np.nanmean(e_on, 0))
-        ci = paired["mean_difference_ci95"]
-        print(f"| {site} | {len(part)} | {s_off['mre']:.3f} | {s_off['sdr']['2.0']:.1f} | {s_on['mre']:.3f} | {s_on['sdr']['2.0']:.1f} | "
-              f"{paired['mean_difference']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] | {paired['a_better']} / {paired['b_better']} | "
-              f"{paired['p_value']:.2g} | {t_off:.3f} | {t_on:.3f} |")
-    print("\n| landmark | " + " | ".join(f"{s}: first / refined mm" for s in sites) + " |")
+        prepared = variants["refined (fuse)"].prepare(part)  # with the films, for the refinement stage; the first stage ignores them
+        site_result = results["sites"][site] = {"films": len(part)}
+        errors = {}
+        for name, predictor in variants.items():
+            errors[name], seconds = timed_errors(predictor, part, prepared)
+            summary = summarize(errors[name], landmark_names=names, n_bootstrap=1000)["overall"]
+            row = {"summary": summary, "seconds_per_film": seconds, "per_landmark_mre": np.nanmean(errors[name], 0).tolist()}
+            paired_text = "- | - | -"
+            if name != "first stage":
+                row["paired_vs_first_stage"] = paired = paired_comparison(errors[name], errors["first stage"], ids=[it["id"] for it in part], n_bootstrap=1000)
+                ci = paired["mean_difference_ci95"]
+                paired_text = (f"{paired['mean_difference']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] | {paired['a_better']} / {paired['b_better']} | "
+                               f"{paired['p_value']:.2g}")
+            site_result[name] = row
+            ci = summary["mre_ci95"]
+            print(f"| {site} | {len(part)} | {name} | {summary['mre']:.3f} [{ci[0]:.2f}-{ci[1]:.2f}] | {summary['median']:.2f} | "
+                  f"{summary['sdr']['2.0']:.1f} / {summary['sdr']['4.0']:.1f} | {paired_text} | {seconds:.3f} |")
+        per_landmark[site] = {name: np.nanmean(e, 0) for name, e in errors.items()}
+    print("\n| landmark | " + " | ".join(f"{s}: " + " / ".join(variants) + " mm" for s in sites) + " |")
     print("|---|" + "---|" * len(sites))
     for j, name in enumerate(names):
-        print(f"| {name} | " + " | ".join(f"{per_landmark[s][0][j]:.2f} / {per_landmark[s][1][j]:.2f}" for s in sites) + " |")
+        print(f"| {name} | " + " | ".join(" / ".join(f"{per_landmark[s][v][j]:.2f}" for v in variants) for s in sites) + " |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "refinement.json").write_text(json.dumps(results, indent=1))
     print(f"\n{args.out / 'refinement.json'}")

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory: end-to-end inference latency on real films for the deployment variants of a
-trained model (PyTorch eager, TorchScript, ONNX Runtime, ONNX Runtime int8 dynamic and static) and for the peer
+trained model (PyTorch eager, TorchScript, ONNX Runtime, ONNX Runtime int8 dynamic and static; with
+a two-stage checkpoint also PyTorch and ONNX Runtime with the refinement stage) and for the peer
 toolkit's network at the same input size, with the MRE of each variant on the test split; data
 pipeline throughput; training step time and peak memory; with a CUDA GPU (or ``--device``), the
 checkpoint network's fp32/AMP latency, images/s, training step and peak device memory. Everything is
@@ -31,15 +32,17 @@ from maht_net.codec.heatmap_codec import HeatmapCodec
 from maht_net.datasets.pipeline import landmark_dataset, training_transforms
 from maht_net.inference.export import OnnxNetwork, export_onnx, export_torchscript
 from maht_net.inference.predictor import load_model
+from maht_net.inference.refine import Refiner, load_refiner
 from maht_net.io.datalist import load_datalist, read_datalist
 from maht_net.landmarks import get_landmark_set
 
 SCRIPTS = Path(__file__).resolve().parent
 
 
-def end_to_end(network, info, items, repeats: int, out: Path) -> tuple[float, float]:
-    """Median seconds per film for read + preprocess + network + decode + write JSON, and the MRE (mm)."""
-    points, seconds = predict(network, info, items, repeats=repeats, write_to=out)
+def end_to_end(network, info, items, repeats: int, out: Path, refiner: Refiner | None = None) -> tuple[float, float]:
+    """Median seconds per film for read + preprocess + network + decode (+ the refinement stage)
+    + write JSON, and the MRE (mm)."""
+    points, seconds = predict(network, info, items, repeats=repeats, write_to=out, refiner=refiner)
     return seconds, float(np.nanmean(item_errors(points, items)))
 
 
@@ -209,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device-sizes", nargs="*", default=["256x320", "512x640"],
                     help="W x H inputs of that section (the CPU and GPU recipes' inputs)")
     ap.add_argument("--device-repeats", type=int, default=20, help="timed calls per figure of that section")
+    ap.add_argument("--latency-only", action="store_true", help="only the end-to-end latency table (no int8, pipeline or training figures)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -229,13 +233,22 @@ def main(argv: list[str] | None = None) -> int:
         variants["TorchScript"] = torch.jit.load(str(tmp / "m.ts"))
         export_onnx(network, tmp / "m.onnx", size_hw)
         variants["ONNX Runtime"] = OnnxNetwork(tmp / "m.onnx", threads=args.threads, stride=info["stride"])
-        variants["ONNX Runtime int8 (dynamic)"] = OnnxNetwork(quantize_int8(tmp / "m.onnx", tmp / "m.int8.onnx"), threads=args.threads, stride=info["stride"])
-        calibration = preprocessed_inputs(load_datalist(args.datalist, "validation", check_files=True)[: args.images], info)
-        static = quantize_int8_static(tmp / "m.onnx", tmp / "m.int8s.onnx", calibration)
-        variants["ONNX Runtime int8 (static, QDQ)"] = OnnxNetwork(static, threads=args.threads, stride=info["stride"])
+        refiners = {}
+        refiner = load_refiner(args.checkpoint)
+        if refiner is not None:  # both stages, eager and ONNX Runtime (the refinement network exported like maht-net export)
+            patch = refiner.codec.patch_size
+            export_onnx(refiner.network, tmp / "r.onnx", (patch, patch))
+            variants["PyTorch eager, both stages"], refiners["PyTorch eager, both stages"] = network, refiner
+            variants["ONNX Runtime, both stages"] = variants["ONNX Runtime"]
+            refiners["ONNX Runtime, both stages"] = Refiner(OnnxNetwork(tmp / "r.onnx", threads=args.threads), refiner.info)
+        if not args.latency_only:
+            variants["ONNX Runtime int8 (dynamic)"] = OnnxNetwork(quantize_int8(tmp / "m.onnx", tmp / "m.int8.onnx"), threads=args.threads, stride=info["stride"])
+            calibration = preprocessed_inputs(load_datalist(args.datalist, "validation", check_files=True)[: args.images], info)
+            static = quantize_int8_static(tmp / "m.onnx", tmp / "m.int8s.onnx", calibration)
+            variants["ONNX Runtime int8 (static, QDQ)"] = OnnxNetwork(static, threads=args.threads, stride=info["stride"])
         film = preprocessed_inputs(items[:1], info)[0]
         for name, net in variants.items():
-            seconds, mre = end_to_end(net, info, items, args.repeats, tmp / "out")
+            seconds, mre = end_to_end(net, info, items, args.repeats, tmp / "out", refiners.get(name))
             result["latency"][name] = {"seconds": seconds, "network_seconds": network_only(net, film), "mre_mm": mre}
             print(f"{name}: {seconds:.3f} s/film, MRE {mre:.2f} mm", file=sys.stderr, flush=True)
         try:
@@ -247,16 +260,21 @@ def main(argv: list[str] | None = None) -> int:
             result["latency"]["landmarker PSCN (eager)"] = {"seconds": seconds, "network_seconds": network_only(peer, film), "mre_mm": None}
         except ImportError:
             print("landmarker not installed (make bench-install): no peer timing", file=sys.stderr)
-    result["pipeline_images_per_s"] = pipeline_throughput(args.datalist, args.pipeline_size, args.pipeline_images)
-    result["training_step"] = training_steps(info, args.train_sizes, args.batch, args.threads)
+    if not args.latency_only:
+        result["pipeline_images_per_s"] = pipeline_throughput(args.datalist, args.pipeline_size, args.pipeline_images)
+        result["training_step"] = training_steps(info, args.train_sizes, args.batch, args.threads)
     peer = result["latency"].get("landmarker PSCN (eager)", {}).get("seconds")
     print(f"\nEnd to end per {items[0].get('width', '?')}x{items[0].get('height', '?')} film (read, preprocess at "
           f"{info['input_size'][0]}x{info['input_size'][1]}, network, decode, write JSON), median of {args.repeats} x {len(items)}, {result['machine']}:\n")
-    print("| variant | s/film | x landmarker's time | network alone, s | MRE mm (test) |\n|---|---|---|---|---|")
+    print("| variant | s/film | x landmarker's time | first-stage network alone, s | MRE mm (test) |\n|---|---|---|---|---|")
     for name, r in result["latency"].items():
         ratio = f"{r['seconds'] / peer:.2f}" if peer else "-"
         mre = "-" if r["mre_mm"] is None else f"{r['mre_mm']:.2f}"
         print(f"| {name} | {r['seconds']:.3f} | {ratio} | {r['network_seconds']:.4f} | {mre} |")
+    if args.latency_only:
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return 0
     print(f"\nTraining pipeline at {args.pipeline_size}x{args.pipeline_size}, batch 8:\n\n| source | images/s |\n|---|---|")
     for name, rate in result["pipeline_images_per_s"].items():
         print(f"| {name} | {rate:.0f} |")

@@ -11,10 +11,11 @@ Steps, each through the project's own commands (nothing here re-implements them)
    (the 150 training films, truth = mean of the two doctors, 0.1 mm/px, a seeded 100/20/30 split);
    merged into one two-site datalist (every item keeps its own spacing and names its ``site``);
 2. bundle training on the merged ``training`` section, best checkpoint chosen and the uncertainty
-   calibrated on the merged ``validation`` section (``python -m monai.bundle run training``);
+   calibrated on the merged ``validation`` section, then the refinement stage trained on the
+   ``training`` section (``python -m monai.bundle run training``: both stages);
 3. inference and evaluation on each site's held-out ``test`` films (``maht-net infer`` /
    ``maht-net evaluate``): ``<out>/summary.json`` holds the per-site figures;
-4. ``--ship``: an inference-only copy (weights in float16, recipe, calibration, provenance: the
+4. ``--ship``: an inference-only copy (both stages' weights in float16, recipe, calibration, provenance: the
    datalist's sha256, the git commit, the command) replaces ``bundle/models/model.pt``, and
    ``bundle/large_files.yml`` gets its sha256 and ``metadata.json`` its per-site ``eval_metrics``.
 
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from maht_net.engine.bundle import large_files_yml
-from maht_net.io.checkpoint import file_sha256
+from maht_net.io.checkpoint import REFINE_STAGE, file_sha256, refine_stage
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -128,13 +129,16 @@ def restrict(datalist: Path, sites: list[str], out: Path) -> Path:
     return path
 
 
-def train(datalist: Path, data_root: Path, out: Path, epochs: int, seed: int, time_limit: float) -> Path:
+def train(datalist: Path, data_root: Path, out: Path, epochs: int, seed: int, time_limit: float, refine_minutes: float) -> Path:
+    """Both stages through the bundle's ``training``: the first for ``epochs`` (``time_limit``
+    minutes at most), then the refinement stage for ``refine_minutes`` (0: none)."""
     root = out / "bundle"
     stage_epochs = [max(1, round(0.3 * epochs)), max(1, round(0.1 * epochs))]
     _run(
         sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(REPO / "bundle" / "configs" / "train.json"),
         "--bundle_root", str(root), "--datalist", str(datalist), "--dataset_dir", str(data_root), "--epochs", str(epochs),
         "--stage_epochs", json.dumps(stage_epochs), "--seed", str(seed), "--time_limit_minutes", str(time_limit),
+        "--refine_stage", str(refine_minutes > 0), "--refine_minutes", str(refine_minutes), "--refine_iterations", "1000000",
         "--resume", "False",
     )  # fmt: skip
     return root / "models" / "model.pt"
@@ -181,8 +185,14 @@ def ship(checkpoint: Path, datalist: Path, results: dict, training: dict, target
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     doc = json.loads(datalist.read_text())
     version = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text())["version"]
+
+    def half(weights: dict) -> dict:
+        return {k: (v.half() if v.is_floating_point() else v) for k, v in weights.items()}
+
+    stage = refine_stage(ckpt, checkpoint)
     shipped = {
-        "model": {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()},
+        "model": half(ckpt["model"]),
+        **({} if stage is None else {REFINE_STAGE: {"model": half(stage["model"]), "info": stage["info"]}}),
         "info": dict(
             ckpt["info"],
             provenance={
@@ -192,6 +202,8 @@ def ship(checkpoint: Path, datalist: Path, results: dict, training: dict, target
                 "git_commit": training["git_commit"],
                 "command": training["command"],
                 "train_minutes": training["train_minutes"],
+                # a refinement stage trained apart from the first stage (maht-net refine, or the bundle's "refining")
+                **({"refine_stage": training["refine_stage"]} if training.get("refine_stage") else {}),
                 "trained": time.strftime("%Y-%m-%d"),
                 "weights_dtype": "float16",
                 "sites": {site: {s: sum(it["site"] == site for it in doc[s]) for s in ("training", "validation", "test")} for site in SITES},
@@ -229,7 +241,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "pretrained")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--time-limit-minutes", type=float, default=0, help="hard stop for training (0: none)")
+    ap.add_argument("--time-limit-minutes", type=float, default=0, help="hard stop for the first stage's training (0: none)")
+    ap.add_argument("--refine-minutes", type=float, default=50, help="the refinement stage's training time (0: a single-stage model)")
     ap.add_argument("--skip-training", action="store_true", help="evaluate (and ship) <out>/bundle/models/model.pt as it is "
                     "(its training command and commit are read from <out>/summary.json)")
     ap.add_argument("--trained-at-commit", help="with --skip-training: the git commit the model was trained at, when "
@@ -254,14 +267,14 @@ def main() -> int:
     checkpoint = args.out / "bundle" / "models" / "model.pt"
     if args.skip_training:
         before = json.loads((args.out / "summary.json").read_text())
-        training = {k: before.get(k) for k in ("command", "git_commit", "train_minutes")}
+        training = {k: before.get(k) for k in ("command", "git_commit", "train_minutes", "refine_stage")}
         training["git_commit"] = training["git_commit"] or args.trained_at_commit
         if not training["git_commit"]:
             print("error: the training commit is not recorded: pass --trained-at-commit", file=sys.stderr)
             return 2
     else:
         training = {"command": command, "git_commit": git_head()}
-        checkpoint = train(datalist, args.data_root, args.out, args.epochs, args.seed, args.time_limit_minutes)
+        checkpoint = train(datalist, args.data_root, args.out, args.epochs, args.seed, args.time_limit_minutes, args.refine_minutes)
         training["train_minutes"] = round((time.time() - start) / 60, 1)
     summary = dict(training)
     summary["test"] = results = evaluate(checkpoint, datalist, args.data_root, args.out / "eval")

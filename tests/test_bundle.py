@@ -17,7 +17,7 @@ import torch
 
 from maht_net.datasets.phantom import make_phantom_dataset
 from maht_net.errors import InputError
-from maht_net.io.datalist import read_datalist
+from maht_net.io.datalist import load_datalist, read_datalist
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
@@ -30,6 +30,7 @@ TINY = {
     "stage_epochs": [1, 1],
     "progress_bar": False,
     "num_workers": 0,
+    "refine_stage": False,
     "network_kwargs": {"encoder": "efficientnet_b0", "decoder_channels": 32, "transformer_dim": 64, "transformer_depth": 1, "transformer_heads": 4},
 }
 
@@ -116,6 +117,51 @@ def test_train_and_evaluate_workflow(trained, phantom):
     assert len(list((trained / "eval" / "predictions").glob("*_landmarks.json"))) == n_test
     pred = json.loads(next((trained / "eval" / "predictions").glob("*_landmarks.json")).read_text())
     assert pred["uncertainty_calibration"]["section"] == "validation"  # evaluation reports calibrated uncertainty
+
+
+REFINE_TINY = {"refine_stage": True, "refine_network": "refine_net_small", "refine_iterations": 3, "refine_batch_size": 2}
+
+
+def test_training_trains_both_stages_and_evaluation_scores_the_second(trained, phantom, tmp_path):
+    """``training`` with ``refine_stage`` writes a two-stage model (its own run id ``refining``
+    adds the stage to an existing one); ``evaluating`` scores both stages through the Predictor's
+    code path, or the first stage alone with ``refine=False``."""
+    from maht_net.inference.predictor import Predictor
+    from maht_net.io.checkpoint import checkpoint_stages
+
+    root = tmp_path / "bundle"
+    wf = workflow(["train.json"], "train", root, datalist=str(phantom), **{**TINY, "epochs": 1, **REFINE_TINY})
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert checkpoint_stages(state) == ["coarse", "refine"]
+    assert state["refine"]["info"]["network"] == "refine_net_small" and state["refine"]["info"]["trained"]["iterations"] == 3
+    assert state["info"]["uncertainty_calibration"]["section"] == "validation"  # calibration kept
+
+    second = tmp_path / "second"
+    shutil.copytree(trained / "models", second / "models")
+    assert checkpoint_stages(torch.load(second / "models" / "model.pt", map_location="cpu", weights_only=True)) == ["coarse"]
+    wf = workflow(["train.json"], "train", second, datalist=str(phantom), run_id="refining", **{**TINY, **REFINE_TINY})
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    assert checkpoint_stages(torch.load(second / "models" / "model.pt", map_location="cpu", weights_only=True)) == ["coarse", "refine"]
+
+    test = load_datalist(phantom, "test")
+    for refine in (True, False):
+        wf = workflow(["train.json", "evaluate.json"], "eval", root, datalist=str(phantom), refine=refine, **TINY)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        direct = Predictor.from_checkpoint(root / "models" / "model.pt", refine=refine).predict(test)
+        for item, doc in zip(test, direct):
+            written = json.loads((root / "eval" / "predictions" / f"{item['id']}_landmarks.json").read_text())
+            assert ("stages" in written) == refine == ("stages" in doc)
+            # batch 4 here vs 1 there: an untrained net's flat heatmaps move by ~1e-3 px with the batch
+            np.testing.assert_allclose([[r["x"], r["y"]] for r in written["landmarks"]], [[r["x"], r["y"]] for r in doc["landmarks"]], atol=0.01)
+        metrics = json.loads((root / "eval" / "metrics.json").read_text())
+        assert metrics["summary"]["counts"]["images"] == len(test)
 
 
 def test_inference_workflow_writes_all_outputs(trained, phantom, tmp_path):

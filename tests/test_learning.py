@@ -18,7 +18,7 @@ from maht_net.datasets.phantom import make_phantom_dataset
 
 
 def _train_and_evaluate(root: Path, datalist: Path, **override) -> dict:
-    wf = workflow(["train.json"], "train", root, datalist=str(datalist), progress_bar=False, **override)
+    wf = workflow(["train.json"], "train", root, datalist=str(datalist), progress_bar=False, refine_stage=False, **override)
     wf.initialize()
     wf.run()
     wf.finalize()

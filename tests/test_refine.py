@@ -125,6 +125,36 @@ def test_training_refines_perturbed_landmarks_on_unseen_films(trained_stage):
     assert info["trained"]["iterations"] == 60 and info["network"] == "refine_net_small" and info["patch_size"] == 32
 
 
+def test_fusion_weighs_each_stage_by_the_other_stages_variance(trained_stage):
+    """``combine="fuse"``: point ``c + w (r - c)`` with ``w = s_c^2 / (s_c^2 + s_r^2)``; a sure first
+    stage (tiny spread) holds the point, an unsure one lets the refinement move it; ``"replace"``
+    takes the refined point."""
+    test = trained_stage["films"][7:]
+    films, spacing = [f.film.float() for f in test], torch.stack([f.spacing for f in test])
+    truth = torch.stack([f.landmarks for f in test])
+    coarse = truth + torch.randn(truth.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3.0
+    info = trained_stage["stage"]["info"]
+    refined = Refiner(trained_stage["network"], info)(films, coarse, spacing)
+    s_r2 = refined.covariance[..., 0, 0] + refined.covariance[..., 1, 1]
+
+    def run(combine, spread):
+        output = {"pred_points": coarse.clone(), "pred_spread": spread, "pred_confidence": torch.ones(coarse.shape[:2]),
+                  "pred_covariance": torch.eye(2).expand(*coarse.shape[:2], 2, 2) * (spread**2 / 2)[..., None, None]}
+        return Refiner(trained_stage["network"], info, combine=combine).refine(output, films, spacing)
+
+    spread = torch.full(coarse.shape[:2], 4.0)
+    fused, replaced = run("fuse", spread), run("replace", spread)
+    torch.testing.assert_close(replaced["pred_points"], refined.points)
+    w = (16.0 / (16.0 + s_r2))[..., None]
+    torch.testing.assert_close(fused["pred_points"], coarse + w * (refined.points - coarse))
+    torch.testing.assert_close(fused["pred_spread"], torch.sqrt(w[..., 0] * s_r2).float(), rtol=1e-4, atol=1e-4)
+    assert Refiner(trained_stage["network"], info).combine == "fuse"  # the default
+    held = run("fuse", torch.full(coarse.shape[:2], 1e-3))["pred_points"]
+    assert float((held - coarse).abs().max()) < 1e-3
+    with pytest.raises(ValueError, match="combine"):
+        Refiner(trained_stage["network"], info, combine="mean")
+
+
 @pytest.fixture(scope="module")
 def two_stage(tiny_checkpoint, trained_stage, tmp_path_factory):
     path = tmp_path_factory.mktemp("two_stage") / "two_stage.pt"

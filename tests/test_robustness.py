@@ -138,7 +138,7 @@ def _training_cmd(root: Path, datalist: Path, epochs: int) -> list[str]:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json"),
            "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(root), "--datalist", str(datalist)]
     for key, value in args.items():
-        cmd += [f"--{key}", json.dumps(value)]
+        cmd += [f"--{key}", repr(value)]  # Python literals: fire reads "false" as a (truthy) string
     return cmd
 
 

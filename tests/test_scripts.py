@@ -61,3 +61,47 @@ def test_benchmark_robustness_script(tiny_checkpoint, tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| blur | 2 |" in run.stdout and "| crop_chin | 2 |" in run.stdout and (tmp_path / "out" / "results.json").is_file()
+
+
+@pytest.fixture
+def tiny_two_stage(tiny_checkpoint, tmp_path):
+    """The tiny first stage with an (almost untrained) small refinement stage attached."""
+    from maht_net.engine.refine import refine_checkpoint
+    from maht_net.io.datalist import load_datalist
+
+    datalist = _phantom_datalist(tmp_path)
+    out, _ = refine_checkpoint(tiny_checkpoint, load_datalist(datalist, "training")[:4], tmp_path / "two.pt", network="refine_net_small", iterations=2, batch_size=2, desc=None)
+    return Path(out), datalist
+
+
+def test_benchmark_speed_times_both_stages(tiny_two_stage, tmp_path):
+    checkpoint, datalist = tiny_two_stage
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark_speed.py"), "--checkpoint", str(checkpoint), "--datalist", str(datalist),
+         "--images", "2", "--repeats", "1", "--latency-only", "--json", str(tmp_path / "speed.json")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    latency = __import__("json").loads((tmp_path / "speed.json").read_text())["latency"]
+    assert {"PyTorch eager", "ONNX Runtime", "PyTorch eager, both stages", "ONNX Runtime, both stages"} <= set(latency)
+    assert "ONNX Runtime int8 (dynamic)" not in latency  # --latency-only
+    both, first = latency["PyTorch eager, both stages"], latency["PyTorch eager"]
+    assert both["mre_mm"] != first["mre_mm"]  # the refinement stage ran
+    assert abs(both["mre_mm"] - latency["ONNX Runtime, both stages"]["mre_mm"]) < 0.01  # the same two stages, deployed two ways
+    assert "| PyTorch eager, both stages |" in run.stdout
+
+
+def test_benchmark_refinement_compares_first_stage_fuse_and_replace(tiny_two_stage, tmp_path):
+    checkpoint, datalist = tiny_two_stage
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark_refinement.py"), "--checkpoint", str(checkpoint), "--datalist", str(datalist),
+         "--section", "test", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = __import__("json").loads((tmp_path / "out" / "refinement.json").read_text())
+    (site,) = result["sites"].values()
+    mre = {name: site[name]["summary"]["mre"] for name in ("first stage", "refined (fuse)", "refined (replace)")}
+    assert len(set(mre.values())) == 3, mre  # three different predictions of the same films
+    assert site["refined (fuse)"]["paired_vs_first_stage"]["n"] == site["films"]
+    assert "| refined (fuse) |" in run.stdout and "| refined (replace) |" in run.stdout

@@ -38,6 +38,7 @@ from maht_net.errors import InputError
 from maht_net.formatting import fmt_number
 from maht_net.inference.ensemble import EnsembleNetwork
 from maht_net.inference.predictor import Predictor, load_model
+from maht_net.inference.refine import Refiner
 from maht_net.io.atomic import atomic_write, write_json_atomic
 from maht_net.io.checkpoint import CheckpointInfo
 from maht_net.io.datalist import load_datalist, read_datalist
@@ -354,11 +355,13 @@ def predict(
     tta: bool = False,
     repeats: int = 1,
     write_to: str | os.PathLike | None = None,
+    refiner: Refiner | None = None,
 ) -> tuple[np.ndarray, float]:
     """Predicted ``(B, N, 2)`` ``(x, y)`` original pixels for datalist items, and the median
     seconds per image over ``repeats`` passes after one warm-up call (read, preprocess, network,
-    decode, and writing the prediction JSON into ``write_to`` when given; 1 image per call)."""
-    predictor = Predictor(network, info, tta=tta)
+    decode, the ``refiner``'s stage when given, and writing the prediction JSON into ``write_to``
+    when given; 1 image per call)."""
+    predictor = Predictor(network, info, tta=tta, refiner=refiner)
     predictor.predict(items[:1])
     points, seconds = [], []
     for r in range(repeats):

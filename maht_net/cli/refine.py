@@ -5,36 +5,29 @@ from __future__ import annotations
 import argparse
 
 from maht_net.codec.patches import PatchCodec
-from maht_net.engine.refine import PatchJitter, train_refiner
-from maht_net.errors import InputError
-from maht_net.io.checkpoint import attach_refine_stage, load_checkpoint_file
+from maht_net.engine.refine import PatchJitter, refine_checkpoint
+from maht_net.io.checkpoint import load_checkpoint_file
 from maht_net.io.datalist import load_datalist
 
 
 def _run(args: argparse.Namespace) -> int:
     state = load_checkpoint_file(args.checkpoint)
-    if not isinstance(state, dict) or "info" not in state:
-        raise InputError(args.checkpoint, "not a MAHT-Net checkpoint: expected keys 'model' and 'info'")
-    info = state["info"]
+    info = state.get("info", {}) if isinstance(state, dict) else {}
     items = load_datalist(args.datalist, args.section, base_dir=args.base_dir, landmark_set=info.get("landmark_set"), check_files=True)
     codec = PatchCodec(patch_size=args.patch, mm_per_px=args.mm_per_px, stride=args.stride, sigma=args.sigma)
-    jitter = PatchJitter(sigma_mm=args.jitter_mm, tail_fraction=args.tail_fraction, tail_mm=args.tail_mm)
-    _, stage = train_refiner(
+    out, stage = refine_checkpoint(
+        args.checkpoint,
         items,
-        landmark_set=info.get("landmark_set", "isbi2015"),
+        args.out,
+        minutes=args.minutes,
         codec=codec,
         network=args.network,
-        network_kwargs={"output_stride": args.stride},
-        jitter=jitter,
+        jitter=PatchJitter(sigma_mm=args.jitter_mm, tail_fraction=args.tail_fraction, tail_mm=args.tail_mm),
         iterations=args.iterations,
-        time_budget_s=None if args.minutes is None else 60.0 * args.minutes,
         batch_size=args.batch_size,
         lr=args.lr,
-        normalize=info.get("normalize", "percentile"),
-        clahe=bool(info.get("clahe", False)),
         seed=args.seed,
     )
-    out = attach_refine_stage(args.checkpoint, stage, args.out)
     trained = stage["info"]["trained"]
     print(
         f"refinement stage: {trained['iterations']} steps in {trained['seconds']} s on {trained['films']} film(s) of '{args.section}', "

@@ -7,7 +7,8 @@ centre is the true landmark moved by an offset drawn like the first stage's erro
 (:class:`~maht_net.codec.patches.PatchCodec`). The loss is the first stage's
 (:class:`~maht_net.models.losses.LandmarkLoss`, spatial KL plus a small coordinate term in mm).
 The result is a stage ``{"model", "info"}`` that :func:`~maht_net.io.checkpoint.attach_refine_stage`
-adds to a first-stage checkpoint.
+adds to a first-stage checkpoint; :func:`refine_checkpoint` does both for a checkpoint file (the
+bundle's ``train.json`` and ``maht-net refine``).
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ from monai.transforms import Compose
 
 from maht_net.codec.patches import PatchCodec
 from maht_net.datasets.pipeline import film_transforms
+from maht_net.errors import InputError
+from maht_net.io.checkpoint import attach_refine_stage, load_checkpoint_file
 from maht_net.io.datalist import parse_items
 from maht_net.landmarks import get_landmark_set
 from maht_net.models import create_network
 from maht_net.models.losses import LandmarkLoss
 from maht_net.progress import progress
 
-__all__ = ["PatchJitter", "RefineFilm", "load_films", "training_patches", "train_refiner"]
+__all__ = ["PatchJitter", "RefineFilm", "load_films", "training_patches", "train_refiner", "refine_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,8 @@ def train_refiner(
         codec: the patch codec (size, resolution, stride, target sigma); default :class:`PatchCodec`.
         network, network_kwargs: a registered refinement network (``refine_net``, ``refine_net_small``).
         jitter: patch-centre offsets (default :class:`PatchJitter`).
-        iterations, time_budget_s: stop after this many steps or seconds, whichever comes first.
+        iterations, time_budget_s: stop after this many steps or seconds, whichever comes first;
+            the learning rate decays from ``lr`` to 0 on a cosine over that same budget.
         loss_weights: :class:`~maht_net.models.losses.LandmarkLoss` terms (default KL + 0.02 coord in mm).
         normalize, clahe: intensity preprocessing; must be the first stage's (checked when attached).
         desc: progress-bar name (``None``: no bar).
@@ -209,13 +213,18 @@ def train_refiner(
     if model.stride != codec.stride:
         raise ValueError(f"network {network!r} has output stride {model.stride}, the codec {codec.stride}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, iterations) / max(iterations, 1))))
     loss_fn = LandmarkLoss(loss_weights or {"kl": 1.0, "coord": 0.02}, sigma=codec.sigma, stride=codec.stride)
     model.train()
     start, losses, steps = time.monotonic(), [], range(int(iterations))
-    for _ in progress(steps, desc, unit="step") if desc else steps:
-        if time_budget_s is not None and time.monotonic() - start > time_budget_s:
+    for step in progress(steps, desc, unit="step") if desc else steps:
+        # cosine decay over whichever budget runs out first, so a timed run also anneals
+        done = step / max(iterations, 1)
+        if time_budget_s is not None:
+            done = max(done, (time.monotonic() - start) / max(time_budget_s, 1e-9))
+        if done >= 1.0 and step > 0:
             break
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         pick = torch.randint(len(films), (batch_size,), generator=generator).tolist()
         batch = training_patches([films[i] for i in pick], codec, jitter, generator, scale_jitter)
         patches = _augment(batch["patches"], generator) if augment else batch["patches"]
@@ -224,7 +233,6 @@ def train_refiner(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
         losses.append(float(loss.detach()))
     model.eval()
     config = dict(getattr(model, "config", kwargs))
@@ -250,3 +258,39 @@ def train_refiner(
     }
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return model, {"model": state, "info": info}
+
+
+def refine_checkpoint(
+    checkpoint: str | os.PathLike,
+    items: Sequence[Mapping[str, Any]],
+    out: str | os.PathLike | None = None,
+    minutes: float | None = None,
+    codec: PatchCodec | None = None,
+    **kwargs: Any,
+) -> tuple[str, dict[str, Any]]:
+    """Train the refinement stage for a first-stage checkpoint file and attach it.
+
+    The stage takes the checkpoint's landmark set and intensity preprocessing; ``kwargs`` go to
+    :func:`train_refiner` (``network``, ``jitter``, ``iterations``, ``batch_size``, ``lr``,
+    ``base_dir``, ``seed``, ``device``...), ``minutes`` is its time budget (``None`` or 0: none).
+    Writes ``out`` (default: the checkpoint itself) atomically; returns its path and the stage.
+
+    Raises:
+        InputError: not a MAHT-Net checkpoint.
+    """
+    state = load_checkpoint_file(checkpoint)
+    if not isinstance(state, dict) or not isinstance(state.get("info"), Mapping):
+        raise InputError(checkpoint, "not a MAHT-Net checkpoint: expected keys 'model' and 'info'")
+    info = state["info"]
+    codec = codec or PatchCodec()
+    _, stage = train_refiner(
+        items,
+        landmark_set=info.get("landmark_set", "isbi2015"),
+        codec=codec,
+        network_kwargs={"output_stride": codec.stride},
+        time_budget_s=60.0 * minutes if minutes else None,
+        normalize=info.get("normalize", "percentile"),
+        clahe=bool(info.get("clahe", False)),
+        **kwargs,
+    )
+    return str(attach_refine_stage(checkpoint, stage, out)), stage

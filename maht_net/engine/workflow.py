@@ -46,7 +46,8 @@ def train_bundle(
             refinement stage, if any, is carried over unchanged (it reads the film, not the
             first stage's features), so a fine-tuned two-stage model stays two-stage.
         overrides: further ``train.json`` ids (``epochs``, ``lr``, ``batch_size`` ...); they win
-            over the recipe except for the network's shape.
+            over the recipe except for the network's shape. ``refine_stage`` is off by default
+            (``True`` trains a new refinement stage after the first, as ``train.json`` alone does).
 
     Returns:
         ``{"model": path, "best_val_mre", "val_sdr_2mm", "epochs", "seconds", "fine_tuned"}``.
@@ -62,7 +63,8 @@ def train_bundle(
         raise InputError(train_json, "bundle training config not found")
     root = Path(bundle_root)
     root.mkdir(parents=True, exist_ok=True)
-    args: dict[str, Any] = {"datalist": str(datalist), "resume": False, "progress_bar": False}
+    # the first stage only, unless overridden: fine-tuning carries a refinement stage over (below)
+    args: dict[str, Any] = {"datalist": str(datalist), "resume": False, "progress_bar": False, "refine_stage": False}
     args.update(overrides or {})
     if init_checkpoint is not None:
         recipe = checkpoint_recipe(init_checkpoint)

@@ -24,7 +24,13 @@ from maht_net.errors import InputError
 from maht_net.io.checkpoint import load_checkpoint_file, refine_stage
 from maht_net.models import create_network
 
-__all__ = ["Refiner", "RefineLandmarksd", "load_refiner", "collate_films"]
+__all__ = ["COMBINE_MODES", "Refiner", "RefineLandmarksd", "load_refiner", "collate_films"]
+
+COMBINE_MODES = ("fuse", "replace")
+"""How a refined landmark and the first stage's are combined (the stage's ``info["combine"]``,
+default ``"fuse"``): ``"fuse"`` weighs the two points by each other's radial variance (the product
+of two isotropic Gaussians: a confident first stage holds an unsure refinement back);
+``"replace"`` keeps the refined point alone."""
 
 
 class Refiner:
@@ -34,15 +40,21 @@ class Refiner:
         network: a refinement network (:mod:`maht_net.models.refine_net`) or an
             :class:`~maht_net.inference.export.OnnxNetwork` of one: ``(B, N, P, P)`` patches in,
             ``(B, N, P/s, P/s)`` logits out.
-        info: the stage's info (:data:`~maht_net.io.checkpoint.REFINE_INFO_KEYS`).
+        info: the stage's info (:data:`~maht_net.io.checkpoint.REFINE_INFO_KEYS`, optional ``combine``).
+        combine: one of :data:`COMBINE_MODES` (default: the stage's, else ``"fuse"``).
     """
 
-    def __init__(self, network: Any, info: Mapping[str, Any], device: str | torch.device = "cpu") -> None:
+    def __init__(self, network: Any, info: Mapping[str, Any], device: str | torch.device = "cpu", combine: str | None = None) -> None:
         self.network, self.info, self.device = network, dict(info), torch.device(device)
         self.codec = PatchCodec.from_info(info)
+        self.combine = combine or self.info.get("combine", "fuse")
+        if self.combine not in COMBINE_MODES:
+            raise ValueError(f"combine must be one of {COMBINE_MODES}, not {self.combine!r}")
 
     @classmethod
-    def from_stage(cls, stage: Mapping[str, Any], device: str | torch.device = "cpu", checkpoint: str | os.PathLike | None = None) -> Refiner:
+    def from_stage(
+        cls, stage: Mapping[str, Any], device: str | torch.device = "cpu", checkpoint: str | os.PathLike | None = None, combine: str | None = None
+    ) -> Refiner:
         """Build the network of a checkpoint stage ``{"model", "info"}`` and load its weights."""
         info = stage["info"]
         network = create_network(info["network"], num_landmarks=len(info["landmark_names"]), **info.get("network_kwargs", {}))
@@ -50,7 +62,7 @@ class Refiner:
             network.load_state_dict(stage["model"])
         except RuntimeError as e:
             raise InputError(checkpoint, f"refinement weights do not fit network {info['network']!r} ({str(e).splitlines()[0]})") from None
-        return cls(network.to(device).eval(), info, device)
+        return cls(network.to(device).eval(), info, device, combine)
 
     def __call__(self, films: Sequence[torch.Tensor], centres: torch.Tensor, spacing: torch.Tensor | None) -> DecodedLandmarks:
         """Refined landmarks of ``B`` films around ``centres`` ``(B, N, 2)`` film pixels.
@@ -75,19 +87,27 @@ class Refiner:
         ``pred_spread``, ``pred_confidence``, in film pixels) by the refined ones.
 
         The first stage's points and spread are kept as ``coarse_points``/``coarse_spread``; a
-        landmark whose first-stage point is not finite keeps it. Refined points are clamped to
-        the film (``orig_size``). The refined uncertainty is the refinement network's own
-        (uncalibrated), so ``uncertainty_calibration`` is dropped.
+        landmark whose first-stage point is not finite keeps it. With ``combine="fuse"`` each
+        point is ``c + w (r - c)``, ``w = s_c^2 / (s_c^2 + s_r^2)`` from the two radial spreads
+        (the first stage's as decoded, calibrated when the checkpoint is), and the covariance is
+        the refined one times ``w``. Points are clamped to the film (``orig_size``). The
+        uncertainty is then the refinement's (uncalibrated), so ``uncertainty_calibration`` is dropped.
         """
         d = dict(output)
         coarse = torch.as_tensor(d["pred_points"], dtype=torch.float64)
         refined = self(films, coarse, spacing)
         ok = torch.isfinite(coarse).all(-1)
-        points = refined.points
+        points, covariance = refined.points, refined.covariance
+        if self.combine == "fuse":
+            var_c = torch.as_tensor(d["pred_spread"], dtype=torch.float64) ** 2
+            var_r = covariance_to_spread(covariance) ** 2
+            w = torch.where(var_c + var_r > 0, var_c / (var_c + var_r), torch.full_like(var_c, 0.5))
+            points = coarse + w[..., None] * (points - coarse)
+            covariance = covariance * w[..., None, None]
         if "orig_size" in d:
             size = torch.as_tensor(d["orig_size"]).to(points)[:, None, :]
             points = torch.minimum(points.clamp_min(0.0), size - 1)
-        covariance = refined.covariance.to(torch.as_tensor(d["pred_covariance"]).dtype)
+        covariance = covariance.to(torch.as_tensor(d["pred_covariance"]).dtype)
         d["coarse_points"], d["coarse_spread"] = coarse, d["pred_spread"]
         d["pred_points"] = torch.where(ok[..., None], points, coarse)
         d["pred_covariance"] = torch.where(ok[..., None, None], covariance, d["pred_covariance"])
@@ -97,14 +117,15 @@ class Refiner:
         return d
 
 
-def load_refiner(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> Refiner | None:
-    """The refinement stage of a checkpoint file, or ``None`` for a single-stage checkpoint.
+def load_refiner(checkpoint: str | os.PathLike, device: str | torch.device = "cpu", combine: str | None = None) -> Refiner | None:
+    """The refinement stage of a checkpoint file, or ``None`` for a single-stage checkpoint
+    (``combine``: :data:`COMBINE_MODES`, default the stage's).
 
     Raises:
         InputError: unreadable file, or an incomplete stage or weights that do not fit.
     """
     stage = refine_stage(load_checkpoint_file(checkpoint), checkpoint)
-    return None if stage is None else Refiner.from_stage(stage, device, checkpoint)
+    return None if stage is None else Refiner.from_stage(stage, device, checkpoint, combine)
 
 
 class RefineLandmarksd(MapTransform):
