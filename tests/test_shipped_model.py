@@ -43,11 +43,15 @@ def test_large_files_lists_the_committed_model():
 
 def test_shipped_checkpoint_is_inference_only_and_says_how_it_was_made():
     ckpt = torch.load(MODEL, map_location="cpu", weights_only=True)
-    assert set(ckpt) == {"model", "info"}  # no optimizer, scheduler or trainer state
+    assert set(ckpt) == {"model", "info", "refine"}  # both stages; no optimizer, scheduler or trainer state
+    assert set(ckpt["refine"]) == {"model", "info"} and ckpt["info"]["stages"] == ["coarse", "refine"]
     info = ckpt["info"]
     prov = info["provenance"]
     assert prov["datalist"] == "datalists/two_sites.json" and prov["datalist_sha256"] == _sha256(DATALIST)
     assert len(prov["git_commit"]) == 40 and prov["command"].startswith("python scripts/pretrained.py")
+    refine = prov["refine_stage"]  # trained apart, on the same training films
+    assert len(refine["git_commit"]) == 40 and refine["command"].startswith("maht-net refine") and "--section training" in refine["command"]
+    assert ckpt["refine"]["info"]["trained"]["films"] == len(json.loads(DATALIST.read_text())["training"])
     meta = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text())
     # the weights were trained at a released bundle version; later config-only releases keep them
     version = lambda v: tuple(int(p) for p in v.split("."))  # noqa: E731
@@ -82,6 +86,7 @@ def test_default_model_places_held_out_landmarks(held_out_films, site, tmp_path)
     for film in films:
         pred = json.loads((out / f"{Path(film['image']).stem}_landmarks.json").read_text())
         assert pred["model"]["sha256"] == _sha256(MODEL) and pred["model"]["version"]
+        assert pred["stages"] == ["coarse", "refine"]  # both stages by default
         points = np.array([[r["x"], r["y"]] for r in pred["landmarks"]])
         errors.append(np.linalg.norm((points - film["landmarks"]) * SPACING[site], axis=1))
     mre = float(np.mean(errors))
@@ -126,7 +131,7 @@ def test_bundle_zip_installs_and_runs_at_another_site(held_out_films, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     (written,) = out.glob("*_landmarks.json")
     at_site = json.loads(written.read_text())
-    assert at_site["model"]["sha256"] == _sha256(MODEL) and at_site["image"] == film["image"]
+    assert at_site["model"]["sha256"] == _sha256(MODEL) and at_site["image"] == film["image"] and at_site["stages"] == ["coarse", "refine"]
     here = Predictor.from_checkpoint(MODEL).predict([{"image": film["image"], "spacing": (0.127, 0.127)}])[0]
     site_points = np.array([[r["x"], r["y"]] for r in at_site["landmarks"]])
     here_points = np.array([[r["x"], r["y"]] for r in here["landmarks"]])
