@@ -84,7 +84,8 @@ class Refiner:
     def refine(self, output: Mapping[str, Any], films: Sequence[torch.Tensor], spacing: torch.Tensor | None) -> dict[str, Any]:
         """Replace the first stage's decoded landmarks in ``output`` (of
         :class:`~maht_net.transforms.targets.DecodeLandmarksd`: ``pred_points``, ``pred_covariance``,
-        ``pred_spread``, ``pred_confidence``, in film pixels) by the refined ones.
+        ``pred_spread``, ``pred_confidence``, in film pixels) by the refined ones, combined with
+        the first stage's as :attr:`combine` says.
 
         The first stage's points and spread are kept as ``coarse_points``/``coarse_spread``; a
         landmark whose first-stage point is not finite keeps it. With ``combine="fuse"`` each
