@@ -30,7 +30,7 @@ import torch
 from maht_net.bench.accuracy import item_errors, predict
 from maht_net.codec.heatmap_codec import HeatmapCodec
 from maht_net.datasets.pipeline import landmark_dataset, training_transforms
-from maht_net.inference.export import OnnxNetwork, export_onnx, export_torchscript
+from maht_net.inference.export import OnnxNetwork, export_checkpoint, onnx_refiner
 from maht_net.inference.predictor import load_model
 from maht_net.inference.refine import Refiner, load_refiner
 from maht_net.io.datalist import load_datalist, read_datalist
@@ -218,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     items = load_datalist(args.datalist, "test", check_files=True)[: args.images]
     network, info = load_model(args.checkpoint)
-    size_hw = (info["input_size"][1], info["input_size"][0])
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
@@ -229,18 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         variants = {"PyTorch eager": network}
-        export_torchscript(network, tmp / "m.ts", size_hw)
+        export_checkpoint(args.checkpoint, tmp / "m.ts", "torchscript")
         variants["TorchScript"] = torch.jit.load(str(tmp / "m.ts"))
-        export_onnx(network, tmp / "m.onnx", size_hw)
+        export_checkpoint(args.checkpoint, tmp / "m.onnx", "onnx")  # both stages, as maht-net export writes them
         variants["ONNX Runtime"] = OnnxNetwork(tmp / "m.onnx", threads=args.threads, stride=info["stride"])
         refiners = {}
         refiner = load_refiner(args.checkpoint)
-        if refiner is not None:  # both stages, eager and ONNX Runtime (the refinement network exported like maht-net export)
-            patch = refiner.codec.patch_size
-            export_onnx(refiner.network, tmp / "r.onnx", (patch, patch))
+        if refiner is not None:  # both stages, eager and ONNX Runtime
             variants["PyTorch eager, both stages"], refiners["PyTorch eager, both stages"] = network, refiner
             variants["ONNX Runtime, both stages"] = variants["ONNX Runtime"]
-            refiners["ONNX Runtime, both stages"] = Refiner(OnnxNetwork(tmp / "r.onnx", threads=args.threads), refiner.info)
+            refiners["ONNX Runtime, both stages"] = onnx_refiner(refiner, tmp / "m.onnx", threads=args.threads)
         if not args.latency_only:
             variants["ONNX Runtime int8 (dynamic)"] = OnnxNetwork(quantize_int8(tmp / "m.onnx", tmp / "m.int8.onnx"), threads=args.threads, stride=info["stride"])
             calibration = preprocessed_inputs(load_datalist(args.datalist, "validation", check_files=True)[: args.images], info)

@@ -10,9 +10,9 @@ import numpy as np
 
 from maht_net.errors import InputError
 from maht_net.inference.ensemble import load_ensemble
-from maht_net.inference.export import OnnxNetwork, export_onnx, export_torchscript
+from maht_net.inference.export import OnnxNetwork, export_checkpoint, onnx_refiner
 from maht_net.inference.predictor import Predictor, image_items, load_model
-from maht_net.inference.refine import Refiner, load_refiner
+from maht_net.inference.refine import load_refiner
 from maht_net.inference.writers import write_outputs
 from maht_net.io.checkpoint import shipped_model
 
@@ -22,13 +22,6 @@ def _checkpoints(args: argparse.Namespace) -> list[Path]:
     if args.checkpoint:
         return [Path(c) for c in ([args.checkpoint] if isinstance(args.checkpoint, str) else args.checkpoint)]
     return [Path(args.bundle) / "models" / "model.pt" if args.bundle else shipped_model()]
-
-
-def refine_onnx_path(onnx: str | Path) -> Path:
-    """Where ``maht-net export`` writes the refinement stage beside the first stage's ONNX file
-    (``model.onnx`` -> ``model.refine.onnx``), and where ``maht-net infer --onnx`` looks for it."""
-    onnx = Path(onnx)
-    return onnx.with_name(onnx.stem + ".refine" + onnx.suffix)
 
 
 def _run_infer(args: argparse.Namespace) -> int:
@@ -50,9 +43,7 @@ def _run_infer(args: argparse.Namespace) -> int:
             raise InputError(args.onnx, "ONNX model not found (make one with 'maht-net export --format onnx')")
         network = OnnxNetwork(args.onnx, threads=args.threads)
         if refiner is not None:
-            if not refine_onnx_path(args.onnx).is_file():
-                raise InputError(refine_onnx_path(args.onnx), "the checkpoint has a refinement stage but its ONNX file is missing (export both with 'maht-net export --format onnx', or pass --no-refine)")
-            refiner = Refiner(OnnxNetwork(refine_onnx_path(args.onnx), threads=args.threads), refiner.info)
+            refiner = onnx_refiner(refiner, args.onnx, threads=args.threads)
         if args.mc_samples:
             raise InputError(args.onnx, "MC-dropout needs the PyTorch model; drop --onnx or --mc-samples")
     inputs = args.input[0] if len(args.input) == 1 and Path(args.input[0]).is_dir() else args.input
@@ -81,18 +72,9 @@ def _run_infer(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    checkpoint = _checkpoints(args)[0]
-    network, info = load_model(checkpoint)
-    size = (int(info["input_size"][1]), int(info["input_size"][0]))  # (H, W)
-    export = export_onnx if args.format == "onnx" else export_torchscript
-    diff = export(network, args.out, size=size)
-    print(f"wrote {args.out} ({args.format}); max |logit difference| vs eager on a random input: {diff:.2e}")
-    refiner = load_refiner(checkpoint)
-    if refiner is not None:
-        out = refine_onnx_path(args.out)
-        patch = refiner.codec.patch_size
-        diff = export(refiner.network, out, size=(patch, patch))
-        print(f"wrote {out} (refinement stage, {args.format}); max |logit difference| vs eager on random patches: {diff:.2e}")
+    written = export_checkpoint(_checkpoints(args)[0], args.out, args.format)
+    for (path, diff), stage in zip(written.items(), ("", " (refinement stage)")):
+        print(f"wrote {path}{stage} ({args.format}); max |logit difference| vs eager on a random input: {diff:.2e}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Deployment exports: TorchScript (trace) and ONNX, each checked against eager output."""
+"""Deployment exports: TorchScript (trace) and ONNX, each checked against eager output; a
+checkpoint's stages exported together (:func:`export_checkpoint`) and run back with ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from maht_net.errors import InputError
+from maht_net.inference.predictor import load_model
+from maht_net.inference.refine import Refiner, load_refiner
 from maht_net.io.atomic import atomic_write
 
-__all__ = ["export_torchscript", "export_onnx", "OnnxNetwork"]
+__all__ = ["export_torchscript", "export_onnx", "export_checkpoint", "refine_export_path", "onnx_refiner", "OnnxNetwork"]
 
 
 def _example(model: nn.Module, size: tuple[int, int]) -> torch.Tensor:
@@ -63,6 +67,38 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
     with torch.no_grad():
         eager = model(probe).numpy()
     return float(np.abs(OnnxNetwork(path)(probe).numpy() - eager).max())
+
+
+def refine_export_path(path: str | os.PathLike) -> Path:
+    """Where a two-stage checkpoint's refinement network is exported beside the first stage's file
+    (``model.onnx`` -> ``model.refine.onnx``), and where ``maht-net infer --onnx`` looks for it."""
+    path = Path(path)
+    return path.with_name(path.stem + ".refine" + path.suffix)
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, fmt: str = "onnx") -> dict[Path, float]:
+    """Export every stage of ``checkpoint`` as ``fmt`` (``"onnx"`` or ``"torchscript"``): the first
+    stage's network to ``path`` at its input size (input ``(B, C, H, W)``), and a two-stage
+    checkpoint's refinement network to :func:`refine_export_path` at its patch size (input
+    ``(B, N, P, P)``: one patch per landmark). Returns ``{file: max abs logit difference vs eager}``."""
+    export = {"onnx": export_onnx, "torchscript": export_torchscript}[fmt]
+    network, info = load_model(checkpoint)
+    written = {Path(path): export(network, path, size=(int(info["input_size"][1]), int(info["input_size"][0])))}
+    refiner = load_refiner(checkpoint)
+    if refiner is not None:
+        patch = refiner.codec.patch_size
+        written[refine_export_path(path)] = export(refiner.network, refine_export_path(path), size=(patch, patch))
+    return written
+
+
+def onnx_refiner(refiner: Refiner, onnx: str | os.PathLike, threads: int | None = None) -> Refiner:
+    """``refiner`` running its network with ONNX Runtime, from the file :func:`export_checkpoint`
+    wrote beside the first stage's ``onnx``."""
+    path = refine_export_path(onnx)
+    if not path.is_file():
+        raise InputError(path, "the checkpoint has a refinement stage but its ONNX file is missing "
+                         "(export both with 'maht-net export --format onnx', or pass --no-refine)")  # fmt: skip
+    return Refiner(OnnxNetwork(path, threads=threads), refiner.info)
 
 
 class OnnxNetwork:
