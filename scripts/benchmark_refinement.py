@@ -31,7 +31,7 @@ from maht_net.bench.metrics import paired_comparison, summarize  # noqa: E402
 from maht_net.inference.predictor import Predictor  # noqa: E402
 from maht_net.inference.refine import COMBINE_MODES  # noqa: E402
 from maht_net.io.checkpoint import checkpoint_stages, load_checkpoint_file  # noqa: E402
-from maht_net.io.datalist import load_datalist, read_datalist  # noqa: E402
+from maht_net.io.datalist import datalist_root, load_datalist  # noqa: E402
 
 
 def timed_errors(predictor: Predictor, items: list[dict], prepared: list[dict]) -> tuple[np.ndarray, float]:
@@ -53,8 +53,7 @@ def main(argv=None) -> int:
     if "refine" not in checkpoint_stages(load_checkpoint_file(args.checkpoint)):
         raise SystemExit(f"{args.checkpoint}: no refinement stage (train one with maht-net refine)")
     torch.set_num_threads(args.threads)
-    doc = read_datalist(args.datalist)
-    root = args.data_root or (REPO / doc["data_root"] if doc.get("data_root") else None)
+    root = datalist_root(args.datalist, args.data_root)
     items = load_datalist(args.datalist, args.section, base_dir=root, check_files=True)
     coarse = Predictor.from_checkpoint(args.checkpoint, refine=False)
     variants = {"first stage": coarse}

@@ -244,6 +244,7 @@ def ship(checkpoint: Path, datalist: Path, held_out: dict, training: dict, targe
                     "datalist_sha256": file_sha256(REPO / held_out["datalist"]),
                     "command": held_out["command"],
                     "git_commit": held_out["git_commit"],
+                    **({"refine_stage": held_out["refine_stage"]} if held_out.get("refine_stage") else {}),
                     "ids": {site: [it["id"] for it in held_out_doc["test"] if it["site"] == site] for site in SITES},
                     "test": {site: {k: r[k] for k in ("films", "mre", "median", "sdr", "mre_ci95")} for site, r in held_out["test"].items()},
                 },

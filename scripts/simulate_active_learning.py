@@ -55,7 +55,7 @@ from maht_net.bench.evaluation import predictor_errors  # noqa: E402
 from maht_net.engine.workflow import train_bundle  # noqa: E402
 from maht_net.inference.active_learning import encoder_features, k_center_greedy, uncertainty_summary  # noqa: E402
 from maht_net.inference.predictor import Predictor  # noqa: E402
-from maht_net.io.datalist import load_datalist, make_item, read_datalist, write_datalist  # noqa: E402
+from maht_net.io.datalist import datalist_root, load_datalist, make_item, write_datalist  # noqa: E402
 from maht_net.progress import progress  # noqa: E402
 
 STRATEGIES = ("random", "uncertainty", "kcenter", "hybrid")
@@ -97,9 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_data(args) -> tuple[list[dict], list[dict]]:
     if args.datalist:
-        doc = read_datalist(args.datalist)
-        # datalists/ files name their data root relative to the repository (datalists/README.md)
-        root = Path(args.data_root) if args.data_root else (REPO / doc["data_root"] if doc.get("data_root") else None)
+        root = datalist_root(args.datalist, args.data_root)
         pool = load_datalist(args.datalist, ["training", "validation"], base_dir=root, check_files=True)
         test = load_datalist(args.datalist, "test", base_dir=root, check_files=True)
     else:

@@ -48,7 +48,7 @@ from maht_net.bench.metrics import summarize  # noqa: E402
 from maht_net.engine.workflow import train_bundle  # noqa: E402
 from maht_net.inference.active_learning import image_uncertainty  # noqa: E402
 from maht_net.inference.predictor import Predictor  # noqa: E402
-from maht_net.io.datalist import load_datalist, make_item, read_datalist, write_datalist  # noqa: E402
+from maht_net.io.datalist import datalist_root, load_datalist, make_item, write_datalist  # noqa: E402
 from maht_net.progress import progress  # noqa: E402
 
 STRATEGIES = ("random", "uncertainty")
@@ -79,9 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_site(args) -> tuple[list[dict], list[dict]]:
-    doc = read_datalist(args.datalist)
-    # datalists/ files name their data root relative to the repository (datalists/README.md)
-    root = Path(args.data_root) if args.data_root else (REPO / doc["data_root"] if doc.get("data_root") else None)
+    root = datalist_root(args.datalist, args.data_root)
     pool = [it for it in load_datalist(args.datalist, "training", base_dir=root, check_files=True) if it.get("site") == args.site]
     test = [it for it in load_datalist(args.datalist, "test", base_dir=root, check_files=True) if it.get("site") == args.site]
     if args.test:

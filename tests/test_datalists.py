@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from maht_net.datasets.audit import audit_datalist
-from maht_net.io.datalist import datalist_sections, load_datalist
+from maht_net.io.datalist import datalist_root, datalist_sections, load_datalist, write_datalist
 
 REPO = Path(__file__).resolve().parents[1]
 DATALISTS = sorted((REPO / "datalists").glob("*.json"))
@@ -22,7 +22,14 @@ def _doc(path: Path) -> dict:
 
 
 def _data_root(path: Path) -> Path:
-    return REPO / _doc(path)["data_root"]
+    return datalist_root(path)
+
+
+def test_datalist_root_reads_data_root_relative_to_the_repository(tmp_path):
+    assert datalist_root(REPO / "datalists" / "two_sites.json").resolve() == (REPO.parent / "shared" / "data").resolve()
+    assert datalist_root(REPO / "datalists" / "two_sites.json", tmp_path) == tmp_path  # an explicit folder wins
+    plain = write_datalist(tmp_path / "plain.json", {"training": []})
+    assert datalist_root(plain) is None  # paths relative to the datalist itself (load_datalist's default)
 
 
 def test_every_datalist_is_documented_and_names_its_data_root():

@@ -30,6 +30,7 @@ from maht_net.io.jsonfile import read_json
 from maht_net.landmarks import COORDINATE_CONVENTION, LandmarkSet, get_landmark_set
 
 __all__ = [
+    "datalist_root",
     "make_item",
     "points_to_json",
     "points_from_json",
@@ -201,6 +202,16 @@ def parse_items(
             item["spacing"] = None
         out.append(item)
     return out
+
+
+def datalist_root(path: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> Path | None:
+    """The folder a datalist's relative image paths start from: ``base_dir`` when given, else the
+    file's ``data_root`` entry, relative to the folder above the datalist's own (the repository,
+    for ``datalists/*.json``: datalists/README.md), else None (paths relative to the datalist)."""
+    if base_dir is not None:
+        return Path(base_dir)
+    data_root = read_datalist(path).get("data_root")
+    return Path(path).absolute().parent.parent / data_root if data_root else None
 
 
 def load_datalist(
