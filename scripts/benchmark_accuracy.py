@@ -4,6 +4,8 @@ and time budget, tested on the same films, in one run (see maht_net.bench.accura
 
     python scripts/benchmark_accuracy.py --track cpu                  # fixed 70/10/20 split
     python scripts/benchmark_accuracy.py --track cpu --folds 5        # 5-fold CV + fold ensembles
+    python scripts/benchmark_accuracy.py --datalist datalists/two_sites.json --track cpu \
+        --contenders maht_net_2stage unet landmarker                  # two sites, per-site tables
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=HAMEDAN, help="Hamedan-style folder (images/, annotations/annotator{1,2}/)")
     ap.add_argument("--datalist", type=Path, help="use this datalist (training/validation/test) instead of --data")
+    ap.add_argument("--data-root", type=Path, help="folder the datalist's image paths start from (default: its 'data_root', else its folder)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-accuracy")
     ap.add_argument("--track", choices=sorted(TRACKS), default="cpu")
     ap.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS), help="the first is the paired tests' reference")
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.data}: no images/ folder (pass --data or --datalist)", file=sys.stderr)
         return 2
     datalist = args.datalist or prepare_hamedan(args.data, out)
-    run_accuracy_benchmark(datalist, out, args.track, args.contenders, args.budget_minutes, args.folds, args.seed, not args.no_tta, epochs=args.epochs)
+    run_accuracy_benchmark(datalist, out, args.track, args.contenders, args.budget_minutes, args.folds, args.seed, not args.no_tta, epochs=args.epochs, base_dir=args.data_root)
     print((out / "results.md").read_text())
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
     return 0

@@ -9,7 +9,7 @@ import pytest
 
 from maht_net.bench import accuracy as benchmark
 from maht_net.datasets.phantom import make_phantom_dataset
-from maht_net.io.datalist import read_datalist
+from maht_net.io.datalist import load_datalist, read_datalist
 
 TINY_TRACK = {"input_size": [64, 96], "batch_size": 4, "budget_minutes": 0.3}
 
@@ -65,6 +65,58 @@ def test_fixed_epochs_override_the_budget_fit(datalist, tmp_path):
     model = benchmark.train_contender("maht_net_no_gates", datalist, {**TINY_TRACK, "budget_minutes": 30.0}, tmp_path, progress=False, epochs=2)
     assert model.stats["epochs_planned"] == 2 and model.stats["epochs"] == 2  # a 30-minute budget would fit far more
     assert model.info["network_kwargs"]["attention_gates"] is False
+
+
+def test_two_stage_contender_spends_the_rest_of_the_budget_on_refinement(datalist, tmp_path):
+    contender = benchmark.Contender("two_stage", "test", batch_size=2, refine_share=0.3)
+    model = benchmark.train_bundle_contender(contender, datalist, TINY_TRACK, 0.4, tmp_path, progress=False, epochs=1)
+    assert model.refiner is not None and model.stats["batch_size"] == 2  # the contender's batch, not the track's 4
+    refine = model.stats["refine"]
+    assert refine["iterations"] >= 1 and refine["seconds"] > 0 and model.stats["train_seconds"] > refine["seconds"]
+    assert model.stats["train_seconds"] <= 0.4 * 60 + 20  # one budget for both stages (plus checkpoint writes)
+    items = load_datalist(datalist, "test")
+    first, _ = benchmark.predict(model.network, model.info, items)
+    both, _ = benchmark.predict(model.network, model.info, items, refiner=model.refiner)
+    assert first.shape == both.shape and not np.allclose(first, both)  # the stage moved the landmarks
+
+
+def test_mixed_sites_get_per_site_figures_and_paired_tests(tmp_path):
+    """Per-site summaries and paired tests are those of each site's films alone."""
+    rng = np.random.default_rng(0)
+    ids, sites = [f"f{i}" for i in range(8)], ["a"] * 5 + ["b"] * 3
+    ref_errors, other_errors = rng.gamma(2.0, 0.6, (8, 19)), rng.gamma(2.0, 0.6, (8, 19)) + np.array([0.0] * 5 + [1.0] * 3)[:, None]
+    names = [f"l{k}" for k in range(19)]
+    ref = benchmark._result("ref", ref_errors, ids, names, {}, sites)
+    other = benchmark._result("other", other_errors, ids, names, {}, sites)
+    benchmark._add_paired(ref, other, ids, sites)
+    assert set(other["by_site"]) == {"a", "b"}
+    assert other["by_site"]["b"]["overall"]["mre"] == pytest.approx(other_errors[5:].mean())
+    assert other["by_site"]["b"]["counts"]["images"] == 3
+    diff_b = other["paired_vs_reference_by_site"]["b"]["mean_difference"]
+    assert diff_b == pytest.approx(np.mean(other_errors[5:].mean(1) - ref_errors[5:].mean(1)))
+    assert other["paired_vs_reference"]["n"] == 8 and other["paired_vs_reference_by_site"]["a"]["n"] == 5
+    assert "by_site" not in benchmark._result("one", ref_errors, ids, names, {}, ["a"] * 8)  # one site: no split
+    results = {
+        "track": "tiny", "settings": {**TINY_TRACK, "folds": 0, "test_images": 8}, "mean_shape_baseline_mre": 5.0,
+        "date": "today", "machine": {"processor": "cpu", "cpu_count": 2, "torch": "x", "cuda": None},
+        "contenders": [dict(ref, train_seconds=60, epochs=[3], params=10**6, seconds_per_image=0.1), dict(other, train_seconds=60, epochs=[3], params=10**6, seconds_per_image=0.1)],
+        "ensembles": [],
+    }  # fmt: skip
+    table = benchmark.format_markdown(results)
+    assert "Per site" in table and table.count("\n| other | b | 3 |") == 1 and "| ref | a | 5 |" in table
+
+
+def test_absolute_datalist_resolves_against_the_data_root(tmp_path):
+    root = tmp_path / "data"
+    (root / "site").mkdir(parents=True)
+    (tmp_path / "repo" / "datalists").mkdir(parents=True)
+    doc = {"landmark_set": "isbi2015", "data_root": "../data", "test": [{"id": "x", "image": "site/x.png", "landmarks": [[1, 2]] * 19}]}
+    src = tmp_path / "repo" / "datalists" / "d.json"
+    src.write_text(json.dumps(doc))
+    out = benchmark.absolute_datalist(src, tmp_path / "abs.json")
+    assert read_datalist(out)["test"][0]["image"] == str((root / "site" / "x.png").resolve())
+    other = benchmark.absolute_datalist(src, tmp_path / "abs2.json", base_dir=tmp_path / "elsewhere")
+    assert read_datalist(other)["test"][0]["image"] == str((tmp_path / "elsewhere" / "site" / "x.png").resolve())
 
 
 def test_unknown_names_are_refused(datalist, tmp_path):

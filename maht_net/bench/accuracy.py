@@ -5,9 +5,13 @@ Contenders (:data:`CONTENDERS`): MAHT-Net with the bundle's default recipe, thre
 it, the U-Net baseline (all trained through ``bundle/configs/train.json``), and the peer
 toolkit ``landmarker`` (its recommended static heatmap regression: ProbSpatialConfigurationNet,
 Gaussian targets with sigma 3 px, NLL on the spatial softmax, Adam 1e-4) fed by the same data
-pipeline. Every contender gets the same wall-clock training budget; the number of epochs (and
-so the learning-rate schedule and the progressive stages) is fitted to the budget from a short
+pipeline. Every contender gets the same wall-clock training budget for all its stages (the
+two-stage MAHT-Net spends a share of it on the refinement stage); the number of epochs (and so
+the learning-rate schedule and the progressive stages) is fitted to the budget from a short
 timing of real training steps, and the budget is also enforced as a hard stop.
+
+A datalist that mixes sites (items naming their ``site``) gets per-site figures and per-site
+paired tests besides the overall ones.
 
 Axes: landmarks are ``(x, y)`` pixels of the original film everywhere (see
 :mod:`maht_net.landmarks`); errors are in mm with the datalist's spacing.
@@ -33,15 +37,16 @@ from maht_net.bench.metrics import paired_comparison, radial_errors, summarize
 from maht_net.datasets.common import fold_sections
 from maht_net.datasets.pipeline import landmark_dataset, training_transforms
 from maht_net.engine.handlers import ProgressBarHandler, TimeBudgetHandler, prepare_landmark_batch
+from maht_net.engine.refine import refine_checkpoint
 from maht_net.engine.workflow import train_bundle
 from maht_net.errors import InputError
 from maht_net.formatting import fmt_number
 from maht_net.inference.ensemble import EnsembleNetwork
 from maht_net.inference.predictor import Predictor, load_model
-from maht_net.inference.refine import Refiner
+from maht_net.inference.refine import Refiner, load_refiner
 from maht_net.io.atomic import atomic_write, write_json_atomic
 from maht_net.io.checkpoint import CheckpointInfo
-from maht_net.io.datalist import load_datalist, read_datalist
+from maht_net.io.datalist import datalist_root, load_datalist, read_datalist
 from maht_net.io.predictions import prediction_points, write_prediction
 from maht_net.landmarks import get_landmark_set
 
@@ -50,6 +55,7 @@ __all__ = [
     "CONTENDERS",
     "Contender",
     "TrainedModel",
+    "absolute_datalist",
     "cross_validation_datalists",
     "train_bundle_contender",
     "train_contender",
@@ -78,23 +84,29 @@ STAGE_FRACTIONS = (0.3, 0.1)
 @dataclass(frozen=True)
 class Contender:
     """A method in the benchmark: ``kind`` ``"bundle"`` trains through ``train.json`` with
-    ``overrides`` (config ids, ``#`` for nested ones); ``"landmarker"`` is the peer toolkit."""
+    ``overrides`` (config ids, ``#`` for nested ones); ``"landmarker"`` is the peer toolkit.
+    ``batch_size`` replaces the track's (``None``: the track's); ``refine_share`` of the budget
+    trains the refinement stage after the first (:func:`~maht_net.engine.refine.refine_checkpoint`)."""
 
     name: str
     description: str
     kind: str = "bundle"
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None
+    refine_share: float = 0.0
 
 
 CONTENDERS: dict[str, Contender] = {
     c.name: c
     for c in (
         Contender("maht_net", "MAHT-Net, bundle default recipe (3-stage progressive)"),
+        Contender("maht_net_2stage", "MAHT-Net + refinement stage (budget: 70 % first stage, 30 % refinement)", refine_share=0.3),
         Contender("maht_net_no_transformer", "MAHT-Net without the ViT bottleneck", overrides={"network_kwargs#use_transformer": False}),
         Contender("maht_net_no_gates", "MAHT-Net with a plain FPN (no attention gates)", overrides={"network_kwargs#attention_gates": False}),
         Contender("maht_net_no_progressive", "MAHT-Net trained end to end (no progressive schedule)", overrides={"progressive": False}),
         Contender("unet", "U-Net baseline (MONAI BasicUNet, full-resolution heatmaps)", overrides={"network_name": "unet", "network_kwargs": {}}),
-        Contender("landmarker", "landmarker 0.4.1 ProbSpatialConfigurationNet, sigma 3, NLL, Adam 1e-4 (its recommended recipe)", kind="landmarker"),
+        # batch 4: more epochs in the budget than batch 8 (28 vs 16 in 20 min on 2 cores)
+        Contender("landmarker", "landmarker 0.4.1 ProbSpatialConfigurationNet, sigma 3, NLL, Adam 1e-4 (its recommended recipe), batch 4", kind="landmarker", batch_size=4),
     )
 }
 
@@ -107,9 +119,24 @@ class TrainedModel:
     network: nn.Module
     info: dict[str, Any]
     stats: dict[str, Any]
+    refiner: Refiner | None = None
 
 
 # ----------------------------------------------------------------------------- data splits
+def absolute_datalist(datalist: str | os.PathLike, out: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> Path:
+    """A copy of ``datalist`` at ``out`` with absolute image paths, resolved against ``base_dir``,
+    else the datalist's ``data_root`` (:func:`~maht_net.io.datalist.datalist_root`), else its folder:
+    every later step (folds, bundle training, testing) reads it without a base folder."""
+    doc = read_datalist(datalist)
+    base = Path(datalist_root(datalist, base_dir) or Path(datalist).parent).resolve()
+    for section in ("training", "validation", "test"):
+        if section in doc:
+            doc[section] = [dict(it, image=str((base / it["image"]).resolve())) for it in doc[section]]
+    doc.pop("data_root", None)
+    write_json_atomic(out, doc)
+    return Path(out)
+
+
 def cross_validation_datalists(datalist: str | os.PathLike, folds: int, out_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
     """``folds`` datalists over the development images (``training`` + ``validation``, split by
     :func:`~maht_net.datasets.common.fold_sections`); every fold keeps the same ``test`` section,
@@ -119,20 +146,13 @@ def cross_validation_datalists(datalist: str | os.PathLike, folds: int, out_dir:
     Raises:
         ValueError: fewer development images than folds.
     """
-
-    doc = read_datalist(datalist)
-    base = Path(datalist).resolve().parent
-
-    def absolute(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return [dict(it, image=str((base / it["image"]).resolve())) for it in items]
-
-    dev = absolute([it for sec in ("training", "validation") for it in doc.get(sec, [])])
-    test = absolute(doc.get("test", []))
     out = Path(out_dir)
+    doc = read_datalist(absolute_datalist(datalist, out / "datalist.json"))
+    dev = [it for sec in ("training", "validation") for it in doc.get(sec, [])]
     paths = []
     for k, sections in enumerate(fold_sections(dev, folds, seed)):
         fold = {key: v for key, v in doc.items() if key not in ("training", "validation", "test")}
-        fold.update(sections, test=test, description=f"{doc.get('description', '')} | fold {k + 1}/{folds} (seed {seed})".strip(" |"))
+        fold.update(sections, test=doc.get("test", []), description=f"{doc.get('description', '')} | fold {k + 1}/{folds} (seed {seed})".strip(" |"))
         paths.append(out / f"fold{k + 1}.json")
         write_json_atomic(paths[-1], fold)
     return paths
@@ -205,22 +225,24 @@ def train_bundle_contender(
     given (the budget stays a hard stop). The accuracy benchmark and the hyper-parameter search
     (:mod:`maht_net.bench.tuning`) both train through here."""
 
+    batch_size = int(contender.batch_size or track["batch_size"])
     overrides: dict[str, Any] = {
         "datalist": str(datalist),
         "input_size": list(track["input_size"]),
-        "batch_size": int(track["batch_size"]),
+        "batch_size": batch_size,
         "seed": seed,
         **contender.overrides,
     }
     root = workdir / contender.name
+    first_minutes = budget_minutes * (1.0 - contender.refine_share)
     # time real iterations with this contender's network, loss and optimizer to fit the epochs
     parser = _bundle_parser(overrides, root)
     network, loss_fn, optimizer = (parser.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
     train_ds = parser.get_parsed_content("train#dataset")
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=int(track["batch_size"]), shuffle=True, num_workers=0)
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=0)
     n_val = len(load_datalist(datalist, "validation"))
     iter_s = _seconds_per_iteration(network, loss_fn, optimizer, loader)
-    fitted, epoch_s = _fit_epochs(budget_minutes * 60, iter_s, len(loader), _seconds_per_eval_image(network, track["input_size"]), n_val)
+    fitted, epoch_s = _fit_epochs(first_minutes * 60, iter_s, len(loader), _seconds_per_eval_image(network, track["input_size"]), n_val)
     epochs = fitted if epochs is None else int(epochs)
     params = _params(network)
     del parser, network, loss_fn, optimizer, train_ds, loader
@@ -232,12 +254,11 @@ def train_bundle_contender(
         "stage_epochs": stage_epochs,
         "warmup_epochs": 1 if epochs > 5 else 0,
         "early_stop_patience": max(15, epochs),  # the budget, not patience, ends a benchmark run
-        "time_limit_minutes": budget_minutes,
+        "time_limit_minutes": first_minutes,
         "progress_bar": progress,
     }
-    logger.info("%s: %.2f s/iteration, ~%.0f s/epoch -> %d epochs in %.1f min (stages %s)", contender.name, iter_s, epoch_s, epochs, budget_minutes, stage_epochs)
+    logger.info("%s: %.2f s/iteration, ~%.0f s/epoch -> %d epochs in %.1f min (stages %s)", contender.name, iter_s, epoch_s, epochs, first_minutes, stage_epochs)
     trained = train_bundle(TRAIN_CONFIG.parent, datalist, root, overrides=run)
-    network, info = load_model(trained["model"])
     stats = {
         "train_seconds": trained["seconds"],
         "epochs_planned": epochs,
@@ -245,8 +266,18 @@ def train_bundle_contender(
         "params": params,
         "best_val_mre": trained["best_val_mre"],
         "seconds_per_iteration": round(iter_s, 3),
+        "batch_size": batch_size,
     }
-    return TrainedModel(contender.name, network, info, stats)
+    refiner = None
+    if contender.refine_share > 0:  # what is left of the budget trains the refinement stage
+        left_minutes = budget_minutes - trained["seconds"] / 60
+        _, stage = refine_checkpoint(trained["model"], load_datalist(datalist, "training"), minutes=max(left_minutes, 0.05), iterations=10**9, seed=seed, desc=contender.name + " refinement" if progress else None)
+        refiner = load_refiner(trained["model"])
+        stats["train_seconds"] += stage["info"]["trained"]["seconds"]
+        stats["refine"] = dict(stage["info"]["trained"], params=_params(refiner.network))
+        stats["params"] += stats["refine"]["params"]
+    network, info = load_model(trained["model"])
+    return TrainedModel(contender.name, network, info, stats, refiner)
 
 
 class _LandmarkerLoss(nn.Module):
@@ -288,7 +319,8 @@ def _train_landmarker(contender: Contender, datalist: Path, track: Mapping[str, 
     loss_fn = _LandmarkerLoss(n, size)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
     train_ds = landmark_dataset(load_datalist(datalist, "training"), training_transforms(size, 1.0, n), n)
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=int(track["batch_size"]), shuffle=True, num_workers=0)
+    batch_size = int(contender.batch_size or track["batch_size"])
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=0)
     iter_s = _seconds_per_iteration(network, loss_fn, optimizer, loader)
     epochs = _fit_epochs(budget_minutes * 60, iter_s, len(loader), 0.0, 0)[0] if epochs is None else int(epochs)
     network = ProbSpatialConfigurationNet(spatial_dims=2, in_channels=1, out_channels=n)  # fresh weights after timing
@@ -318,6 +350,7 @@ def _train_landmarker(contender: Contender, datalist: Path, track: Mapping[str, 
         "params": _params(network),
         "best_val_mre": None,
         "seconds_per_iteration": round(iter_s, 3),
+        "batch_size": batch_size,
     }
     return TrainedModel(contender.name, network.eval(), info, stats)
 
@@ -383,9 +416,17 @@ def item_errors(points: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.nd
     return radial_errors(points, truth, spacing)
 
 
-def _result(name: str, errors: np.ndarray, ids: list[str], names: list[str], extra: Mapping[str, Any]) -> dict[str, Any]:
+def _result(name: str, errors: np.ndarray, ids: list[str], names: list[str], extra: Mapping[str, Any], sites: Sequence[str | None] = ()) -> dict[str, Any]:
+    """Overall summary, and one per site when the test films come from more than one."""
     summary = summarize(errors, thresholds=REPORTED_SDR_MM, landmark_names=names, ids=ids, n_bootstrap=2000)
-    return {"name": name, **extra, "summary": summary, "errors": errors.tolist()}
+    result = {"name": name, **extra, "summary": summary, "errors": errors.tolist()}
+    if len(set(sites)) > 1:
+        result["by_site"] = {
+            str(site): summarize(errors[mask], thresholds=REPORTED_SDR_MM, landmark_names=names, ids=[i for i, m in zip(ids, mask) if m], n_bootstrap=2000)
+            for site in sorted(set(sites), key=str)
+            for mask in [np.array([s == site for s in sites])]
+        }
+    return result
 
 
 # ----------------------------------------------------------------------------- the run
@@ -400,6 +441,7 @@ def run_accuracy_benchmark(
     tta: bool = True,
     progress: bool = True,
     epochs: int | None = None,
+    base_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train and test every contender; returns (and writes to ``out_dir/results.json``) the results.
 
@@ -414,6 +456,8 @@ def run_accuracy_benchmark(
         tta: also test the first contender with test-time augmentation (gain and latency).
         epochs: train every contender for this many epochs instead of fitting them to the budget
             (see :func:`train_contender`).
+        base_dir: folder the datalist's image paths start from (default: its ``data_root``, else
+            its folder; see :func:`absolute_datalist`).
     """
     if track not in TRACKS:
         raise ValueError(f"unknown track {track!r}; available: {sorted(TRACKS)}")
@@ -425,18 +469,20 @@ def run_accuracy_benchmark(
         cfg["budget_minutes"] = float(budget_minutes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    given, datalist = datalist, absolute_datalist(datalist, out / "datalist.json", base_dir)
     test_items = load_datalist(datalist, "test", check_files=True)
     if not test_items:
-        raise InputError(datalist, "the datalist has no 'test' section to benchmark on")
+        raise InputError(given, "the datalist has no 'test' section to benchmark on")
     lset = get_landmark_set(read_datalist(datalist).get("landmark_set", "isbi2015"))
     ids = [it["id"] for it in test_items]
+    sites = [it.get("site") for it in test_items]
     splits = cross_validation_datalists(datalist, folds, out / "folds", seed) if folds else [Path(datalist)]
 
     baseline = mean_shape_baseline(datalist)
     results: dict[str, Any] = {
         "benchmark": "accuracy",
         "track": track,
-        "settings": {**cfg, "folds": folds, "seed": seed, "test_images": len(test_items), "datalist": str(datalist), "fixed_epochs": epochs},
+        "settings": {**cfg, "folds": folds, "seed": seed, "test_images": len(test_items), "datalist": str(given), "fixed_epochs": epochs},
         "machine": _machine(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "mean_shape_baseline_mre": baseline["overall"]["mre"],
@@ -449,7 +495,7 @@ def run_accuracy_benchmark(
         for k, split in enumerate(splits):
             logger.info("== %s (%s track, %s)", name, track, f"fold {k + 1}/{len(splits)}" if folds else "fixed split")
             model = train_contender(name, split, cfg, out / "runs" / (f"fold{k + 1}" if folds else "fixed"), cfg["budget_minutes"], seed, progress, epochs)
-            points, latency = predict(model.network, model.info, test_items)
+            points, latency = predict(model.network, model.info, test_items, refiner=model.refiner)
             fold_errors.append(item_errors(points, test_items))
             fold_stats.append(model.stats)
             latencies.append(latency)
@@ -466,35 +512,47 @@ def run_accuracy_benchmark(
         }
         if folds:
             extra["fold_mre"] = [float(np.nanmean(e)) for e in fold_errors]
-        results["contenders"].append(_result(name, errors, ids, lset.names, extra))
+        results["contenders"].append(_result(name, errors, ids, lset.names, extra, sites))
         write_json_atomic(out / "results.json", results)  # partial results survive a later failure
 
     reference = results["contenders"][0]
     for r in results["contenders"][1:]:
-        r["paired_vs_reference"] = _paired(reference, r, ids)
+        _add_paired(reference, r, ids, sites)
     models = fold_models.get(contenders[0], [])
     if tta and models:
-        points, latency = predict(models[0].network, models[0].info, test_items, tta=True)
-        results["ensembles"].append(_result(f"{contenders[0]} + TTA", item_errors(points, test_items), ids, lset.names, {"seconds_per_image": latency, "members": 1}))
+        points, latency = predict(models[0].network, models[0].info, test_items, tta=True, refiner=models[0].refiner)
+        results["ensembles"].append(_result(f"{contenders[0]} + TTA", item_errors(points, test_items), ids, lset.names, {"seconds_per_image": latency, "members": 1}, sites))
     if len(models) > 1:
         ens = EnsembleNetwork([m.network for m in models]).eval()
-        points, latency = predict(ens, models[0].info, test_items)
-        results["ensembles"].append(_result(f"{contenders[0]} {len(models)}-fold ensemble (mean heatmap)", item_errors(points, test_items), ids, lset.names, {"seconds_per_image": latency, "members": len(models)}))
-        each = [predict(m.network, m.info, test_items) for m in models]
+        points, latency = predict(ens, models[0].info, test_items)  # one heatmap: the first stage only
+        first = ", first stage" if models[0].refiner is not None else ""
+        results["ensembles"].append(_result(f"{contenders[0]} {len(models)}-fold ensemble (mean heatmap{first})", item_errors(points, test_items), ids, lset.names, {"seconds_per_image": latency, "members": len(models)}, sites))
+        each = [predict(m.network, m.info, test_items, refiner=m.refiner) for m in models]
         coords = np.mean(np.stack([p for p, _ in each]), 0)
-        results["ensembles"].append(_result(f"{contenders[0]} {len(models)}-fold ensemble (mean coordinates)", item_errors(coords, test_items), ids, lset.names, {"seconds_per_image": float(sum(t for _, t in each)), "members": len(models)}))
+        results["ensembles"].append(_result(f"{contenders[0]} {len(models)}-fold ensemble (mean coordinates)", item_errors(coords, test_items), ids, lset.names, {"seconds_per_image": float(sum(t for _, t in each)), "members": len(models)}, sites))
     for r in results["ensembles"]:
-        r["paired_vs_reference"] = _paired(reference, r, ids)
+        _add_paired(reference, r, ids, sites)
     write_json_atomic(out / "results.json", results)
     with atomic_write(out / "results.md", "w") as f:
         f.write(format_markdown(results))
     return results
 
 
-def _paired(reference: Mapping[str, Any], other: Mapping[str, Any], ids: list[str]) -> dict[str, Any]:
+def _paired(reference: np.ndarray, other: np.ndarray, ids: list[str]) -> dict[str, Any]:
     """Paired test on per-image MRE; ``mean_difference`` = other - reference (positive: other worse)."""
-    c = paired_comparison(np.array(other["errors"], dtype=float), np.array(reference["errors"], dtype=float), ids)
+    c = paired_comparison(other, reference, ids)
     return {k: c[k] for k in ("n", "mean_difference", "mean_difference_ci95", "a_better", "b_better", "p_value")}
+
+
+def _add_paired(reference: Mapping[str, Any], other: dict[str, Any], ids: list[str], sites: Sequence[str | None]) -> None:
+    """``other["paired_vs_reference"]`` over all test films, and per site when there are several."""
+    ref, oth = np.array(reference["errors"], dtype=float), np.array(other["errors"], dtype=float)
+    other["paired_vs_reference"] = _paired(ref, oth, ids)
+    if "by_site" in other:
+        other["paired_vs_reference_by_site"] = {}
+        for site in other["by_site"]:
+            mask = np.array([str(s) == site for s in sites])
+            other["paired_vs_reference_by_site"][site] = _paired(ref[mask], oth[mask], [i for i, m in zip(ids, mask) if m])
 
 
 def _machine() -> dict[str, Any]:
@@ -507,6 +565,13 @@ def _machine() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
+
+
+def _versus(p: Mapping[str, Any] | None) -> str:
+    if p is None:
+        return "reference"
+    lo, hi = p["mean_difference_ci95"] or [None, None]
+    return f"{fmt_number(p['mean_difference'], 3)} [{fmt_number(lo, 3)}, {fmt_number(hi, 3)}], p={fmt_number(p['p_value'], 3)}"
 
 
 def format_markdown(results: Mapping[str, Any]) -> str:
@@ -529,14 +594,21 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     for r in results["contenders"] + results["ensembles"]:
         o = r["summary"]["overall"]
         ci = o["mre_ci95"] or [None, None]
-        p = r.get("paired_vs_reference")
-        vs = "reference" if p is None else f"{fmt_number(p['mean_difference'], 3)} [{fmt_number((p['mean_difference_ci95'] or [None])[0], 3)}, {fmt_number((p['mean_difference_ci95'] or [None, None])[1], 3)}], p={fmt_number(p['p_value'], 3)}"
+        vs = _versus(r.get("paired_vs_reference"))
         lines.append(
             f"| {r['name']} | {fmt_number(o['mre'])} [{fmt_number(ci[0])}-{fmt_number(ci[1])}] | {fmt_number(o['median'])} | "
             + " | ".join(fmt_number(o["sdr"][k], 1) for k in keys)
             + f" | {fmt_number(r['train_seconds'] / 60, 1) if 'train_seconds' in r else '-'} | {'/'.join(map(str, r['epochs'])) if 'epochs' in r else '-'}"
             f" | {fmt_number(r['params'] / 1e6, 1) if 'params' in r else '-'} | {fmt_number(r['seconds_per_image'], 3)} | {vs} |"
         )
+    rows = [r for r in results["contenders"] + results["ensembles"] if "by_site" in r]
+    if rows:
+        lines += ["", "Per site (test films of each site):", "", "| method | site | films | MRE mm [95% CI] | SDR 2 mm % | SDR 4 mm % | MRE minus " + ref + "'s, mm [95% CI], Wilcoxon p |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            for site, summary in r["by_site"].items():
+                o, ci = summary["overall"], summary["overall"]["mre_ci95"] or [None, None]
+                vs = _versus(r.get("paired_vs_reference_by_site", {}).get(site))
+                lines.append(f"| {r['name']} | {site} | {summary['counts']['images']} | {fmt_number(o['mre'])} [{fmt_number(ci[0])}-{fmt_number(ci[1])}] | {fmt_number(o['sdr']['2.0'], 1)} | {fmt_number(o['sdr']['4.0'], 1)} | {vs} |")
     lines += ["", "Per-landmark MRE (mm):", "", "| landmark | " + " | ".join(r["name"] for r in results["contenders"]) + " |", "|---|" + "---|" * len(results["contenders"])]
     for k, row in enumerate(results["contenders"][0]["summary"]["per_landmark"]):
         lines.append(f"| {row['index']} {row['name']} | " + " | ".join(fmt_number(r["summary"]["per_landmark"][k]["mre"]) for r in results["contenders"]) + " |")
