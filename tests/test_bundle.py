@@ -138,6 +138,8 @@ def test_training_trains_both_stages_and_evaluation_scores_the_second(trained, p
     assert checkpoint_stages(state) == ["coarse", "refine"]
     assert state["refine"]["info"]["network"] == "refine_net_small" and state["refine"]["info"]["trained"]["iterations"] == 3
     assert state["info"]["uncertainty_calibration"]["section"] == "validation"  # calibration kept
+    both = state["refine"]["info"]["uncertainty_calibration"]  # and the two stages' combined uncertainty calibrated
+    assert both["section"] == "validation" and both["combine"] == "fuse" and len(both["scale"]) == 19
 
     second = tmp_path / "second"
     shutil.copytree(trained / "models", second / "models")
@@ -146,7 +148,8 @@ def test_training_trains_both_stages_and_evaluation_scores_the_second(trained, p
     wf.initialize()
     wf.run()
     wf.finalize()
-    assert checkpoint_stages(torch.load(second / "models" / "model.pt", map_location="cpu", weights_only=True)) == ["coarse", "refine"]
+    refined = torch.load(second / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert checkpoint_stages(refined) == ["coarse", "refine"] and refined["refine"]["info"]["uncertainty_calibration"]["combine"] == "fuse"
 
     test = load_datalist(phantom, "test")
     for refine in (True, False):

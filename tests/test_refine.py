@@ -209,6 +209,39 @@ def test_predictor_runs_both_stages_and_records_the_first(tiny_checkpoint, two_s
         predictor.predict(Predictor(*load_model(two_stage)).prepare(images), prepared=True)
 
 
+def test_calibrating_a_two_stage_model_scales_what_both_stages_report_not_the_points(two_stage, phantom_datalist, tmp_path):
+    """``calibrate_checkpoint`` fits the first stage, then the uncertainty the two stages report
+    together (its stage's combine mode); predictions carry that record, and their points do not move."""
+    import math
+
+    from maht_net.codec.uncertainty import CALIBRATION_KEY
+    from maht_net.inference.calibration import calibrate_checkpoint
+    from maht_net.io.datalist import load_datalist
+
+    out = tmp_path / "calibrated.pt"
+    record = calibrate_checkpoint(two_stage, phantom_datalist, "validation", out=out)
+    state = load_checkpoint_file(out)
+    first, both = state["info"][CALIBRATION_KEY], state["refine"]["info"][CALIBRATION_KEY]
+    assert both == record["refine_stage"] and both["combine"] == "fuse" and both["section"] == "validation"
+    assert first == {k: v for k, v in record.items() if k != "refine_stage"}
+    items = load_datalist(phantom_datalist, "validation")
+    network, info = load_model(out)
+    stage = state["refine"]
+    raw_stage = Refiner.from_stage({"model": stage["model"], "info": {k: v for k, v in stage["info"].items() if k != CALIBRATION_KEY}})
+    raw = Predictor(network, info, refiner=raw_stage).predict(items)
+    err2 = np.stack([np.sum((_points(p) - it["landmarks"]) ** 2, -1) for p, it in zip(raw, items)])
+    spread = np.array([[r["uncertainty_px"] for r in p["landmarks"]] for p in raw])
+    assert both["common_scale"] == pytest.approx(math.sqrt(np.mean(err2 / spread**2)), rel=1e-5)  # fitted on the combined spread
+    calibrated = Predictor.from_checkpoint(out).predict(items[:1])[0]
+    doc_record = calibrated["uncertainty_calibration"]
+    assert doc_record["combine"] == "fuse" and doc_record["scale"] == both["scale"] and raw[0]["uncertainty_calibration"] is None
+    np.testing.assert_allclose([r["uncertainty_px"] for r in calibrated["landmarks"]], spread[0] * both["scale"], rtol=1e-4)
+    np.testing.assert_allclose(_points(calibrated), _points(raw[0]), atol=1e-6)
+    # fitted for "fuse": the replaced point reports its raw spread
+    replaced = Predictor(network, info, refiner=load_refiner(out, combine="replace")).predict(items[:1])[0]
+    assert replaced["uncertainty_calibration"] is None
+
+
 def test_refinement_network_exports_to_onnx_with_parity(two_stage, phantom_items, tmp_path):
     pytest.importorskip("onnxruntime")
     from maht_net.inference.export import OnnxNetwork, export_onnx
@@ -232,7 +265,10 @@ def test_cli_trains_attaches_exports_and_infers_both_stages(tiny_checkpoint, pha
     model = tmp_path / "two_stage.pt"
     args = ["--datalist", str(phantom_datalist), "--out", str(model), "--network", "refine_net_small", "--patch", "32", "--mm-per-px", "0.66"]
     assert main(["refine", str(tiny_checkpoint), *args, "--iterations", "3", "--batch-size", "2"]) == 0
-    assert checkpoint_stages(load_checkpoint_file(model)) == ["coarse", "refine"]
+    written = load_checkpoint_file(model)
+    assert checkpoint_stages(written) == ["coarse", "refine"]
+    assert written["refine"]["info"]["uncertainty_calibration"]["section"] == "validation"  # --calibrate-on's default
+    assert "uncertainty of both stages calibrated on 'validation'" in capsys.readouterr().out
     assert main(["export", "--checkpoint", str(model), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.refine.onnx").is_file()
     image, spacing = phantom_items[9]["image"], str(phantom_items[9]["spacing"][0])

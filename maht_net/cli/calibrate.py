@@ -16,6 +16,12 @@ def _run(args: argparse.Namespace) -> int:
         f"{record['raw_rms_spread_px']:.2f} px, actual RMS error {record['actual_rms_error_px']:.2f} px, common scale {record['common_scale']:.3f}"
     )
     print("per-landmark scale: " + ", ".join(f"{n} {s:.2f}" for n, s in zip(record["landmark_names"], record["scale"])))
+    refined = record.get("refine_stage")
+    if refined:
+        print(
+            f"both stages ({refined['combine']}): raw RMS spread {refined['raw_rms_spread_px']:.2f} px, actual RMS error "
+            f"{refined['actual_rms_error_px']:.2f} px, common scale {refined['common_scale']:.3f}"
+        )
     print(f"wrote {args.out or args.checkpoint}")
     return 0
 
@@ -27,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fit the uncertainty calibration of a checkpoint on held-out images (sigma scaling)",
         description="Predict a datalist section (default: validation) with the checkpoint, fit one scale per landmark so "
         "the reported uncertainty is the expected RMS error, and store it in the checkpoint. The bundle's training does "
-        "this on its validation section when it finishes; run it again after changing the inference mode (--mc-samples, --tta).",
+        "this on its validation section when it finishes; run it again after changing the inference mode (--mc-samples, --tta). "
+        "A two-stage checkpoint also gets the calibration of the uncertainty both stages report together.",
     )
     p.add_argument("checkpoint", help="model.pt written by the bundle's training")
     p.add_argument("--datalist", required=True, help="datalist with ground-truth landmarks")

@@ -6,8 +6,9 @@ import argparse
 
 from maht_net.codec.patches import PatchCodec
 from maht_net.engine.refine import PatchJitter, refine_checkpoint
+from maht_net.inference.calibration import calibrate_checkpoint
 from maht_net.io.checkpoint import load_checkpoint_file
-from maht_net.io.datalist import load_datalist
+from maht_net.io.datalist import datalist_sections, load_datalist, read_datalist
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -34,6 +35,11 @@ def _run(args: argparse.Namespace) -> int:
         f"final loss {trained['final_loss']:.3f}; {codec.patch_size} x {codec.patch_size} patches at {codec.mm_per_px:g} mm/px "
         f"({codec.field_mm:g} mm) -> wrote {out}"
     )
+    if args.calibrate_on != "none" and args.calibrate_on in datalist_sections(read_datalist(args.datalist)):
+        both = calibrate_checkpoint(out, args.datalist, args.calibrate_on, base_dir=args.base_dir)["refine_stage"]
+        print(f"uncertainty of both stages calibrated on '{args.calibrate_on}' ({both['n_images']} films): common scale {both['common_scale']:.3f}")
+    else:
+        print(f"no '{args.calibrate_on}' section: the uncertainty of both stages is reported raw (run maht-net calibrate)")
     return 0
 
 
@@ -48,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="the first-stage model.pt")
     p.add_argument("--datalist", required=True, help="datalist with ground-truth landmarks")
     p.add_argument("--section", default="training", help="section to train on")
+    p.add_argument("--calibrate-on", default="validation", help="section (not trained on) that the uncertainty of both "
+                   "stages is then calibrated on, as maht-net calibrate does; 'none': skip")  # fmt: skip
     p.add_argument("--base-dir", help="folder that relative image paths of the datalist are resolved against (default: its folder)")
     p.add_argument("--out", required=True, help="the two-stage checkpoint to write (may be the input checkpoint itself)")
     p.add_argument("--network", default="refine_net", help="refinement network (refine_net, refine_net_small)")

@@ -1,4 +1,5 @@
-"""Calibration workflow: fit a checkpoint's uncertainty calibration on a datalist section and record it in the checkpoint."""
+"""Calibration workflow: fit a checkpoint's uncertainty calibration on a datalist section and
+record it in the checkpoint: the first stage's, then (two-stage checkpoints) the combined one."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import torch
 from maht_net.codec.uncertainty import CALIBRATION_KEY, fit_uncertainty_calibration
 from maht_net.errors import InputError
 from maht_net.inference.predictor import Predictor, load_model
+from maht_net.inference.refine import Refiner
 from maht_net.io.atomic import atomic_write
-from maht_net.io.checkpoint import load_checkpoint_file
+from maht_net.io.checkpoint import REFINE_STAGE, load_checkpoint_file, refine_stage
 from maht_net.io.datalist import load_datalist, parse_items
 from maht_net.io.predictions import prediction_points, prediction_uncertainty
 
@@ -40,11 +42,14 @@ def calibrate_checkpoint(
     ``validate#dataset#data``; ``section`` then only names them, and relative image paths are
     resolved against ``base_dir``). Predicts the section's images without calibration, fits :func:`fit_uncertainty_calibration`
     and writes the checkpoint (to ``out``, default in place) atomically with
-    ``info["uncertainty_calibration"]`` set. Only the chosen section is read, so calibrating on
-    ``validation`` never touches the test films.
+    ``info["uncertainty_calibration"]`` set. A two-stage checkpoint then gets a second record in
+    its refinement stage's info: the same fit on the uncertainty the two stages report together
+    (the first stage calibrated, its stage's ``combine`` mode), which is what predictions carry.
+    Only the chosen section is read, so calibrating on ``validation`` never touches the test films.
 
     Returns:
-        The record written (also holding ``section``, ``mc_samples``, ``tta`` and ``date``).
+        The first stage's record written (also holding ``section``, ``mc_samples``, ``tta`` and
+        ``date``), with the refinement stage's under ``"refine_stage"`` when there is one.
 
     Raises:
         InputError: unreadable checkpoint/datalist, or a section without enough landmarks.
@@ -61,20 +66,42 @@ def calibrate_checkpoint(
     preds = Predictor(network, info, device, mc_samples=mc_samples, tta=tta, calibrate=False).predict(items, desc=f"calibration on {section}")
     points = np.stack([prediction_points(p) for p in preds])
     spread = np.stack([prediction_uncertainty(p) for p in preds])
+    truth = np.stack([it["landmarks"] for it in items])
+    mode = {"section": section, "mc_samples": int(mc_samples), "tta": bool(tta), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
     try:
-        record = fit_uncertainty_calibration(points, spread, np.stack([it["landmarks"] for it in items]), info["landmark_names"], prior_strength)
+        record = fit_uncertainty_calibration(points, spread, truth, info["landmark_names"], prior_strength)
     except ValueError as e:
         raise InputError(source, f"section {section!r}: {e}") from None
-    record.update({"section": section, "mc_samples": int(mc_samples), "tta": bool(tta), "date": time.strftime("%Y-%m-%d %H:%M %Z")})
+    record.update(mode)
+    _log(record, section, "first stage")
     state = load_checkpoint_file(checkpoint)
     state["info"] = {**state["info"], CALIBRATION_KEY: record}
+    stage = refine_stage(state, checkpoint)
+    result = dict(record)
+    if stage is not None:  # the two stages' combined uncertainty, with the first stage's calibration on
+        stage_info = {k: v for k, v in stage["info"].items() if k != CALIBRATION_KEY}
+        refiner = Refiner.from_stage({"model": stage["model"], "info": stage_info}, device, checkpoint)
+        preds = Predictor(network, state["info"], device, mc_samples=mc_samples, tta=tta, refiner=refiner).predict(items, desc=f"calibration of both stages on {section}")
+        points = np.stack([prediction_points(p) for p in preds])
+        spread = np.stack([prediction_uncertainty(p) for p in preds])
+        try:
+            refined = fit_uncertainty_calibration(points, spread, truth, stage_info["landmark_names"], prior_strength)
+        except ValueError as e:
+            raise InputError(source, f"section {section!r}, refinement stage: {e}") from None
+        refined.update(mode, combine=refiner.combine)
+        _log(refined, section, f"both stages ({refiner.combine})")
+        state[REFINE_STAGE] = {**stage, "info": {**stage_info, CALIBRATION_KEY: refined}}
+        result["refine_stage"] = refined
     with atomic_write(out or checkpoint, "wb") as f:
         torch.save(state, f)
+    return result
+
+
+def _log(record: Mapping[str, Any], section: str, what: str) -> None:
     logger.info(
-        "uncertainty calibration on %d %s image(s): raw RMS spread %.2f px vs actual RMS error %.2f px -> common scale %.2f",
-        record["n_images"], section, record["raw_rms_spread_px"], record["actual_rms_error_px"], record["common_scale"],
-    )
-    return record
+        "uncertainty calibration (%s) on %d %s image(s): raw RMS spread %.2f px vs actual RMS error %.2f px -> common scale %.2f",
+        what, record["n_images"], section, record["raw_rms_spread_px"], record["actual_rms_error_px"], record["common_scale"],
+    )  # fmt: skip
 
 
 def calibrate_after_training(checkpoint: str | os.PathLike, datalist: str | os.PathLike | Sequence[Mapping[str, Any]], section: str, base_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> dict[str, Any] | None:

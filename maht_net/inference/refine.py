@@ -19,6 +19,7 @@ from monai.transforms import MapTransform
 
 from maht_net.codec.heatmaps import DecodedLandmarks, covariance_to_spread
 from maht_net.codec.patches import PatchCodec
+from maht_net.codec.uncertainty import CALIBRATION_KEY
 from maht_net.datasets.pipeline import FILM_KEY
 from maht_net.errors import InputError
 from maht_net.io.checkpoint import load_checkpoint_file, refine_stage
@@ -40,7 +41,9 @@ class Refiner:
         network: a refinement network (:mod:`maht_net.models.refine_net`) or an
             :class:`~maht_net.inference.export.OnnxNetwork` of one: ``(B, N, P, P)`` patches in,
             ``(B, N, P/s, P/s)`` logits out.
-        info: the stage's info (:data:`~maht_net.io.checkpoint.REFINE_INFO_KEYS`, optional ``combine``).
+        info: the stage's info (:data:`~maht_net.io.checkpoint.REFINE_INFO_KEYS`, optional ``combine``
+            and ``uncertainty_calibration``: the sigma scaling of the combined uncertainty, fitted
+            by :func:`~maht_net.inference.calibration.calibrate_checkpoint` for one combine mode).
         combine: one of :data:`COMBINE_MODES` (default: the stage's, else ``"fuse"``).
     """
 
@@ -50,6 +53,10 @@ class Refiner:
         self.combine = combine or self.info.get("combine", "fuse")
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"combine must be one of {COMBINE_MODES}, not {self.combine!r}")
+        record = self.info.get(CALIBRATION_KEY)
+        self.calibration = dict(record) if record and record.get("combine") == self.combine else None
+        if self.calibration is not None and len(self.calibration["scale"]) != len(self.info["landmark_names"]):
+            raise ValueError(f"refinement calibration has {len(self.calibration['scale'])} factors for {len(self.info['landmark_names'])} landmarks")
 
     @classmethod
     def from_stage(
@@ -92,7 +99,10 @@ class Refiner:
         point is ``c + w (r - c)``, ``w = s_c^2 / (s_c^2 + s_r^2)`` from the two radial spreads
         (the first stage's as decoded, calibrated when the checkpoint is), and the covariance is
         the refined one times ``w``. Points are clamped to the film (``orig_size``). The
-        uncertainty is then the refinement's (uncalibrated), so ``uncertainty_calibration`` is dropped.
+        uncertainty is then the combination's: scaled by the stage's calibration (per landmark,
+        fitted for this combine mode) when the first stage's was applied too
+        (``uncertainty_calibration`` in ``output``: the mode it was fitted for), which then
+        replaces it as ``uncertainty_calibration``; otherwise raw, and the key is dropped.
         """
         d = dict(output)
         coarse = torch.as_tensor(d["pred_points"], dtype=torch.float64)
@@ -105,6 +115,9 @@ class Refiner:
             w = torch.where(var_c + var_r > 0, var_c / (var_c + var_r), torch.full_like(var_c, 0.5))
             points = coarse + w[..., None] * (points - coarse)
             covariance = covariance * w[..., None, None]
+        calibrated = self.calibration is not None and d.get("uncertainty_calibration") is not None
+        if calibrated:
+            covariance = covariance * torch.as_tensor(self.calibration["scale"], dtype=covariance.dtype)[None, :, None, None] ** 2
         if "orig_size" in d:
             size = torch.as_tensor(d["orig_size"]).to(points)[:, None, :]
             points = torch.minimum(points.clamp_min(0.0), size - 1)
@@ -114,7 +127,10 @@ class Refiner:
         d["pred_covariance"] = torch.where(ok[..., None, None], covariance, d["pred_covariance"])
         d["pred_spread"] = covariance_to_spread(d["pred_covariance"])
         d["pred_confidence"] = torch.where(ok, refined.confidence.to(d["pred_confidence"].dtype), d["pred_confidence"])
-        d.pop("uncertainty_calibration", None)
+        if calibrated:
+            d["uncertainty_calibration"] = self.calibration
+        else:
+            d.pop("uncertainty_calibration", None)
         return d
 
 

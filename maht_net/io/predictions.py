@@ -29,7 +29,8 @@ are calibrated: ``uncertainty_px`` is the expected RMS error; when it is ``null`
 network's raw spread, which over-states the error on real films.
 
 Two stages (``docs/refinement.md``): when the model refines the first stage's landmarks on the
-full-resolution film, ``x``/``y``, the uncertainty and the confidence are the refinement stage's,
+full-resolution film, ``x``/``y``, the uncertainty and the confidence are the two stages' combined
+ones (``uncertainty_calibration``: the refinement stage's record, fitted on that combination),
 the document lists ``"stages": ["coarse", "refine"]`` and each landmark keeps the first stage's
 point and spread as ``coarse_x``/``coarse_y``/``coarse_uncertainty_px``. Documents of
 single-stage models have none of these keys (unchanged from before the refinement stage).
