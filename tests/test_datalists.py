@@ -29,7 +29,10 @@ def test_datalist_root_reads_data_root_relative_to_the_repository(tmp_path):
     assert datalist_root(REPO / "datalists" / "two_sites.json").resolve() == (REPO.parent / "shared" / "data").resolve()
     assert datalist_root(REPO / "datalists" / "two_sites.json", tmp_path) == tmp_path  # an explicit folder wins
     plain = write_datalist(tmp_path / "plain.json", {"training": []})
-    assert datalist_root(plain) is None  # paths relative to the datalist itself (load_datalist's default)
+    assert datalist_root(plain) is None  # paths relative to the datalist itself
+    # load_datalist resolves against the data root by default
+    items = load_datalist(REPO / "datalists" / "two_sites.json", "test")
+    assert Path(items[0]["image"]).resolve().is_relative_to((REPO.parent / "shared" / "data").resolve())
 
 
 def test_every_datalist_is_documented_and_names_its_data_root():

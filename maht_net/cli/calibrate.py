@@ -9,8 +9,9 @@ from maht_net.inference.calibration import calibrate_checkpoint
 
 def _run(args: argparse.Namespace) -> int:
     record = calibrate_checkpoint(
-        args.checkpoint, args.datalist, args.section, args.out, mc_samples=args.mc_samples, tta=args.tta, prior_strength=args.prior_strength
-    )
+        args.checkpoint, args.datalist, args.section, args.out, base_dir=args.base_dir, mc_samples=args.mc_samples, tta=args.tta,
+        prior_strength=args.prior_strength,
+    )  # fmt: skip
     print(
         f"calibrated on {record['n_images']} image(s) of '{args.section}' ({record['n_landmarks']} landmarks): raw RMS spread "
         f"{record['raw_rms_spread_px']:.2f} px, actual RMS error {record['actual_rms_error_px']:.2f} px, common scale {record['common_scale']:.3f}"
@@ -39,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="model.pt written by the bundle's training")
     p.add_argument("--datalist", required=True, help="datalist with ground-truth landmarks")
     p.add_argument("--section", default="validation", help="section to fit on (never the test section you report on)")
+    p.add_argument("--base-dir", help="folder that relative image paths of the datalist are resolved against "
+                   "(default: its data_root, else its folder)")  # fmt: skip
     p.add_argument("--out", help="write the calibrated checkpoint here instead of in place")
     p.add_argument("--mc-samples", type=int, default=0, help="inference mode the calibration is for: MC-dropout passes")
     p.add_argument("--tta", action="store_true", help="inference mode the calibration is for: test-time shifts")

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the metrics JSON here (summary + per-image errors)")
     p.add_argument("--section", default="test", help="datalist section (default: test)")
     p.add_argument("--compare", metavar="OTHER_PRED_DIR", help="second predictions folder: paired comparison")
-    p.add_argument("--base-dir", help="folder that relative image paths of the datalist are resolved against")
+    p.add_argument("--base-dir", help="folder that relative image paths of the datalist are resolved against (default: its data_root, else its folder)")
     p.add_argument("--allow-missing", action="store_true", help="skip datalist items without a prediction")
     p.add_argument(
         "--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), help="SDR thresholds (mm)"

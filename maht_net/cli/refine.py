@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--section", default="training", help="section to train on")
     p.add_argument("--calibrate-on", default="validation", help="section (not trained on) that the uncertainty of both "
                    "stages is then calibrated on, as maht-net calibrate does; 'none': skip")  # fmt: skip
-    p.add_argument("--base-dir", help="folder that relative image paths of the datalist are resolved against (default: its folder)")
+    p.add_argument("--base-dir", help="folder that relative image paths of the datalist are resolved against (default: its data_root, else its folder)")
     p.add_argument("--out", required=True, help="the two-stage checkpoint to write (may be the input checkpoint itself)")
     p.add_argument("--network", default="refine_net", help="refinement network (refine_net, refine_net_small)")
     p.add_argument("--patch", type=int, default=64, help="patch side in patch pixels")

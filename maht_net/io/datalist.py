@@ -222,7 +222,8 @@ def load_datalist(
     check_files: bool = False,
 ) -> list[dict[str, Any]]:
     """Load and validate items of one or more sections (see :func:`parse_items`); image paths are
-    resolved against ``base_dir`` (default: the datalist's folder).
+    resolved against ``base_dir`` (default: the datalist's ``data_root``, else its folder:
+    :func:`datalist_root`).
 
     Raises:
         InputError: naming the datalist and the item for every problem found first.
@@ -233,7 +234,7 @@ def load_datalist(
     n = len(lset)
     if "num_landmarks" in doc and doc["num_landmarks"] != n:
         raise InputError(path, f"num_landmarks is {doc['num_landmarks']}, landmark set {lset.key!r} has {n}")
-    base = Path(base_dir) if base_dir is not None else path.absolute().parent
+    base = datalist_root(path, base_dir) or path.absolute().parent
     sections = [section] if isinstance(section, str) else list(section)
     out = []
     for sec in sections:
