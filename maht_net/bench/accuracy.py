@@ -37,7 +37,7 @@ from maht_net.bench.metrics import paired_comparison, radial_errors, summarize
 from maht_net.datasets.common import fold_sections
 from maht_net.datasets.pipeline import landmark_dataset, training_transforms
 from maht_net.engine.handlers import ProgressBarHandler, TimeBudgetHandler, prepare_landmark_batch
-from maht_net.engine.refine import refine_checkpoint
+from maht_net.engine.refine import load_films, refine_checkpoint
 from maht_net.engine.workflow import train_bundle
 from maht_net.errors import InputError
 from maht_net.formatting import fmt_number
@@ -269,11 +269,14 @@ def train_bundle_contender(
         "batch_size": batch_size,
     }
     refiner = None
-    if contender.refine_share > 0:  # what is left of the budget trains the refinement stage
-        left_minutes = budget_minutes - trained["seconds"] / 60
-        _, stage = refine_checkpoint(trained["model"], load_datalist(datalist, "training"), minutes=max(left_minutes, 0.05), iterations=10**9, seed=seed, desc=contender.name + " refinement" if progress else None)
+    if contender.refine_share > 0:  # what is left of the budget reads the full-resolution films and trains the stage
+        start = time.monotonic()
+        recipe = load_model(trained["model"])[1]
+        films = load_films(load_datalist(datalist, "training"), len(recipe["landmark_names"]), recipe.get("normalize", "percentile"), bool(recipe.get("clahe", False)))
+        left_minutes = budget_minutes - (trained["seconds"] + time.monotonic() - start) / 60
+        _, stage = refine_checkpoint(trained["model"], films, minutes=max(left_minutes, 0.05), iterations=10**9, seed=seed, desc=contender.name + " refinement" if progress else None)
         refiner = load_refiner(trained["model"])
-        stats["train_seconds"] += stage["info"]["trained"]["seconds"]
+        stats["train_seconds"] += time.monotonic() - start
         stats["refine"] = dict(stage["info"]["trained"], params=_params(refiner.network))
         stats["params"] += stats["refine"]["params"]
     network, info = load_model(trained["model"])
