@@ -35,11 +35,13 @@ def _run(args: argparse.Namespace) -> int:
         f"final loss {trained['final_loss']:.3f}; {codec.patch_size} x {codec.patch_size} patches at {codec.mm_per_px:g} mm/px "
         f"({codec.field_mm:g} mm) -> wrote {out}"
     )
-    if args.calibrate_on != "none" and args.calibrate_on in datalist_sections(read_datalist(args.datalist)):
+    if args.calibrate_on == "none":
+        print("uncertainty of both stages not calibrated (--calibrate-on none): reported raw until maht-net calibrate runs")
+    elif args.calibrate_on not in datalist_sections(read_datalist(args.datalist)):
+        print(f"no '{args.calibrate_on}' section: the uncertainty of both stages is reported raw (run maht-net calibrate)")
+    else:
         both = calibrate_checkpoint(out, args.datalist, args.calibrate_on, base_dir=args.base_dir)["refine_stage"]
         print(f"uncertainty of both stages calibrated on '{args.calibrate_on}' ({both['n_images']} films): common scale {both['common_scale']:.3f}")
-    else:
-        print(f"no '{args.calibrate_on}' section: the uncertainty of both stages is reported raw (run maht-net calibrate)")
     return 0
 
 

@@ -81,7 +81,7 @@ def calibrate_checkpoint(
     if stage is not None:  # the two stages' combined uncertainty, with the first stage's calibration on
         stage_info = {k: v for k, v in stage["info"].items() if k != CALIBRATION_KEY}
         refiner = Refiner.from_stage({"model": stage["model"], "info": stage_info}, device, checkpoint)
-        preds = Predictor(network, state["info"], device, mc_samples=mc_samples, tta=tta, refiner=refiner).predict(items, desc=f"calibration of both stages on {section}")
+        preds = Predictor(network, {**info, CALIBRATION_KEY: record}, device, mc_samples=mc_samples, tta=tta, refiner=refiner).predict(items, desc=f"calibration of both stages on {section}")
         points = np.stack([prediction_points(p) for p in preds])
         spread = np.stack([prediction_uncertainty(p) for p in preds])
         try:
