@@ -86,9 +86,9 @@ def quantize_int8_static(onnx_path: Path, out: Path, inputs: list[np.ndarray]) -
 
 def preprocessed_inputs(items: list[dict], info: dict) -> list[np.ndarray]:
     """Preprocessed ``(1, 1, H, W)`` float32 inputs of ``items``, as inference feeds the network."""
-    from maht_net.datasets.pipeline import evaluation_transforms
+    from maht_net.datasets.pipeline import model_transforms
 
-    transform = evaluation_transforms(info["input_size"], len(info["landmark_names"]), info.get("normalize", "percentile"), info.get("clahe", False))
+    transform = model_transforms(info)
     return [np.asarray(transform(dict(it))["image"], dtype=np.float32)[None] for it in items]
 
 

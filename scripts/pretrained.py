@@ -46,6 +46,7 @@ import numpy as np
 
 from maht_net.engine.bundle import large_files_yml
 from maht_net.io.checkpoint import REFINE_STAGE, file_sha256, refine_stage
+from maht_net.io.datalist import datalist_root
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -75,9 +76,10 @@ def _relative(items: list[dict], datalist: Path, root: Path, site: str) -> list[
 
 
 def prepare(data_root: Path, out: Path, seed: int) -> Path:
-    """Both sites' datalists and their merge -> the two-site datalist (``datalists/two_sites.json``:
-    image paths relative to ``data_root``, so the file and its sha256 do not depend on where the
-    data lie)."""
+    """Both sites' datalists and their merge -> the two-site datalist (image paths relative to
+    ``data_root``, so the file and its sha256 do not depend on where the data lie): the standard
+    split ``datalists/two_sites.json`` for seed 0, ``<out>/data/two_sites_seed<N>.json`` for
+    another seed (another split; the committed datalist is left alone)."""
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     hamedan, isbi = data_root / "hamedan-ceph", data_root / "isbi2015-ceph"
@@ -102,7 +104,7 @@ def prepare(data_root: Path, out: Path, seed: int) -> Path:
     parts = {"training": order[:n_train], "validation": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
     for section, idx in parts.items():
         merged[section] += [isbi_items[i] for i in sorted(idx)]
-    two = REPO / "datalists" / "two_sites.json"
+    two = REPO / "datalists" / "two_sites.json" if seed == 0 else data / f"two_sites_seed{seed}.json"
     two.parent.mkdir(exist_ok=True)
     two.write_text(
         json.dumps(
@@ -112,7 +114,7 @@ def prepare(data_root: Path, out: Path, seed: int) -> Path:
                 "description": "Hamedan (LabelMe, mean of 2 annotators, nominal 0.127 mm/px, 70/10/20) + ISBI 2015 training "
                 f"films (mean of the 2 doctors, 0.1 mm/px, {'/'.join(map(str, ISBI_SPLIT))}), seed {seed}; image paths "
                 "relative to the data root holding hamedan-ceph/ and isbi2015-ceph/ (../shared/data)",
-                "data_root": "../shared/data",
+                "data_root": "../shared/data" if seed == 0 else str(root),
                 "sites": sorted(SITES),
                 **merged,
             },
@@ -143,15 +145,19 @@ def restrict(datalist: Path, sites: list[str], out: Path) -> Path:
     doc = json.loads(datalist.read_text())
     for section in ("training", "validation"):
         doc[section] = [it for it in doc[section] if it["site"] in sites]
+    doc["data_root"] = str(datalist_root(datalist))  # the copy lies elsewhere: its root, absolute
     doc["description"] += f"; training and validation restricted to {', '.join(sites)}"
     path = out / "data" / f"trained_on_{'_'.join(sites)}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
 
 
-def train(datalist: Path, data_root: Path, out: Path, epochs: int, seed: int, time_limit: float, refine_minutes: float) -> Path:
+def train(
+    datalist: Path, data_root: Path, out: Path, epochs: int, seed: int, time_limit: float, refine_minutes: float, overrides: list[str] = ()
+) -> Path:
     """Both stages through the bundle's ``training``: the first for ``epochs`` (``time_limit``
-    minutes at most), then the refinement stage for ``refine_minutes`` (0: none)."""
+    minutes at most), then the refinement stage for ``refine_minutes`` (0: none). ``overrides``:
+    more ``train.json`` ids as ``KEY=VALUE`` (VALUE as the bundle's command line parses it)."""
     root = out / "bundle"
     stage_epochs = [max(1, round(0.3 * epochs)), max(1, round(0.1 * epochs))]
     _run(
@@ -160,6 +166,7 @@ def train(datalist: Path, data_root: Path, out: Path, epochs: int, seed: int, ti
         "--stage_epochs", json.dumps(stage_epochs), "--seed", str(seed), "--time_limit_minutes", str(time_limit),
         "--refine_stage", str(refine_minutes > 0), "--refine_minutes", str(refine_minutes), "--refine_iterations", "1000000",
         "--resume", "False",
+        *[arg for kv in overrides for arg in ("--" + kv.split("=", 1)[0], kv.split("=", 1)[1])],
     )  # fmt: skip
     return root / "models" / "model.pt"
 
@@ -192,6 +199,17 @@ def evaluate(checkpoint: Path, datalist: Path, data_root: Path, out: Path, secti
             "per_landmark_mre": {row["name"]: row["mre"] for row in summary["per_landmark"]},
         }
     return results
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (as datalists are recorded), else absolute."""
+    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
+
+
+def _override(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
 
 
 def git_head() -> str:
@@ -293,11 +311,16 @@ def main() -> int:
                     "(same recipe, test films held out); its per-site test figures become eval_metrics")
     ap.add_argument("--train-sites", nargs="+", choices=sorted(SITES), default=sorted(SITES),
                     help="train (and validate) on these sites' films only; every site is still tested")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_override,
+                    help="override a train.json id (repeatable), e.g. --set input_mm_per_px=0.75")
     args = ap.parse_args()
     for d in (args.data_root / "hamedan-ceph", args.data_root / "isbi2015-ceph"):
         if not d.is_dir():
             print(f"error: {d}: development films not found", file=sys.stderr)
             return 2
+    if args.ship and args.seed != 0:
+        print("error: the shipped model uses the standard split (datalists/two_sites.json, seed 0); drop --ship or --seed", file=sys.stderr)
+        return 2
     command = "python scripts/pretrained.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     args.out = args.out.resolve()
     datalist = prepare(args.data_root, args.out, args.seed)
@@ -323,9 +346,9 @@ def main() -> int:
             return 2
     else:
         training = {"command": command, "git_commit": git_head()}
-        checkpoint = train(datalist, args.data_root, args.out, args.epochs, args.seed, args.time_limit_minutes, args.refine_minutes)
+        checkpoint = train(datalist, args.data_root, args.out, args.epochs, args.seed, args.time_limit_minutes, args.refine_minutes, args.set)
         training["train_minutes"] = round((time.time() - start) / 60, 1)
-    summary = dict(training, datalist=datalist.relative_to(REPO).as_posix())
+    summary = dict(training, datalist=_shown(datalist))
     summary[section] = results = evaluate(checkpoint, datalist, args.data_root, args.out / "eval", section)
     if args.ship:
         target = REPO / "bundle" / "models" / "model.pt"

@@ -67,6 +67,7 @@ def test_fixed_epochs_override_the_budget_fit(datalist, tmp_path):
     assert model.info["network_kwargs"]["attention_gates"] is False
 
 
+@pytest.mark.slow  # a minute of training on CPU; make test-slow
 def test_two_stage_contender_spends_the_rest_of_the_budget_on_refinement(datalist, tmp_path):
     contender = benchmark.Contender("two_stage", "test", batch_size=2, refine_share=0.3)
     model = benchmark.train_bundle_contender(contender, datalist, TINY_TRACK, 0.4, tmp_path, progress=False, epochs=1)

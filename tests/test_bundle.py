@@ -361,6 +361,35 @@ def test_gpu_recipe_layers_on_train_json(phantom, tmp_path):
     assert tuple(sample["image"].shape) == (1, 640, 512)  # (C, H, W) at the GPU recipe's (W, H) = (512, 640)
 
 
+def test_input_pixel_size_is_one_train_json_key_that_travels_with_the_model(trained, phantom, tmp_path):
+    """``input_mm_per_px`` sets the training and validation preprocessing and is recorded in the
+    checkpoint, whose readers (the predictor, inference.json) preprocess with it."""
+    from maht_net.inference.predictor import Predictor
+
+    wf = workflow(["train.json"], "train", tmp_path, datalist=str(phantom), **TINY, input_mm_per_px=3.0)
+    wf.initialize()
+    np.testing.assert_allclose(wf.parser.get_parsed_content("validate#dataset")[0]["spacing"], (3.0, 3.0), rtol=0.02)
+    train_steps = wf.parser.get_parsed_content("train#preprocessing").transforms
+    assert [t.resizer.mm_per_px for t in train_steps if hasattr(t, "resizer")] == [3.0]  # before augmentation
+    assert wf.parser.get_parsed_content("checkpoint_info").state_dict()["input_mm_per_px"] == 3.0
+    state = torch.load(trained / "models" / "model.pt", weights_only=True)
+    assert state["info"]["input_mm_per_px"] is None  # the default: every film fills the input
+    state["info"]["input_mm_per_px"] = 3.0
+    torch.save(state, tmp_path / "physical.pt")
+    item = read_datalist(phantom)["test"][0]
+    film = {"image": str(phantom.parent / item["image"]), "spacing": item["spacing"]}
+    torch.save(dict(state, info={k: v for k, v in state["info"].items() if k != "input_mm_per_px"}), tmp_path / "older.pt")
+    physical, older = (Predictor.from_checkpoint(tmp_path / name).transform for name in ("physical.pt", "older.pt"))
+    assert float(physical(film)["spacing"][0]) == pytest.approx(3.0, rel=0.02)
+    assert float(older(film)["spacing"][0]) == pytest.approx(0.66406 * 256 / 64, rel=0.02)  # fitted: 256 x 320 -> 64 x 80
+    unknown = {"image": film["image"]}  # a PNG states no spacing: the film is fitted, as before
+    np.testing.assert_allclose(physical(unknown)["image"].meta["orig_to_current"], older(unknown)["image"].meta["orig_to_current"])
+    inference = workflow(["inference.json"], "infer", tmp_path, ckpt_path=str(tmp_path / "physical.pt"), datalist=str(phantom))
+    inference.initialize()
+    sample = inference.parser.get_parsed_content("preprocessing")(film)
+    np.testing.assert_allclose(sample["image"].meta["orig_to_current"], physical(film)["image"].meta["orig_to_current"])
+
+
 def test_configs_import_only_packages_the_metadata_lists():
     """Every module a config imports or instantiates belongs to a package in metadata.json
     (or to MONAI/PyTorch/NumPy themselves, which the schema lists separately)."""

@@ -79,21 +79,13 @@ def test_audit_passes_on_the_shared_data(path):
     assert n == sum(len(_doc(path)[s]) for s in datalist_sections(_doc(path)))
 
 
-def test_make_datalists_writes_every_split_present_relative_to_the_data_root(tmp_path):
-    """On a data root with both sets (the ISBI release complete: Test1/Test2 too), the script
-    writes each split for both truths, with paths that resolve from the data root."""
-    import sys
-
+def _two_site_tree(root: Path) -> Path:
+    """A data root in the shared layout: 3 ISBI 2015 training films (JPEG) and 10 Hamedan films
+    with both annotators' LabelMe files."""
     from PIL import Image
     from test_labelme_prepare import _base_points, _shape, _write
     from test_readers import _isbi_tree
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import make_datalists
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    root = tmp_path / "data"
     _isbi_tree(root / "isbi2015-ceph", n_train=3, suffix=".jpg")
     rng = np.random.default_rng(0)
     (root / "hamedan-ceph" / "images").mkdir(parents=True)
@@ -102,6 +94,20 @@ def test_make_datalists_writes_every_split_present_relative_to_the_data_root(tmp
         points = _base_points(rng)
         for annotator in ("annotator1", "annotator2"):
             _write(root / "hamedan-ceph" / "annotations" / annotator / f"{i:03d}.json", [_shape(f"l{k + 1}", *q) for k, q in enumerate(points)])
+    return root
+
+
+def test_make_datalists_writes_every_split_present_relative_to_the_data_root(tmp_path):
+    """On a data root with both sets (the ISBI release complete: Test1/Test2 too), the script
+    writes each split for both truths, with paths that resolve from the data root."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import make_datalists
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    root = _two_site_tree(tmp_path / "data")
     out = tmp_path / "datalists"
     assert make_datalists.main(["--data-root", str(root), "--out", str(out)]) == 0
     names = sorted(p.name for p in out.glob("*.json"))
@@ -114,3 +120,27 @@ def test_make_datalists_writes_every_split_present_relative_to_the_data_root(tmp
     test1 = _doc(out / "isbi2015_test1_senior.json")
     assert test1["truth"] == "senior" and [Path(it["image"]).name for it in test1["test"]] == ["151.jpg", "152.jpg", "153.jpg"]
     assert [len(_doc(out / "hamedan.json")[s]) for s in ("training", "validation", "test")] == [7, 1, 2]
+
+
+def test_pretrained_split_of_another_seed_leaves_the_standard_datalist_alone(tmp_path, monkeypatch):
+    """``scripts/pretrained.py --seed N`` (N != 0) writes its own split beside its run, with an
+    absolute data root, and the cross-site copy (``--train-sites``) resolves its films too."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import pretrained
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    root = _two_site_tree(tmp_path / "data")
+    monkeypatch.setattr(pretrained, "ISBI_SPLIT", (1, 1, 1))  # training / validation / test films of 3
+    standard = (REPO / "datalists" / "two_sites.json").read_bytes()
+    run = tmp_path / "run"
+    split = pretrained.prepare(root, run, seed=1)
+    assert (REPO / "datalists" / "two_sites.json").read_bytes() == standard
+    assert split == run / "data" / "two_sites_seed1.json" and _doc(split)["data_root"] == str(root.resolve())
+    hamedan_only = pretrained.restrict(split, ["hamedan"], run)
+    for path, n in ((split, 13), (hamedan_only, 11)):  # the copy drops the 2 ISBI training and validation films
+        assert len(load_datalist(path, ["training", "validation", "test"], check_files=True)) == n  # found through data_root alone
+    assert {it["site"] for it in _doc(hamedan_only)["training"]} == {"hamedan"}
+    assert {it["site"] for it in _doc(hamedan_only)["test"]} == {"hamedan", "isbi2015"}

@@ -144,6 +144,44 @@ def test_resize_pad_accepts_bare_tensors_and_tensor_points():
     np.testing.assert_allclose(current_to_original(moved, out), points.numpy(), atol=1e-9)
 
 
+@pytest.mark.parametrize(
+    "in_size, spacing",
+    [((1340, 1671), (0.127, 0.127)), ((1935, 2400), (0.1, 0.1)), ((700, 900), (0.2, 0.25))],  # Hamedan, ISBI, anisotropic
+)
+def test_resize_pad_at_a_physical_pixel_size_keeps_anatomy_the_same_size(in_size, spacing):
+    """Films of different machines: 50 mm of anatomy covers 50 / 0.76 input pixels on each, and
+    the spacing left in the item is 0.76 mm; the round trip stays exact."""
+    width, height = in_size
+    sx, sy = spacing
+    segment = np.array([[width / 2, height / 2], [width / 2 + 50 / sx, height / 2 + 50 / sy]])  # 50 mm along x and y
+    d = {"image": MetaTensor(torch.rand(1, height, width), meta=xray_meta(in_size, spacing)), "landmarks": segment, "spacing": spacing}
+    out = LandmarkResizePadd("image", size=(256, 320), mm_per_px=0.76)(d)
+    step = out["landmarks"][1] - out["landmarks"][0]
+    np.testing.assert_allclose(step, 50 / 0.76, rtol=5e-3)  # side lengths are rounded to whole pixels
+    np.testing.assert_allclose(out["spacing"], (0.76, 0.76), rtol=5e-3)
+    np.testing.assert_allclose(current_to_original(out["landmarks"], out["image"]), segment, atol=1e-6)
+    # the letterbox of the same film fills the input instead: its scale depends on the film's size
+    fitted = LandmarkResizePadd("image", size=(256, 320))(d)
+    assert (fitted["image"].shape[1] == 320 or fitted["image"].shape[2] == 256) and fitted["spacing"] != out["spacing"]
+
+
+def test_resize_pad_at_a_physical_pixel_size_shrinks_a_large_film_and_fits_one_without_spacing():
+    big = MetaTensor(torch.rand(1, 3000, 2500), meta=xray_meta((2500, 3000), (0.1, 0.1)))  # 250 x 300 mm > 256 x 320 px of 0.76 mm
+    resizer = LandmarkResizePad((256, 320), mm_per_px=0.76)
+    fit = LandmarkResizePad((256, 320))
+    np.testing.assert_allclose(resizer(big).meta[ORIG_TO_CURRENT], fit(big).meta[ORIG_TO_CURRENT])  # never cropped
+    unknown = MetaTensor(torch.rand(1, 600, 500), meta=xray_meta((500, 600)))  # NaN spacing
+    np.testing.assert_allclose(resizer(unknown).meta[ORIG_TO_CURRENT], fit(unknown).meta[ORIG_TO_CURRENT])
+    # the spacing argument wins over the metadata, and the metadata's is carried through earlier resizes
+    small = MetaTensor(torch.rand(1, 600, 500), meta=xray_meta((500, 600), (0.1, 0.1)))
+    assert resizer(small, spacing=(0.2, 0.2)).meta[ORIG_TO_CURRENT][0, 0] == pytest.approx(0.2 / 0.76, rel=5e-3)
+    halved = LandmarkResizePad((250, 300))(small)  # now 0.2 mm per pixel
+    np.testing.assert_allclose(resizer(halved).meta[ORIG_TO_CURRENT], resizer(small).meta[ORIG_TO_CURRENT], rtol=1e-2)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="mm_per_px"):
+            LandmarkResizePad(256, mm_per_px=bad)
+
+
 # ----------------------------------------------------------------------------- random warps
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from maht_net.clinical.analysis import analyze_prediction
 from maht_net.clinical.measurements import MEASUREMENTS_BY_NAME, SKELETAL_SOURCE, describe_classes
 from maht_net.codec.uncertainty import landmark_covariances
-from maht_net.datasets.pipeline import evaluation_transforms
+from maht_net.datasets.pipeline import model_transforms
 from maht_net.errors import InputError
 from maht_net.formatting import fmt_number
 from maht_net.inference.predictor import load_model
@@ -180,9 +180,7 @@ def explain_landmarks(
 
     network, info = load_model(checkpoint, device)
     n = len(info["landmark_names"])
-    sample = evaluation_transforms(info["input_size"], n, info.get("normalize", "percentile"), info.get("clahe", False))(
-        {"image": os.fspath(image)}
-    )
+    sample = model_transforms(info)({"image": os.fspath(image)})
     img = sample["image"]
     x = (img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img))[None].float().to(device)
     previous = getattr(network, "record_attention", False)

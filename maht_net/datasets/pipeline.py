@@ -23,7 +23,7 @@ from maht_net.transforms.io import LoadXRayd, unwrap_input_error
 from maht_net.transforms.spatial import LandmarkResizePadd, RandLandmarkAffineElasticd
 from maht_net.transforms.targets import PackLandmarksd
 
-__all__ = ["FILM_KEY", "film_transforms", "preprocessing_transforms", "augmentation_transforms", "training_transforms", "evaluation_transforms", "landmark_dataset", "ITEM_KEYS"]
+__all__ = ["FILM_KEY", "film_transforms", "preprocessing_transforms", "augmentation_transforms", "training_transforms", "evaluation_transforms", "model_transforms", "landmark_dataset", "ITEM_KEYS"]
 
 ITEM_KEYS = ("image", "landmarks", "spacing", "id")
 
@@ -50,17 +50,24 @@ def film_transforms(normalize: str = "percentile", clahe: bool = False) -> list:
 
 
 def preprocessing_transforms(
-    size: int | Sequence[int] = (256, 320), normalize: str = "percentile", clahe: bool = False, keep_film: bool = False
+    size: int | Sequence[int] = (256, 320),
+    normalize: str = "percentile",
+    clahe: bool = False,
+    keep_film: bool = False,
+    mm_per_px: float | None = None,
 ) -> list:
     """Load -> normalise intensities -> optional CLAHE -> letterbox to ``size`` ``(W, H)``.
 
     Deterministic, so a ``CacheDataset`` caches its output. ``keep_film``: also keep the film
     before the letterbox under :data:`FILM_KEY` (``(1, H, W)``, for the refinement stage).
+    ``mm_per_px``: the input's pixel size in mm for films whose spacing is known (the same
+    anatomy covers the same input pixels on every machine; a larger film is shrunk to fit),
+    ``None``: every film fills the input (:class:`~maht_net.transforms.spatial.LandmarkResizePad`).
     """
     steps = film_transforms(normalize, clahe)
     if keep_film:
         steps.append(CopyItemsd("image", names=FILM_KEY))
-    steps.append(LandmarkResizePadd("image", size=_size(size)))
+    steps.append(LandmarkResizePadd("image", size=_size(size), mm_per_px=mm_per_px))
     return steps
 
 
@@ -94,16 +101,39 @@ def training_transforms(
     normalize: str = "percentile",
     clahe: bool = False,
     invert_prob: float = 0.0,
+    mm_per_px: float | None = None,
 ) -> Compose:
-    return Compose(preprocessing_transforms(size, normalize, clahe) + augmentation_transforms(augment, invert_prob) + [PackLandmarksd(num_landmarks=num_landmarks)])
+    """Preprocessing (see :func:`preprocessing_transforms`), augmentation and packing for training."""
+    steps = preprocessing_transforms(size, normalize, clahe, mm_per_px=mm_per_px) + augmentation_transforms(augment, invert_prob)
+    return Compose(steps + [PackLandmarksd(num_landmarks=num_landmarks)])
 
 
 def evaluation_transforms(
-    size: int | Sequence[int] = (256, 320), num_landmarks: int = 19, normalize: str = "percentile", clahe: bool = False, keep_film: bool = False
+    size: int | Sequence[int] = (256, 320),
+    num_landmarks: int = 19,
+    normalize: str = "percentile",
+    clahe: bool = False,
+    keep_film: bool = False,
+    mm_per_px: float | None = None,
 ) -> Compose:
-    """Preprocessing and packing for evaluation and inference; ``keep_film``: see :func:`preprocessing_transforms`."""
+    """Preprocessing and packing for evaluation and inference; ``keep_film``, ``mm_per_px``: see :func:`preprocessing_transforms`."""
     extra = (FILM_KEY,) if keep_film else ()
-    return Compose(preprocessing_transforms(size, normalize, clahe, keep_film) + [PackLandmarksd(num_landmarks=num_landmarks, extra_keys=extra)])
+    steps = preprocessing_transforms(size, normalize, clahe, keep_film, mm_per_px)
+    return Compose(steps + [PackLandmarksd(num_landmarks=num_landmarks, extra_keys=extra)])
+
+
+def model_transforms(info: Mapping[str, Any], keep_film: bool = False) -> Compose:
+    """:func:`evaluation_transforms` for a checkpoint's ``info``: the preprocessing its network was
+    trained with (input size, landmarks, normalisation, CLAHE, input pixel size; the defaults of
+    checkpoints written before a field existed)."""
+    return evaluation_transforms(
+        info["input_size"],
+        len(info["landmark_names"]),
+        info.get("normalize", "percentile"),
+        bool(info.get("clahe", False)),
+        keep_film,
+        info.get("input_mm_per_px"),
+    )
 
 
 def landmark_dataset(

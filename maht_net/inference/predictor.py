@@ -21,7 +21,7 @@ from monai.inferers import Inferer
 
 from maht_net.codec.heatmaps import mix_log_probs, spatial_log_softmax
 from maht_net.codec.uncertainty import calibration_for
-from maht_net.datasets.pipeline import FILM_KEY, evaluation_transforms
+from maht_net.datasets.pipeline import FILM_KEY, model_transforms
 from maht_net.errors import InputError
 from maht_net.inference.refine import Refiner, collate_films, load_refiner
 from maht_net.inference.writers import prediction_from_batch
@@ -122,7 +122,7 @@ class LandmarkInferer(Inferer):
 class Predictor:
     """Run a trained network on image files and return prediction documents.
 
-    The same pieces as the bundle's inference workflow: :func:`~maht_net.datasets.pipeline.evaluation_transforms`,
+    The same pieces as the bundle's inference workflow: :func:`~maht_net.datasets.pipeline.model_transforms`,
     :class:`LandmarkInferer`, :class:`DecodeLandmarksd`, :func:`prediction_from_batch`; then,
     with a ``refiner``, the refinement stage (:class:`~maht_net.inference.refine.Refiner`) on the
     full-resolution film around each first-stage landmark.
@@ -153,9 +153,7 @@ class Predictor:
         self.network, self.info, self.device = network, dict(info), torch.device(device)
         self.batch_size = int(batch_size)
         self.refiner = refiner if refine else None
-        self.transform = evaluation_transforms(
-            info["input_size"], len(info["landmark_names"]), info.get("normalize", "percentile"), info.get("clahe", False), keep_film=self.refiner is not None
-        )
+        self.transform = model_transforms(info, keep_film=self.refiner is not None)
         self.inferer = LandmarkInferer(mc_samples, tta, int(info["stride"]))
         calibration = calibration_for(info, mc_samples, tta) if calibrate else None
         self.decode = DecodeLandmarksd(stride=int(info["stride"]), method=info.get("decoder", "dark"), calibration=calibration)

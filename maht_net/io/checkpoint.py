@@ -16,7 +16,7 @@ from maht_net.errors import InputError
 from maht_net.io.atomic import atomic_write
 from maht_net.landmarks import get_landmark_set
 
-PREPROCESSING_KEYS = ("landmark_set", "landmark_names", "input_size", "normalize", "clahe")
+PREPROCESSING_KEYS = ("landmark_set", "landmark_names", "input_size", "normalize", "clahe", "input_mm_per_px")
 """Checkpoint-info fields the preprocessing (and the meaning of the output channels) depends on."""
 
 CODEC_KEYS = ("stride", "sigma", "decoder")
@@ -55,6 +55,7 @@ class CheckpointInfo:
         input_size: Sequence[int] = (256, 320),
         normalize: str = "percentile",
         clahe: bool = False,
+        input_mm_per_px: float | None = None,
         sigma: float = 2.0,
         decoder: str = "dark",
         stride: int = 4,
@@ -69,6 +70,7 @@ class CheckpointInfo:
             "input_size": [int(input_size[0]), int(input_size[1])],
             "normalize": normalize,
             "clahe": bool(clahe),
+            "input_mm_per_px": None if input_mm_per_px is None else float(input_mm_per_px),
             "sigma": float(sigma),
             "decoder": decoder,
             "stride": int(stride),

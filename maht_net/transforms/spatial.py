@@ -26,7 +26,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 
-from maht_net.transforms.io import NONLINEAR_WARP, ORIG_TO_CURRENT, xray_meta
+from maht_net.transforms.io import NONLINEAR_WARP, ORIG_TO_CURRENT, ORIGINAL_SPACING, xray_meta
 
 __all__ = [
     "current_to_original",
@@ -156,6 +156,14 @@ def _transform_spacing(spacing: Any, matrix: np.ndarray) -> tuple[float, float] 
     return float(sx), float(sy)
 
 
+def _current_spacing(meta: Mapping[str, Any]) -> tuple[float, float] | None:
+    """``(sx, sy)`` mm of the current grid from the file's spacing and ``orig_to_current``; ``None`` when unknown."""
+    original = np.asarray(meta.get(ORIGINAL_SPACING, (np.nan, np.nan)), dtype=np.float64).reshape(-1)
+    if original.size != 2 or not np.all(np.isfinite(original)):
+        return None
+    return _transform_spacing(original, _matrix_of(meta))
+
+
 def _image_meta(img: Any) -> tuple[torch.Tensor, dict[str, Any], list]:
     """Plain ``(C, H, W)`` float tensor, a copy of its metadata (made for bare tensors), its applied operations."""
     tensor = convert_to_tensor(img, track_meta=False)
@@ -196,9 +204,14 @@ def _pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
 class LandmarkResizePad(Transform):
     """Letterbox an image to a fixed ``(W, H)``: resize keeping the aspect ratio, then pad.
 
-    The scale is ``min(W / w, H / h)`` for an input of ``w x h``; the resized side lengths are
-    rounded, and each axis uses its actual factor (``new / old``), so the recorded matrix matches
-    the resampled pixels exactly. Down-sampling is anti-aliased.
+    The scale is ``min(W / w, H / h)`` for an input of ``w x h`` (the whole film fills the
+    input). With ``mm_per_px`` and a known pixel spacing ``(sx, sy)`` the scale is physical
+    instead: ``(sx / mm_per_px, sy / mm_per_px)``, so one output pixel covers ``mm_per_px`` mm
+    whatever the machine, and the same anatomy has the same size in pixels; a film whose field
+    of view is larger than ``W x H`` output pixels at that scale is shrunk further until it fits
+    (never cropped). Without a spacing the film is fitted as without ``mm_per_px``. The resized
+    side lengths are rounded, and each axis uses its actual factor (``new / old``), so the
+    recorded matrix matches the resampled pixels exactly. Down-sampling is anti-aliased.
 
     Args:
         size: output ``(W, H)`` in pixels (an int for a square).
@@ -207,14 +220,17 @@ class LandmarkResizePad(Transform):
         pad_mode: ``"constant"`` (fill with ``pad_value``) or ``"edge"`` (repeat the border pixels).
         pad_value: fill value for ``pad_mode="constant"``.
         align: where the resized image sits: ``"center"`` or ``"top-left"``.
+        mm_per_px: output pixel size in mm when the spacing is known; ``None``: fit the film.
 
     Notes:
         - Image: ``(C, H, W)`` in, ``(C, size[1], size[0])`` out (a ``MetaTensor``).
         - Points: ``(N, 2)`` ``(x, y)`` pixels; ``x' = (x + 0.5) * fx - 0.5 + pad_x`` (same for y).
+        - Spacing: the ``spacing`` argument, else the image's ``meta["original_spacing"]``
+          carried through ``meta["orig_to_current"]`` (NaN: unknown).
         - ``meta["orig_to_current"]`` is left-multiplied by this transform's matrix.
 
     Raises:
-        ValueError: for an invalid ``size``, ``mode``, ``pad_mode`` or ``align``.
+        ValueError: for an invalid ``size``, ``mode``, ``pad_mode``, ``align`` or ``mm_per_px``.
     """
 
     backend = [TransformBackends.TORCH]
@@ -227,6 +243,7 @@ class LandmarkResizePad(Transform):
         pad_mode: str = "constant",
         pad_value: float = 0.0,
         align: str = "center",
+        mm_per_px: float | None = None,
     ) -> None:
         self.size = _pair("size", size)
         self.mode = _check_choice("mode", mode, ("bilinear", "bicubic"))
@@ -234,31 +251,47 @@ class LandmarkResizePad(Transform):
         self.pad_mode = _check_choice("pad_mode", pad_mode, ("constant", "edge"))
         self.pad_value = float(pad_value)
         self.align = _check_choice("align", align, ("center", "top-left"))
+        if mm_per_px is not None and not (np.isfinite(mm_per_px) and mm_per_px > 0):
+            raise ValueError(f"Argument `mm_per_px` must be a positive number of mm or None, got {mm_per_px!r}.")
+        self.mm_per_px = None if mm_per_px is None else float(mm_per_px)
 
-    def plan(self, in_size: Sequence[int]) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-        """Geometry for an input of ``(w, h)``: the ``3 x 3`` matrix, resized ``(w', h')``, pad ``(left, top)``."""
+    def plan(
+        self, in_size: Sequence[int], spacing: Sequence[float] | None = None
+    ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """Geometry for an input of ``(w, h)`` with ``spacing`` ``(sx, sy)`` mm (or ``None``): the
+        ``3 x 3`` matrix, resized ``(w', h')``, pad ``(left, top)``."""
         width, height = (int(s) for s in in_size)
         out_w, out_h = self.size
-        scale = min(out_w / width, out_h / height)
-        new_w = min(out_w, max(1, round(width * scale)))
-        new_h = min(out_h, max(1, round(height * scale)))
+        sx, sy = (np.nan, np.nan) if spacing is None else (float(v) for v in spacing)
+        if self.mm_per_px is not None and np.isfinite(sx) and np.isfinite(sy) and sx > 0 and sy > 0:
+            fx, fy = sx / self.mm_per_px, sy / self.mm_per_px
+            shrink = min(1.0, out_w / (width * fx), out_h / (height * fy))
+            fx, fy = fx * shrink, fy * shrink
+        else:
+            fx = fy = min(out_w / width, out_h / height)
+        new_w = min(out_w, max(1, round(width * fx)))
+        new_h = min(out_h, max(1, round(height * fy)))
         left, top = ((out_w - new_w) // 2, (out_h - new_h) // 2) if self.align == "center" else (0, 0)
         fx, fy = new_w / width, new_h / height
         matrix = np.array([[fx, 0.0, 0.5 * fx - 0.5 + left], [0.0, fy, 0.5 * fy - 0.5 + top], [0.0, 0.0, 1.0]])
         return matrix, (new_w, new_h), (left, top)
 
-    def __call__(self, img: Any, points: Any = None) -> MetaTensor | tuple[MetaTensor, Points]:
+    def __call__(self, img: Any, points: Any = None, spacing: Sequence[float] | None = None) -> MetaTensor | tuple[MetaTensor, Points]:
         """
         Args:
             img: ``(C, H, W)`` image (``MetaTensor``, tensor or array).
             points: optional ``(N, 2)`` ``(x, y)`` pixels of ``img``.
+            spacing: ``(sx, sy)`` mm per pixel of ``img``; default: from its metadata (used only
+                with ``mm_per_px``).
 
         Returns:
             The letterboxed ``MetaTensor``, or ``(image, points)`` when ``points`` is given (same
             container type and dtype as the input points).
         """
         tensor, meta, ops = _image_meta(img)
-        matrix, (new_w, new_h), (left, top) = self.plan((tensor.shape[2], tensor.shape[1]))
+        if spacing is None and self.mm_per_px is not None:
+            spacing = _current_spacing(meta)
+        matrix, (new_w, new_h), (left, top) = self.plan((tensor.shape[2], tensor.shape[1]), spacing)
         out = tensor[None]
         if (new_h, new_w) != tuple(tensor.shape[1:]):
             out = F.interpolate(
@@ -285,9 +318,10 @@ class LandmarkResizePadd(MapTransform):
 
     Args:
         keys: image keys.
-        size, mode, antialias, pad_mode, pad_value, align: see :class:`LandmarkResizePad`.
+        size, mode, antialias, pad_mode, pad_value, align, mm_per_px: see :class:`LandmarkResizePad`.
         landmarks_key: key of the ``(N, 2)`` ``(x, y)`` points (skipped when absent or ``None``).
-        spacing_key: key of the ``(sx, sy)`` mm spacing (skipped when absent or ``None``).
+        spacing_key: key of the ``(sx, sy)`` mm spacing (skipped when absent or ``None``); with
+            ``mm_per_px`` it also sets the scale (else the image's metadata does).
         allow_missing_keys: don't raise when an image key is missing.
 
     Notes:
@@ -308,24 +342,29 @@ class LandmarkResizePadd(MapTransform):
         landmarks_key: str | None = "landmarks",
         spacing_key: str | None = "spacing",
         allow_missing_keys: bool = False,
+        mm_per_px: float | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.resizer = LandmarkResizePad(size, mode, antialias, pad_mode, pad_value, align)
+        self.resizer = LandmarkResizePad(size, mode, antialias, pad_mode, pad_value, align, mm_per_px)
         self.landmarks_key = landmarks_key
         self.spacing_key = spacing_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        spacing = d.get(self.spacing_key) if self.spacing_key is not None else None
+        if spacing is None and self.resizer.mm_per_px is not None:
+            first = next(iter(self.key_iterator(d)), None)
+            spacing = None if first is None else _current_spacing(_image_meta(d[first])[1])
         in_size = None
         for key in self.key_iterator(d):
             shape = tuple(d[key].shape[-2:])
             if in_size is not None and shape != in_size:
                 raise ValueError(f"images under {list(self.keys)} differ in size: {in_size} and {shape}.")
             in_size = shape
-            d[key] = self.resizer(d[key])
+            d[key] = self.resizer(d[key], spacing=spacing)
         if in_size is None:
             return d
-        matrix = self.resizer.plan((in_size[1], in_size[0]))[0]
+        matrix = self.resizer.plan((in_size[1], in_size[0]), spacing)[0]
         if self.landmarks_key is not None and d.get(self.landmarks_key) is not None:
             pts = d[self.landmarks_key]
             d[self.landmarks_key] = _like(_apply_matrix(matrix, _as_points64(pts, self.landmarks_key)), pts)
