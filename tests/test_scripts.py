@@ -1,9 +1,11 @@
 """The profiling/benchmark scripts run on tiny settings (figures themselves live in docs/)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,3 +107,39 @@ def test_benchmark_refinement_compares_first_stage_fuse_and_replace(tiny_two_sta
     assert len(set(mre.values())) == 3, mre  # three different predictions of the same films
     assert site["refined (fuse)"]["paired_vs_first_stage"]["n"] == site["films"]
     assert "| refined (fuse) |" in run.stdout and "| refined (replace) |" in run.stdout
+
+
+def _metrics(run: Path, site: str, ids: list[str], errors) -> None:
+    path = run / "eval" / site / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"per_image": [{"id": i, "errors": list(map(float, e))} for i, e in zip(ids, errors)]}))
+
+
+def test_compare_runs_pairs_films_per_seed_and_pools_the_seeds(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import compare_runs
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    rng = np.random.default_rng(0)
+    runs_a, runs_b, diffs = [], [], []
+    for seed in range(3):
+        ids = [f"{seed}{k}" for k in range(6)]  # another split per seed
+        eb = rng.uniform(1, 3, (6, 19))
+        ea = eb - 0.5 + rng.normal(0, 0.05, (6, 19))  # A is about 0.5 mm better on every film
+        runs_a.append(tmp_path / f"a{seed}"), runs_b.append(tmp_path / f"b{seed}")
+        _metrics(runs_a[-1], "hamedan", ids, ea), _metrics(runs_b[-1], "hamedan", ids, eb)
+        diffs.append(ea.mean(1) - eb.mean(1))
+    out = tmp_path / "compare.json"
+    args = ["--a", *map(str, runs_a), "--b", *map(str, runs_b), "--sites", "hamedan", "--names", "new", "old", "--out", str(out)]
+    assert compare_runs.main(args) == 0
+    result = json.loads(out.read_text())["sites"]["hamedan"]
+    pooled = result["pooled"]
+    assert pooled["films"] == 18 and pooled["a_better"] == 18 and pooled["p_value"] < 1e-3
+    assert pooled["mean_difference"] == pytest.approx(np.concatenate(diffs).mean())
+    assert [s["mean_difference"] for s in result["seeds"]] == pytest.approx([d.mean() for d in diffs])
+    assert pooled["mre_a_mean_sd"][1] > 0 and "| hamedan | all (3 seeds) | 18 |" in capsys.readouterr().out
+    _metrics(runs_b[0], "hamedan", [f"x{k}" for k in range(6)], np.ones((6, 19)))  # other films: not a pair
+    with pytest.raises(SystemExit, match="not the same split"):
+        compare_runs.main(args)
+    assert compare_runs.main(["--a", str(runs_a[0]), "--b", *map(str, runs_b[:2])]) == 2
