@@ -365,6 +365,7 @@ def test_input_pixel_size_is_one_train_json_key_that_travels_with_the_model(trai
     """``input_mm_per_px`` sets the training and validation preprocessing and is recorded in the
     checkpoint, whose readers (the predictor, inference.json) preprocess with it."""
     from maht_net.inference.predictor import Predictor
+    from maht_net.io.checkpoint import checkpoint_recipe
 
     wf = workflow(["train.json"], "train", tmp_path, datalist=str(phantom), **TINY, input_mm_per_px=3.0)
     wf.initialize()
@@ -384,6 +385,9 @@ def test_input_pixel_size_is_one_train_json_key_that_travels_with_the_model(trai
     assert float(older(film)["spacing"][0]) == pytest.approx(0.66406 * 256 / 64, rel=0.02)  # fitted: 256 x 320 -> 64 x 80
     unknown = {"image": film["image"]}  # a PNG states no spacing: the film is fitted, as before
     np.testing.assert_allclose(physical(unknown)["image"].meta["orig_to_current"], older(unknown)["image"].meta["orig_to_current"])
+    # fine-tuning (the app, train.json's pretrained_checkpoint) keeps what each checkpoint was trained with
+    assert checkpoint_recipe(tmp_path / "physical.pt")["input_mm_per_px"] == 3.0
+    assert checkpoint_recipe(tmp_path / "older.pt")["input_mm_per_px"] is None
     inference = workflow(["inference.json"], "infer", tmp_path, ckpt_path=str(tmp_path / "physical.pt"), datalist=str(phantom))
     inference.initialize()
     sample = inference.parser.get_parsed_content("preprocessing")(film)

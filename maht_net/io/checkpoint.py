@@ -38,6 +38,10 @@ RECIPE_KEYS = tuple(k for k in PREPROCESSING_KEYS + CODEC_KEYS if k not in ("lan
 """Info fields that are ``train.json`` ids of the same name (the network's are ``network_name`` and
 ``network_kwargs``; ``stride`` and ``landmark_names`` follow from the network and the landmark set)."""
 
+RECIPE_BEFORE = {"input_mm_per_px": None}
+"""What a checkpoint written before a recipe field existed was trained with (not ``train.json``'s
+current default): every film fitted to the input."""
+
 
 class CheckpointInfo:
     """Everything inference needs besides the weights, saved in each checkpoint (``"info"``).
@@ -122,10 +126,11 @@ def checkpoint_recipe(checkpoint: str | os.PathLike) -> dict[str, Any]:
 
 def training_recipe(info: Mapping[str, Any], network_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``train.json`` overrides for a checkpoint's ``info``: the network and :data:`RECIPE_KEYS`
-    (those present), with ``network_kwargs`` instead of the recorded ones when given."""
+    (those present, and :data:`RECIPE_BEFORE`'s for those an older checkpoint lacks), with
+    ``network_kwargs`` instead of the recorded ones when given."""
     kwargs = info.get("network_kwargs", {}) if network_kwargs is None else network_kwargs
     recipe = {"network_name": info["network"], "network_kwargs": dict(kwargs)}
-    recipe.update({key: info[key] for key in RECIPE_KEYS if key in info})
+    recipe.update({key: info[key] if key in info else RECIPE_BEFORE[key] for key in RECIPE_KEYS if key in info or key in RECIPE_BEFORE})
     return recipe
 
 
