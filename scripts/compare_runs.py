@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maht_net.bench.evaluation import error_matrix
 from maht_net.bench.metrics import paired_comparison, summarize
 
 
@@ -27,8 +28,7 @@ def site_errors(run: Path, site: str) -> tuple[list[str], np.ndarray]:
     path = run / "eval" / site / "metrics.json"
     if not path.is_file():
         raise SystemExit(f"error: {path}: no metrics (did the run finish?)")
-    rows = json.loads(path.read_text())["per_image"]
-    return [r["id"] for r in rows], np.array([[np.nan if e is None else e for e in r["errors"]] for r in rows], dtype=float)
+    return error_matrix(json.loads(path.read_text()))
 
 
 def compare(runs_a: list[Path], runs_b: list[Path], sites: list[str]) -> dict:

@@ -27,7 +27,7 @@ from maht_net.io.image import image_size
 from maht_net.io.predictions import PREDICTION_SUFFIX, find_predictions, prediction_points, read_prediction
 from maht_net.landmarks import LandmarkSet, get_landmark_set
 
-__all__ = ["METRICS_FORMAT", "evaluate_predictions", "compare_evaluations", "mean_shape_baseline", "predictor_errors"]
+__all__ = ["METRICS_FORMAT", "evaluate_predictions", "compare_evaluations", "error_matrix", "mean_shape_baseline", "predictor_errors"]
 
 METRICS_FORMAT = "maht-net-metrics"
 
@@ -233,6 +233,14 @@ def mean_shape_baseline(
     return summary
 
 
+def error_matrix(result: dict[str, Any], ids: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """Image ids and their ``(images, N)`` errors (NaN = not evaluated) from an
+    :func:`evaluate_predictions` result (or its ``metrics.json``), in ``ids`` order when given."""
+    rows = {r["id"]: r for r in result["per_image"]}
+    ids = list(rows) if ids is None else ids
+    return ids, np.array([[np.nan if v is None else v for v in rows[i]["errors"]] for i in ids], dtype=float)
+
+
 def compare_evaluations(
     result_a: dict[str, Any], result_b: dict[str, Any], n_bootstrap: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
@@ -246,17 +254,12 @@ def compare_evaluations(
         raise InputError(where, f"errors are in {result_b['unit']}, the compared predictions' in {result_a['unit']}")
     if result_a["landmark_set"] != result_b["landmark_set"]:
         raise InputError(where, f"landmark set {result_b['landmark_set']!r} differs from {result_a['landmark_set']!r}")
-    rows_b = {r["id"]: r for r in result_b["per_image"]}
-    common = [r["id"] for r in result_a["per_image"] if r["id"] in rows_b]
+    ids_b = {r["id"] for r in result_b["per_image"]}
+    common = [r["id"] for r in result_a["per_image"] if r["id"] in ids_b]
     if not common:
         raise InputError(where, "no image in common with the compared predictions")
-    rows_a = {r["id"]: r for r in result_a["per_image"]}
-
-    def matrix(rows: dict[str, Any]) -> np.ndarray:
-        return np.array([[np.nan if v is None else v for v in rows[i]["errors"]] for i in common], dtype=float)
-
     comparison = paired_comparison(
-        matrix(rows_a), matrix(rows_b), common, n_bootstrap=n_bootstrap, seed=seed, unit=result_a["unit"]
+        error_matrix(result_a, common)[1], error_matrix(result_b, common)[1], common, n_bootstrap=n_bootstrap, seed=seed, unit=result_a["unit"]
     )
     return {"a": result_a["predictions"], "b": result_b["predictions"], **comparison}
 
