@@ -361,6 +361,18 @@ def test_gpu_recipe_layers_on_train_json(phantom, tmp_path):
     assert tuple(sample["image"].shape) == (1, 640, 512)  # (C, H, W) at the GPU recipe's (W, H) = (512, 640)
 
 
+def test_random_framing_is_a_train_json_key_off_by_default(phantom, tmp_path):
+    from maht_net.transforms.spatial import RandLandmarkReframed
+
+    def reframers(**overrides):
+        wf = workflow(["train.json"], "train", tmp_path, datalist=str(phantom), **TINY, **overrides)
+        return [t for t in wf.parser.get_parsed_content("train#preprocessing").transforms if isinstance(t, RandLandmarkReframed)]
+
+    assert reframers() == []
+    (framing,) = reframers(reframe_prob=0.5, reframe_zoom=[0.8, 1.2])
+    assert framing.prob == 0.5 and framing.warper.zoom_range == (0.8, 1.2)
+
+
 def test_input_pixel_size_is_one_train_json_key_that_travels_with_the_model(trained, phantom, tmp_path):
     """``input_mm_per_px`` sets the training and validation preprocessing and is recorded in the
     checkpoint, whose readers (the predictor, inference.json) preprocess with it."""

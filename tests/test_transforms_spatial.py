@@ -10,6 +10,7 @@ from monai.data import MetaTensor, list_data_collate
 from monai.transforms import Compose
 from PIL import Image
 
+from maht_net.datasets.pipeline import augmentation_transforms
 from maht_net.transforms.io import NONLINEAR_WARP, ORIG_TO_CURRENT, LoadXRayd, xray_meta
 from maht_net.transforms.spatial import (
     LandmarkResizePad,
@@ -20,6 +21,8 @@ from maht_net.transforms.spatial import (
     RandLandmarkAffineElasticd,
     RandLandmarkElastic,
     RandLandmarkElasticd,
+    RandLandmarkReframe,
+    RandLandmarkReframed,
     current_to_original,
     landmarks_inside,
     original_to_current,
@@ -264,6 +267,56 @@ def test_out_of_image_points_nan_keep_and_keep_inside():
     assert out_in["inside"][:2].all() and not out_in["inside"][2]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_reframe_moves_dots_with_points_and_keeps_them_inside_the_margin(seed):
+    item = _dot_item(seed=seed)
+    item["landmarks"] = item["landmarks"] * 0.6 + 20  # a box off-centre, as a face in a corner
+    item["image"] = MetaTensor(torch.from_numpy(_dots(256, 256, item["landmarks"], 1.5))[None], meta=item["image"].meta)
+    out = RandLandmarkReframed(zoom_range=(0.7, 1.4), margin=0.05).set_random_state(seed)(item)
+    _assert_dots_follow(out["image"], out["landmarks"])
+    assert out["landmarks"].min() >= 0.05 * 255 - 1e-9 and out["landmarks"].max() <= 0.95 * 255 + 1e-9
+    zoom = out["image"].meta[ORIG_TO_CURRENT][0, 0]
+    assert 0.7 - 1e-9 <= zoom <= 1.4 + 1e-9 and out["image"].meta[ORIG_TO_CURRENT][0, 1] == 0
+    np.testing.assert_allclose(out["spacing"], (0.1 / zoom, 0.1 / zoom), rtol=1e-9)
+    np.testing.assert_allclose(current_to_original(out["landmarks"], out["image"]), item["landmarks"], atol=1e-6)
+
+
+def test_reframe_spreads_the_anatomy_over_the_frame_and_shrinks_a_zoom_that_would_not_fit():
+    points = np.array([[100.0, 100.0], [140.0, 160.0], [np.nan, np.nan]])
+    warp = RandLandmarkReframe(zoom_range=(0.5, 2.0), margin=0.0).set_random_state(0)
+    centres, zooms = [], []
+    for _ in range(200):
+        out, moved = warp(torch.rand(1, 256, 256), points)
+        assert np.isnan(moved[2]).all() and landmarks_inside(moved[:2], (256, 256)).all()
+        centres.append(moved[:2].mean(axis=0))
+        zooms.append(out.meta[ORIG_TO_CURRENT][0, 0])
+    centres = np.array(centres)
+    # The box (40 x 60 px, up to 120 px at zoom 2) lands all over a 256 px frame, not near its start.
+    assert centres.min(axis=0).max() < 80 and centres.max(axis=0).min() > 175
+    assert min(zooms) < 0.6 and max(zooms) > 1.8
+    # A box too large for the zoom: the zoom is lowered until it fits (here to exactly 1).
+    wide = np.array([[0.0, 0.0], [255.0, 255.0]])
+    out, moved = RandLandmarkReframe(zoom_range=(1.5, 1.5), margin=0.0)(torch.rand(1, 256, 256), wide)
+    assert out.meta[ORIG_TO_CURRENT][0, 0] == pytest.approx(1.0)
+    np.testing.assert_allclose(moved, wide, atol=1e-9)
+
+
+def test_reframe_without_landmarks_keeps_the_whole_image_in_the_frame():
+    warp = RandLandmarkReframe(zoom_range=(0.5, 1.5), margin=0.0).set_random_state(1)
+    for _ in range(20):
+        out = warp(torch.rand(1, 64, 96))
+        matrix = out.meta[ORIG_TO_CURRENT]
+        corners = np.array([[0.0, 0.0], [95.0, 63.0]]) @ matrix[:2, :2].T + matrix[:2, 2]
+        assert matrix[0, 0] <= 1 + 1e-9 and landmarks_inside(corners, (96, 64)).all()
+
+
+def test_training_pipeline_reframes_only_when_asked():
+    assert not any(isinstance(t, RandLandmarkReframed) for t in augmentation_transforms(1.0))
+    steps = augmentation_transforms(0.0, reframe_prob=0.5, reframe_zoom=(0.8, 1.1))
+    assert len(steps) == 1 and steps[0].prob == 0.5 and steps[0].warper.zoom_range == (0.8, 1.1)
+    assert sum(isinstance(t, RandLandmarkReframed) for t in augmentation_transforms(1.0, reframe_prob=0.5)) == 1
+
+
 def test_orig_to_current_composes_resize_and_affine_and_refuses_elastic(tmp_path):
     points = np.array([[30.3, 40.7], [500.0, 20.0], [np.nan, np.nan]])
     item = {"image": MetaTensor(torch.rand(1, 400, 520), meta=xray_meta((520, 400))), "landmarks": points}
@@ -331,6 +384,9 @@ def test_compose_load_resize_affine_on_a_dict_item(tmp_path):
         (lambda: RandLandmarkAffine(max_tries=-1), "max_tries"),
         (lambda: RandLandmarkElastic(grid_size=1), "elastic_grid"),
         (lambda: RandLandmarkElastic(magnitude=0.1, grid_size=5), "elastic_magnitude"),
+        (lambda: RandLandmarkReframe(zoom_range=(1.2, 0.8)), "zoom_range"),
+        (lambda: RandLandmarkReframe(zoom_range=(0.0, 1.0)), "zoom_range"),
+        (lambda: RandLandmarkReframe(margin=0.5), "margin"),
     ],
 )
 def test_invalid_arguments_raise_value_error(make, match):

@@ -20,7 +20,7 @@ from maht_net.io.datalist import parse_items
 from maht_net.progress import progress_shown
 from maht_net.transforms.intensity import CLAHEd, NormalizeXRayd, RandXRayIntensityd, RandXRayInvertd
 from maht_net.transforms.io import LoadXRayd, unwrap_input_error
-from maht_net.transforms.spatial import LandmarkResizePadd, RandLandmarkAffineElasticd
+from maht_net.transforms.spatial import LandmarkResizePadd, RandLandmarkAffineElasticd, RandLandmarkReframed
 from maht_net.transforms.targets import PackLandmarksd
 
 __all__ = ["FILM_KEY", "film_transforms", "preprocessing_transforms", "augmentation_transforms", "training_transforms", "evaluation_transforms", "model_transforms", "landmark_dataset", "ITEM_KEYS"]
@@ -71,15 +71,24 @@ def preprocessing_transforms(
     return steps
 
 
-def augmentation_transforms(strength: float = 1.0, invert_prob: float = 0.0) -> list:
+def augmentation_transforms(
+    strength: float = 1.0,
+    invert_prob: float = 0.0,
+    reframe_prob: float = 0.0,
+    reframe_zoom: Sequence[float] = (0.75, 1.25),
+) -> list:
     """Landmark-consistent geometric and radiographic augmentation; ``strength`` scales every
     range (0 = none). No flips: a mirrored lateral cephalogram faces the other way.
-    ``invert_prob``: probability of a polarity inversion (:class:`RandXRayInvertd`)."""
+    ``invert_prob``: probability of a polarity inversion (:class:`RandXRayInvertd`).
+    ``reframe_prob``, ``reframe_zoom``: probability and zoom range of a random framing
+    (:class:`RandLandmarkReframed`: the anatomy at another size and anywhere in the input, as
+    another machine's collimation would show it); applied even when ``strength`` is 0."""
+    reframing = [RandLandmarkReframed("image", prob=reframe_prob, zoom_range=reframe_zoom)] if reframe_prob > 0 else []
     if strength <= 0:
-        return []
+        return reframing
     s = float(strength)
     inversion = [RandXRayInvertd("image", prob=invert_prob)] if invert_prob > 0 else []
-    return inversion + [
+    return inversion + reframing + [
         RandLandmarkAffineElasticd(
             "image",
             prob=0.9,
@@ -102,9 +111,13 @@ def training_transforms(
     clahe: bool = False,
     invert_prob: float = 0.0,
     mm_per_px: float | None = None,
+    reframe_prob: float = 0.0,
+    reframe_zoom: Sequence[float] = (0.75, 1.25),
 ) -> Compose:
-    """Preprocessing (see :func:`preprocessing_transforms`), augmentation and packing for training."""
-    steps = preprocessing_transforms(size, normalize, clahe, mm_per_px=mm_per_px) + augmentation_transforms(augment, invert_prob)
+    """Preprocessing (see :func:`preprocessing_transforms`), augmentation (see
+    :func:`augmentation_transforms`) and packing for training."""
+    steps = preprocessing_transforms(size, normalize, clahe, mm_per_px=mm_per_px)
+    steps += augmentation_transforms(augment, invert_prob, reframe_prob, reframe_zoom)
     return Compose(steps + [PackLandmarksd(num_landmarks=num_landmarks)])
 
 

@@ -40,6 +40,8 @@ __all__ = [
     "RandLandmarkAffined",
     "RandLandmarkElastic",
     "RandLandmarkElasticd",
+    "RandLandmarkReframe",
+    "RandLandmarkReframed",
 ]
 
 Points = np.ndarray | torch.Tensor
@@ -726,6 +728,77 @@ class RandLandmarkElastic(RandLandmarkAffineElastic):
         )
 
 
+class RandLandmarkReframe(RandLandmarkAffineElastic):
+    """Random framing: zoom the image and place the anatomy anywhere it fits, landmarks inside.
+
+    Other machines frame the head differently (collimated to the face, or the whole skull with
+    the face in a corner), so after the letterbox the same anatomy appears at another size and
+    place. This draws a zoom ``z`` log-uniformly from ``zoom_range`` (below 1: more context and
+    border, above 1: a tighter crop) and a shift uniformly among those that keep the bounding
+    box of the finite, inside landmarks at least ``margin`` (fraction of each side) from the
+    edges; ``z`` is lowered when the box would not fit. Without landmarks the whole image is the box.
+
+    Forward map of points: ``p -> z p + t``; the image is resampled with its inverse.
+
+    Args:
+        prob: probability of reframing at all.
+        zoom_range: ``(low, high)`` zoom, ``0 < low <= high``.
+        margin: minimum distance of the landmarks from the edges, as a fraction of the side (``< 0.5``).
+        padding_mode: ``"zeros"`` or ``"border"`` for samples falling outside the input.
+
+    Notes:
+        - Image ``(C, H, W)`` in and out (same size); points ``(N, 2)`` ``(x, y)`` pixels, NaN
+          rows stay NaN, points that were outside move with the map.
+        - The matrix is composed into ``meta["orig_to_current"]`` (:func:`current_to_original` stays exact).
+
+    Raises:
+        ValueError: for a ``zoom_range`` that is not ``0 < low <= high`` or a ``margin`` outside ``[0, 0.5)``.
+    """
+
+    def __init__(
+        self,
+        prob: float = 1.0,
+        zoom_range: Sequence[float] = (0.75, 1.25),
+        margin: float = 0.03,
+        padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__(prob, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2, padding_mode, "keep", False, 0)
+        low, high = (float(v) for v in zoom_range)
+        if not 0 < low <= high:
+            raise ValueError(f"Argument `zoom_range` must be (low, high) with 0 < low <= high, got {tuple(zoom_range)}.")
+        if not 0 <= margin < 0.5:
+            raise ValueError(f"Argument `margin` must be in [0, 0.5), got {margin}.")
+        self.zoom_range = (low, high)
+        self.margin = float(margin)
+        self._draw = np.full(3, 0.5)
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw whether to reframe and, if so, the zoom and shift (as uniforms in ``[0, 1]``)."""
+        RandomizableTransform.randomize(self, None)
+        if self._do_transform:
+            self._draw = self.R.uniform(0.0, 1.0, size=3)
+
+    def plan(self, spatial_shape: Sequence[int], points: Any = None) -> tuple[_Warp, np.ndarray | None]:
+        """The reframing of an ``(H, W)`` image from the last draw and the moved ``points`` (float64, or ``None``)."""
+        height, width = (int(s) for s in spatial_shape)
+        size = np.array([width - 1.0, height - 1.0])
+        pts = None if points is None else _as_points64(points)
+        inside = np.zeros(0, bool) if pts is None else landmarks_inside(pts, (width, height))
+        low, high = (pts[inside].min(axis=0), pts[inside].max(axis=0)) if inside.any() else (np.zeros(2), size)
+        margin = self.margin * size
+        zoom = float(np.exp(np.log(self.zoom_range[0]) + self._draw[0] * np.log(self.zoom_range[1] / self.zoom_range[0])))
+        extent = high - low
+        fits = extent > 0
+        if fits.any():
+            zoom = min(zoom, float(np.min((size - 2 * margin)[fits] / extent[fits])))
+        # Shifts that keep the box inside the margins: z * low + t >= margin, z * high + t <= size - margin.
+        first, last = margin - zoom * low, size - margin - zoom * high
+        shift = first + self._draw[1:] * np.maximum(last - first, 0.0)
+        matrix = np.array([[zoom, 0.0, shift[0]], [0.0, zoom, shift[1]], [0.0, 0.0, 1.0]])
+        warp = _Warp(matrix, None, (width, height))
+        return warp, None if pts is None else warp.points(pts)
+
+
 class RandLandmarkAffineElasticd(RandomizableTransform, MapTransform):
     """Dictionary-based :class:`RandLandmarkAffineElastic`: images, landmarks and spacing together.
 
@@ -878,3 +951,30 @@ class RandLandmarkElasticd(RandLandmarkAffineElasticd):
             keys, landmarks_key, spacing_key, inside_key, prob, 0.0, 0.0, 0.0, 0.0, 0.0, magnitude, grid_size,
             padding_mode, out_of_image, keep_inside, max_tries, allow_missing_keys,
         )  # fmt: skip
+
+
+class RandLandmarkReframed(RandLandmarkAffineElasticd):
+    """Dictionary-based :class:`RandLandmarkReframe`: images, landmarks and spacing together.
+
+    Args:
+        keys, landmarks_key, spacing_key, inside_key, allow_missing_keys: see
+        :class:`RandLandmarkAffineElasticd`; the rest: see :class:`RandLandmarkReframe`.
+
+    Notes:
+        - Images ``(C, H, W)`` in and out; points ``(N, 2)`` ``(x, y)``; the spacing is divided by the zoom.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        landmarks_key: str | None = "landmarks",
+        spacing_key: str | None = "spacing",
+        inside_key: str | None = None,
+        prob: float = 1.0,
+        zoom_range: Sequence[float] = (0.75, 1.25),
+        margin: float = 0.03,
+        padding_mode: str = "zeros",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, landmarks_key, spacing_key, inside_key, prob, allow_missing_keys=allow_missing_keys)
+        self.warper = RandLandmarkReframe(1.0, zoom_range, margin, padding_mode)
