@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                     "instead of fitting epochs to the budget: for ablations compared at equal epochs")
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="keep the contenders already in OUT/TRACK/results.json (same settings and "
+                    "test films) and train only the missing ones")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     out = args.out / args.track
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.data}: no images/ folder (pass --data or --datalist)", file=sys.stderr)
         return 2
     datalist = args.datalist or prepare_hamedan(args.data, out)
-    run_accuracy_benchmark(datalist, out, args.track, args.contenders, args.budget_minutes, args.folds, args.seed, not args.no_tta, epochs=args.epochs, base_dir=args.data_root)
+    run_accuracy_benchmark(datalist, out, args.track, args.contenders, args.budget_minutes, args.folds, args.seed, not args.no_tta, epochs=args.epochs, base_dir=args.data_root, resume=args.resume)
     print((out / "results.md").read_text())
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
     return 0

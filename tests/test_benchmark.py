@@ -9,6 +9,7 @@ import pytest
 
 from maht_net.bench import accuracy as benchmark
 from maht_net.datasets.phantom import make_phantom_dataset
+from maht_net.errors import InputError
 from maht_net.io.datalist import load_datalist, read_datalist
 
 TINY_TRACK = {"input_size": [64, 96], "batch_size": 4, "budget_minutes": 0.3}
@@ -105,6 +106,35 @@ def test_mixed_sites_get_per_site_figures_and_paired_tests(tmp_path):
     }  # fmt: skip
     table = benchmark.format_markdown(results)
     assert "Per site" in table and table.count("\n| other | b | 3 |") == 1 and "| ref | a | 5 |" in table
+
+
+def test_resume_keeps_the_earlier_rows_and_trains_only_the_missing_contenders(datalist, tmp_path, monkeypatch):
+    """Training is replaced by offsets from the truth, so this checks the resume plumbing alone."""
+    monkeypatch.setitem(benchmark.TRACKS, "tiny", TINY_TRACK)
+    offset = {"maht_net": 0.5, "unet": 2.0, "landmarker": 1.0}
+    trained = []
+
+    def fake_train(name, *args, **kwargs):
+        trained.append(name)
+        return benchmark.TrainedModel(name, None, {"name": name}, {"train_seconds": 1.0, "epochs": 1, "params": 10})
+
+    def fake_predict(network, info, items, tta=False, refiner=None):
+        truth = np.stack([np.asarray(it["landmarks"], float) for it in items])
+        return truth + offset[info["name"]], 0.01
+
+    monkeypatch.setattr(benchmark, "train_contender", fake_train)
+    monkeypatch.setattr(benchmark, "predict", fake_predict)
+    first = benchmark.run_accuracy_benchmark(datalist, tmp_path, "tiny", ["maht_net", "landmarker"], progress=False)
+    second = benchmark.run_accuracy_benchmark(datalist, tmp_path, "tiny", ["maht_net", "unet", "landmarker"], progress=False, resume=True)
+    assert trained == ["maht_net", "landmarker", "unet"]  # the second run trained U-Net alone
+    assert [r["name"] for r in second["contenders"]] == ["maht_net", "unet", "landmarker"]
+    assert second["contenders"][2]["errors"] == first["contenders"][1]["errors"]
+    assert [e["name"] for e in second["ensembles"]] == ["maht_net + TTA"]  # the reference's TTA row, kept
+    assert second["contenders"][1]["paired_vs_reference"]["mean_difference"] > 0  # U-Net's offset is larger
+    second["contenders"][0]["date"] = "earlier"  # how a row kept from another day shows in the table
+    assert "Rows kept from an earlier run (`--resume`): maht_net (earlier)" in benchmark.format_markdown(second)
+    with pytest.raises(InputError, match="settings differ in .*seed"):
+        benchmark.run_accuracy_benchmark(datalist, tmp_path, "tiny", ["unet"], seed=1, progress=False, resume=True)
 
 
 def test_absolute_datalist_resolves_against_the_data_root(tmp_path):

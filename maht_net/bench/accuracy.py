@@ -19,6 +19,7 @@ Axes: landmarks are ``(x, y)`` pixels of the original film everywhere (see
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -445,6 +446,7 @@ def run_accuracy_benchmark(
     progress: bool = True,
     epochs: int | None = None,
     base_dir: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train and test every contender; returns (and writes to ``out_dir/results.json``) the results.
 
@@ -461,6 +463,9 @@ def run_accuracy_benchmark(
             (see :func:`train_contender`).
         base_dir: folder the datalist's image paths start from (default: its ``data_root``, else
             its folder; see :func:`absolute_datalist`).
+        resume: keep the contenders already in ``out_dir/results.json`` (a run with the same
+            settings and test films, e.g. one cut short) and train only the missing ones; when the
+            reference is kept, so are its TTA and ensemble rows. Each kept row keeps its ``date``.
     """
     if track not in TRACKS:
         raise ValueError(f"unknown track {track!r}; available: {sorted(TRACKS)}")
@@ -489,11 +494,17 @@ def run_accuracy_benchmark(
         "machine": _machine(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "mean_shape_baseline_mre": baseline["overall"]["mre"],
+        "test_ids": ids,
         "contenders": [],
         "ensembles": [],
     }
+    kept = _kept_results(out / "results.json", results["settings"], ids) if resume else {}
     fold_models: dict[str, list[TrainedModel]] = {}
     for name in contenders:
+        if name in kept.get("contenders", {}):
+            logger.info("== %s: kept from %s (%s)", name, out / "results.json", kept["contenders"][name]["date"])
+            results["contenders"].append(kept["contenders"][name])
+            continue
         fold_errors, fold_stats, latencies = [], [], []
         for k, split in enumerate(splits):
             logger.info("== %s (%s track, %s)", name, track, f"fold {k + 1}/{len(splits)}" if folds else "fixed split")
@@ -512,6 +523,7 @@ def run_accuracy_benchmark(
             "params": fold_stats[0]["params"],
             "seconds_per_image": float(np.median(latencies)),
             "folds": fold_stats,
+            "date": results["date"],
         }
         if folds:
             extra["fold_mre"] = [float(np.nanmean(e)) for e in fold_errors]
@@ -522,6 +534,8 @@ def run_accuracy_benchmark(
     for r in results["contenders"][1:]:
         _add_paired(reference, r, ids, sites)
     models = fold_models.get(contenders[0], [])
+    if contenders[0] in kept.get("contenders", {}):
+        results["ensembles"] = kept["ensembles"]
     if tta and models:
         points, latency = predict(models[0].network, models[0].info, test_items, tta=True, refiner=models[0].refiner)
         results["ensembles"].append(_result(f"{contenders[0]} + TTA", item_errors(points, test_items), ids, lset.names, {"seconds_per_image": latency, "members": 1}, sites))
@@ -539,6 +553,25 @@ def run_accuracy_benchmark(
     with atomic_write(out / "results.md", "w") as f:
         f.write(format_markdown(results))
     return results
+
+
+def _kept_results(path: Path, settings: Mapping[str, Any], ids: Sequence[str]) -> dict[str, Any]:
+    """Contender rows (by name) and ensemble rows of an earlier run at ``path`` to resume from;
+    ``{}`` when there is none. Raises :class:`InputError` when its settings or test films differ."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    now, then = json.loads(json.dumps(settings)), earlier.get("settings", {})
+    differ = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+    if differ:
+        raise InputError(path, f"cannot resume: the earlier run's settings differ in {differ}; use another --out")
+    if earlier.get("test_ids", list(ids)) != list(ids):  # runs before 2026-12-02 stored only their number
+        raise InputError(path, "cannot resume: the earlier run was tested on other films; use another --out")
+    date = earlier.get("date")
+    return {
+        "contenders": {r["name"]: {"date": date, **r} for r in earlier.get("contenders", [])},
+        "ensembles": [{"date": date, **r} for r in earlier.get("ensembles", [])],
+    }
 
 
 def _paired(reference: np.ndarray, other: np.ndarray, ids: list[str]) -> dict[str, Any]:
@@ -590,6 +623,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         f"Mean-shape baseline MRE {fmt_number(results['mean_shape_baseline_mre'])} mm. {results['date']}; "
         f"{results['machine']['processor']}, {results['machine']['cpu_count']} cores, torch {results['machine']['torch']}"
         f"{', ' + results['machine']['cuda'] if results['machine']['cuda'] else ''}.",
+        *[f"Rows kept from an earlier run (`--resume`): {', '.join(r['name'] + ' (' + str(r['date']) + ')' for r in kept)}." for kept in [[r for r in results["contenders"] + results["ensembles"] if r.get("date", results["date"]) != results["date"]]] if kept],
         "",
         "| method | MRE mm [95% CI] | median | " + " | ".join(f"SDR {k[:-2] if k.endswith('.0') else k} mm %" for k in keys) + " | train min | epochs | params M | s/image | MRE minus " + ref + "'s, mm [95% CI], Wilcoxon p |",
         "|---|---|---|" + "---|" * len(keys) + "---|---|---|---|---|",
