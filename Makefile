@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check $(LINT_PATHS)
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"

@@ -647,6 +647,7 @@ def test_training_retrains_on_all_labels_and_reports_the_gate(server):
     assert base_sha == before["sha256"]  # the base (shipped) model file is never written
 
 
+@pytest.mark.slow  # two real retrainings (2.5 min alone); the default suite checks the gate's rule on one; make test-slow
 def test_retraining_is_served_only_when_not_worse(bundle_root, studies, tiny_checkpoint, tmp_path):
     """An untrained base model; a good retrain is promoted without a restart; a retrain on wrong
     labels is kept as a candidate (figures in /info) and the served landmarks do not change;

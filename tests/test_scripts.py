@@ -76,6 +76,7 @@ def tiny_two_stage(tiny_checkpoint, tmp_path):
     return Path(out), datalist
 
 
+@pytest.mark.slow  # half a minute of benchmark plumbing (ONNX parity of both stages: tests/test_refine.py); make test-slow
 def test_benchmark_speed_times_both_stages(tiny_two_stage, tmp_path):
     checkpoint, datalist = tiny_two_stage
     run = subprocess.run(
