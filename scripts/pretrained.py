@@ -216,6 +216,12 @@ def git_head() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
+def git_tree_dirty() -> bool:
+    """Tracked files differ from ``HEAD``: the run's code is not exactly the recorded commit."""
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True)
+    return bool(status.stdout.strip())
+
+
 def ship(checkpoint: Path, datalist: Path, held_out: dict, training: dict, target: Path) -> None:
     """Write the inference-only checkpoint with provenance, its sha256 to large_files.yml and
     ``held_out``'s figures (a run's ``summary.json`` with its per-site ``test`` results) to
@@ -339,13 +345,13 @@ def main() -> int:
     checkpoint = args.out / "bundle" / "models" / "model.pt"
     if args.skip_training:
         before = json.loads((args.out / "summary.json").read_text())
-        training = {k: before.get(k) for k in ("command", "git_commit", "train_minutes", "refine_stage")}
+        training = {k: before.get(k) for k in ("command", "git_commit", "git_tree_dirty", "train_minutes", "refine_stage")}
         training["git_commit"] = training["git_commit"] or args.trained_at_commit
         if not training["git_commit"]:
             print("error: the training commit is not recorded: pass --trained-at-commit", file=sys.stderr)
             return 2
     else:
-        training = {"command": command, "git_commit": git_head()}
+        training = {"command": command, "git_commit": git_head(), "git_tree_dirty": git_tree_dirty()}
         checkpoint = train(datalist, args.data_root, args.out, args.epochs, args.seed, args.time_limit_minutes, args.refine_minutes, args.set)
         training["train_minutes"] = round((time.time() - start) / 60, 1)
     summary = dict(training, datalist=_shown(datalist))

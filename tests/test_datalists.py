@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,16 +124,34 @@ def test_make_datalists_writes_every_split_present_relative_to_the_data_root(tmp
     assert [len(_doc(out / "hamedan.json")[s]) for s in ("training", "validation", "test")] == [7, 1, 2]
 
 
-def test_pretrained_split_of_another_seed_leaves_the_standard_datalist_alone(tmp_path, monkeypatch):
-    """``scripts/pretrained.py --seed N`` (N != 0) writes its own split beside its run, with an
-    absolute data root, and the cross-site copy (``--train-sites``) resolves its films too."""
-    import sys
-
+def _pretrained_script():
+    """``scripts/pretrained.py`` as a module."""
     sys.path.insert(0, str(REPO / "scripts"))
     try:
         import pretrained
     finally:
         sys.path.remove(str(REPO / "scripts"))
+    return pretrained
+
+
+def test_pretrained_runs_record_whether_the_code_differs_from_the_commit(tmp_path, monkeypatch):
+    pretrained = _pretrained_script()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(git[:5] + ["init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "code.py").write_text("a = 1\n")
+    subprocess.run(git + ["add", "code.py"], check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    monkeypatch.setattr(pretrained, "REPO", tmp_path)
+    (tmp_path / "untracked.txt").write_text("runs/ and notes do not count")
+    assert len(pretrained.git_head()) == 40 and pretrained.git_tree_dirty() is False
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert pretrained.git_tree_dirty() is True
+
+
+def test_pretrained_split_of_another_seed_leaves_the_standard_datalist_alone(tmp_path, monkeypatch):
+    """``scripts/pretrained.py --seed N`` (N != 0) writes its own split beside its run, with an
+    absolute data root, and the cross-site copy (``--train-sites``) resolves its films too."""
+    pretrained = _pretrained_script()
     root = _two_site_tree(tmp_path / "data")
     monkeypatch.setattr(pretrained, "ISBI_SPLIT", (1, 1, 1))  # training / validation / test films of 3
     standard = (REPO / "datalists" / "two_sites.json").read_bytes()
