@@ -617,6 +617,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     s = results["settings"]
     ref = results["contenders"][0]["name"]
     keys = [str(float(t)) for t in REPORTED_SDR_MM]  # summarize()'s SDR keys
+    kept = [r for r in results["contenders"] + results["ensembles"] if r.get("date", results["date"]) != results["date"]]
     lines = [
         f"Track `{results['track']}`: input {s['input_size'][0]}x{s['input_size'][1]} (W x H), batch {s['batch_size']}, "
         f"{s['budget_minutes']:g} min training budget per contender{' and fold' if s['folds'] else ''}"
@@ -625,7 +626,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         f"Mean-shape baseline MRE {fmt_number(results['mean_shape_baseline_mre'])} mm. {results['date']}; "
         f"{results['machine']['processor']}, {results['machine']['cpu_count']} cores, torch {results['machine']['torch']}"
         f"{', ' + results['machine']['cuda'] if results['machine']['cuda'] else ''}.",
-        *[f"Rows kept from an earlier run (`--resume`): {', '.join(r['name'] + ' (' + str(r['date']) + ')' for r in kept)}." for kept in [[r for r in results["contenders"] + results["ensembles"] if r.get("date", results["date"]) != results["date"]]] if kept],
+        *(["Rows kept from an earlier run (`--resume`): " + ", ".join(f"{r['name']} ({r['date']})" for r in kept) + "."] if kept else []),
         "",
         "| method | MRE mm [95% CI] | median | " + " | ".join(f"SDR {k[:-2] if k.endswith('.0') else k} mm %" for k in keys) + " | train min | epochs | params M | s/image | MRE minus " + ref + "'s, mm [95% CI], Wilcoxon p |",
         "|---|---|---|" + "---|" * len(keys) + "---|---|---|---|---|",
