@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Refinement on vs off: the same two-stage checkpoint without its refinement stage and with it
 (combined with the first stage by ``fuse``, the default, and by ``replace``), on the same films
-(paired), per site and per landmark, and the time each takes per film.
+(paired), per site and per landmark, and the time each takes per film. ``--unknown-spacing``
+predicts the films as PNG/JPEG files without a stated spacing are predicted, and adds the stage
+with such films taken at its default spacing instead of the scale their landmarks show.
 
 All runs read every film once (``Predictor.prepare``) and differ only in the refinement stage;
 the per-film MREs are compared with a paired Wilcoxon test (:func:`maht_net.bench.metrics.paired_comparison`).
@@ -17,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,9 @@ from maht_net.inference.refine import COMBINE_MODES  # noqa: E402
 from maht_net.io.checkpoint import checkpoint_stages, load_checkpoint_file  # noqa: E402
 from maht_net.io.datalist import datalist_root, load_datalist  # noqa: E402
 
+DEFAULT_SPACING = "refined (fuse), default spacing"
+"""The ``--unknown-spacing`` variant: films of unknown spacing taken at the codec's ``default_spacing``."""
+
 
 def timed_errors(predictor: Predictor, items: list[dict], prepared: list[dict]) -> tuple[np.ndarray, float]:
     """Errors ``(F, N)`` and seconds per film of the network stages (films already read)."""
@@ -48,6 +54,8 @@ def main(argv=None) -> int:
     ap.add_argument("--section", default="test")
     ap.add_argument("--data-root", type=Path, help="folder of the datalist's relative paths (default: its 'data_root' from the repository)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the latency figure's)")
+    ap.add_argument("--unknown-spacing", action="store_true", help="predict the films as if their files stated no spacing (PNG/JPEG "
+                    "without --spacing; scored with the datalist's): adds the stage with its films' scale at the codec's default spacing")  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("runs/refine"))
     args = ap.parse_args(argv)
     if "refine" not in checkpoint_stages(load_checkpoint_file(args.checkpoint)):
@@ -60,15 +68,20 @@ def main(argv=None) -> int:
     for combine in COMBINE_MODES:  # the same refinement stage, two ways of combining it with the first
         variants[f"refined ({combine})"] = Predictor.from_checkpoint(args.checkpoint)
         variants[f"refined ({combine})"].refiner.combine = combine
+    if args.unknown_spacing:  # the stage as before it estimated a film's scale from its landmarks
+        fixed = variants[DEFAULT_SPACING] = Predictor.from_checkpoint(args.checkpoint)
+        fixed.refiner.codec = replace(fixed.refiner.codec, landmark_rms_mm=None)
     names = coarse.info["landmark_names"]
-    results: dict = {"checkpoint": str(args.checkpoint), "datalist": str(args.datalist), "section": args.section, "sites": {}}
+    results: dict = {"checkpoint": str(args.checkpoint), "datalist": str(args.datalist), "section": args.section,
+                     "unknown_spacing": args.unknown_spacing, "sites": {}}
     sites = sorted({it.get("site", "all") for it in items})
     print("| site | films | variant | MRE mm [95 % CI] | median | SDR 2 / 4 mm % | vs first stage: paired difference mm [95 % CI] | better / worse films | Wilcoxon p | s/film |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     per_landmark: dict = {}
     for site in sites:
         part = [it for it in items if it.get("site", "all") == site]
-        prepared = variants["refined (fuse)"].prepare(part)  # with the films, for the refinement stage; the first stage ignores them
+        keys = ("image", "id") if args.unknown_spacing else ("image", "id", "spacing")
+        prepared = variants["refined (fuse)"].prepare([{k: it[k] for k in keys if k in it} for it in part])  # with the films, for the refinement stage
         site_result = results["sites"][site] = {"films": len(part)}
         errors = {}
         for name, predictor in variants.items():
@@ -85,6 +98,12 @@ def main(argv=None) -> int:
             ci = summary["mre_ci95"]
             print(f"| {site} | {len(part)} | {name} | {summary['mre']:.3f} [{ci[0]:.2f}-{ci[1]:.2f}] | {summary['median']:.2f} | "
                   f"{summary['sdr']['2.0']:.1f} / {summary['sdr']['4.0']:.1f} | {paired_text} | {seconds:.3f} |")
+        if args.unknown_spacing:
+            site_result["scale_estimate_vs_default_spacing"] = paired = paired_comparison(
+                errors["refined (fuse)"], errors[DEFAULT_SPACING], ids=[it["id"] for it in part], n_bootstrap=1000)
+            ci = paired["mean_difference_ci95"]
+            print(f"| {site} | {len(part)} | fuse: scale estimated minus default spacing | | | | {paired['mean_difference']:+.3f} "
+                  f"[{ci[0]:+.3f}, {ci[1]:+.3f}] | {paired['a_better']} / {paired['b_better']} | {paired['p_value']:.2g} | |")
         per_landmark[site] = {name: np.nanmean(e, 0) for name, e in errors.items()}
     print("\n| landmark | " + " | ".join(f"{s}: " + " / ".join(variants) + " mm" for s in sites) + " |")
     print("|---|" + "---|" * len(sites))

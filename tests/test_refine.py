@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from maht_net.codec.patches import PatchCodec
+from maht_net.codec.patches import MIN_SCALE_LANDMARKS, PatchCodec, landmark_rms, landmark_rms_mm
 from maht_net.engine.refine import PatchJitter, load_films, train_refiner
 from maht_net.errors import InputError
 from maht_net.inference.predictor import Predictor, load_model
@@ -74,6 +74,32 @@ def test_codec_encode_decode_round_trip_in_film_pixels():
     assert codec.info() == PatchCodec.from_info(codec.info()).info()
 
 
+def test_a_film_of_unknown_spacing_is_scaled_by_the_size_of_its_anatomy():
+    shape_mm = torch.tensor([[0.0, 0.0], [60.0, 0.0], [60.0, 80.0], [0.0, 80.0], [30.0, 40.0], [10.0, 70.0]], dtype=torch.float64)
+    rms_mm = float(landmark_rms(shape_mm[None])[0])
+    codec = PatchCodec(landmark_rms_mm=rms_mm)
+    truth = torch.tensor([[0.127, 0.127], [0.09, 0.09], [0.1, 0.15]], dtype=torch.float64)
+    centres = shape_mm[None] / truth[:, None, :] + 300.0  # the same anatomy on three films, shifted
+    unknown = torch.tensor([[float("nan")] * 2, [float("nan")] * 2, [0.1, 0.15]], dtype=torch.float64)
+    resolved = codec.resolve_spacing(unknown, centres)
+    torch.testing.assert_close(resolved[:2], truth[:2])  # estimated from the anatomy's size
+    assert torch.equal(resolved[2], truth[2])  # a stated spacing is kept, anisotropic too
+    torch.testing.assert_close(codec.resolve_spacing(None, centres[:1]), truth[:1])
+    # too few finite landmarks, or a stage trained before the size was recorded: the default spacing
+    sparse = torch.where(torch.arange(6)[None, :, None] < MIN_SCALE_LANDMARKS - 1, centres[:1], torch.tensor(float("nan"), dtype=torch.float64))
+    assert torch.equal(codec.resolve_spacing(None, sparse), torch.full((1, 2), codec.default_spacing, dtype=torch.float64))
+    assert torch.equal(PatchCodec().resolve_spacing(None, centres[:1]), torch.full((1, 2), codec.default_spacing, dtype=torch.float64))
+    # the training films' mean size in mm; films of unknown spacing or with a missing landmark do not count
+    partial = centres[0].clone()
+    partial[0] = float("nan")
+    films = [centres[0] * 2 / 1.5, centres[1], partial, centres[1]]
+    spacings = [truth[0] * 1.5, truth[1], truth[0], torch.tensor([float("nan")] * 2, dtype=torch.float64)]
+    assert landmark_rms_mm(films, spacings) == pytest.approx(rms_mm * 1.5)  # (2 + 1) / 2: the two films that count
+    assert landmark_rms_mm(films[2:], spacings[2:]) is None
+    with pytest.raises(ValueError, match="landmark_rms_mm"):
+        PatchCodec(landmark_rms_mm=0.0)
+
+
 def test_jitter_matches_its_statistics():
     g = torch.Generator().manual_seed(1)
     off = PatchJitter(sigma_mm=1.5, tail_fraction=0.0).sample(g, 2000, 19, max_mm=100.0)
@@ -125,6 +151,28 @@ def test_training_refines_perturbed_landmarks_on_unseen_films(trained_stage):
     assert info["trained"]["iterations"] == 60 and info["network"] == "refine_net_small" and info["patch_size"] == 32
 
 
+def test_films_without_a_stated_spacing_are_refined_at_the_scale_their_anatomy_shows(trained_stage):
+    """PNG/JPEG films state no spacing; the phantoms are 0.66 mm/px, the codec's default 0.1 mm/px."""
+    test = trained_stage["films"][7:]
+    info = trained_stage["stage"]["info"]
+    train_mm = [f.landmarks * f.spacing for f in trained_stage["films"][:7]]
+    assert info["landmark_rms_mm"] == pytest.approx(float(landmark_rms(torch.stack(train_mm)).mean()))
+    films, spacing = [f.film.float() for f in test], torch.stack([f.spacing for f in test])
+    truth = torch.stack([f.landmarks for f in test])
+    centres = truth + torch.randn(truth.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3.0
+    unknown = torch.full_like(spacing, float("nan"))
+
+    def error(refiner, spacing):
+        return float((refiner(films, centres, spacing).points - truth).norm(dim=-1).mean())
+
+    refiner = Refiner(trained_stage["network"], info)
+    stated, estimated = error(refiner, spacing), error(refiner, unknown)
+    before = float((centres - truth).norm(dim=-1).mean())
+    defaulted = error(Refiner(trained_stage["network"], {**info, "landmark_rms_mm": None}), unknown)  # a stage from before
+    assert estimated < 0.7 * before and estimated < 1.15 * stated, (before, stated, estimated)
+    assert defaulted > 1.3 * estimated, (defaulted, estimated)
+
+
 def test_fusion_weighs_each_stage_by_the_other_stages_variance(trained_stage):
     """``combine="fuse"``: point ``c + w (r - c)`` with ``w = s_c^2 / (s_c^2 + s_r^2)``; a sure first
     stage (tiny spread) holds the point, an unsure one lets the refinement move it; ``"replace"``
@@ -172,7 +220,9 @@ def test_checkpoint_stages_round_trip_and_old_checkpoints_load(tiny_checkpoint, 
     probe = torch.rand(1, 19, 32, 32)
     with torch.no_grad():
         assert torch.equal(refiner.network(probe), trained_stage["network"](probe))
-    assert refiner.codec == PatchCodec(patch_size=32, mm_per_px=PHANTOM_MM, stride=2, sigma=1.5)
+    assert refiner.codec == PatchCodec(patch_size=32, mm_per_px=PHANTOM_MM, stride=2, sigma=1.5, landmark_rms_mm=new["refine"]["info"]["landmark_rms_mm"])
+    before_size = dict(trained_stage["stage"], info={k: v for k, v in trained_stage["stage"]["info"].items() if k != "landmark_rms_mm"})
+    assert load_refiner(attach_refine_stage(tiny_checkpoint, before_size, out=tmp_path / "older.pt")).codec.landmark_rms_mm is None
     bad = dict(trained_stage["stage"], info=dict(trained_stage["stage"]["info"], normalize="zscore"))
     with pytest.raises(InputError, match="normalize"):
         attach_refine_stage(tiny_checkpoint, bad, out=tmp_path / "bad.pt")

@@ -108,6 +108,19 @@ def test_benchmark_refinement_compares_first_stage_fuse_and_replace(tiny_two_sta
     assert len(set(mre.values())) == 3, mre  # three different predictions of the same films
     assert site["refined (fuse)"]["paired_vs_first_stage"]["n"] == site["films"]
     assert "| refined (fuse) |" in run.stdout and "| refined (replace) |" in run.stdout
+    # films predicted as if their files stated no spacing (phantoms: 0.66 mm/px; the codec's default 0.1)
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark_refinement.py"), "--checkpoint", str(checkpoint), "--datalist", str(datalist),
+         "--section", "test", "--unknown-spacing", "--out", str(tmp_path / "unknown")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    (site,) = __import__("json").loads((tmp_path / "unknown" / "refinement.json").read_text())["sites"].values()
+    estimated, defaulted = site["refined (fuse)"]["summary"]["mre"], site["refined (fuse), default spacing"]["summary"]["mre"]
+    assert site["first stage"]["summary"]["mre"] == pytest.approx(mre["first stage"])  # the first stage needs no spacing
+    # an untrained model (see tests/test_refine.py for the gain): only that the two scales were both run
+    assert estimated == pytest.approx(mre["refined (fuse)"], rel=0.05) and defaulted != pytest.approx(estimated, rel=0.01), (estimated, defaulted)
+    assert site["scale_estimate_vs_default_spacing"]["n"] == site["films"]
 
 
 def _metrics(run: Path, site: str, ids: list[str], errors) -> None:

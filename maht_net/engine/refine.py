@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from monai.transforms import Compose
 
-from maht_net.codec.patches import PatchCodec
+from maht_net.codec.patches import PatchCodec, landmark_rms_mm
 from maht_net.datasets.pipeline import film_transforms
 from maht_net.errors import InputError
 from maht_net.io.checkpoint import attach_refine_stage, load_checkpoint_file
@@ -138,8 +138,8 @@ def training_patches(
     for f in films:
         scale = 1.0 + scale_jitter * (2 * float(torch.rand((), generator=generator)) - 1) if scale_jitter else 1.0
         c = replace(codec, mm_per_px=codec.mm_per_px * scale) if scale != 1.0 else codec
-        sp = c.film_spacing(f.spacing)  # (1, 2)
         truth = f.landmarks[None]
+        sp = c.resolve_spacing(f.spacing, truth)  # (1, 2): as inference resolves an unknown spacing
         known = torch.isfinite(truth).all(-1)
         offset_px = jitter.sample(generator, 1, truth.shape[1], half_mm) / sp[:, None, :]
         centres = torch.where(known[..., None], truth + offset_px, torch.zeros_like(truth))
@@ -191,6 +191,7 @@ def train_refiner(
     Args:
         items: datalist items (``image``, ``landmarks``, ``spacing``) or films from :func:`load_films`.
         codec: the patch codec (size, resolution, stride, target sigma); default :class:`PatchCodec`.
+            Without a ``landmark_rms_mm`` it gets the films' (:func:`~maht_net.codec.patches.landmark_rms_mm`).
         network, network_kwargs: a registered refinement network (``refine_net``, ``refine_net_small``).
         jitter: patch-centre offsets (default :class:`PatchJitter`).
         iterations, time_budget_s: stop after this many steps or seconds, whichever comes first;
@@ -206,6 +207,8 @@ def train_refiner(
     films = list(items) if items and isinstance(items[0], RefineFilm) else load_films(items, n, normalize, clahe, base_dir)
     if not films:
         raise ValueError("no training films")
+    if codec.landmark_rms_mm is None:  # the anatomy size these films show, for films of unknown spacing at inference
+        codec = replace(codec, landmark_rms_mm=landmark_rms_mm([f.landmarks for f in films], [f.spacing for f in films]))
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     kwargs = dict(network_kwargs or {})

@@ -75,11 +75,13 @@ class Refiner:
         """Refined landmarks of ``B`` films around ``centres`` ``(B, N, 2)`` film pixels.
 
         ``films``: ``(1, H, W)`` or ``(H, W)`` each, normalised as the first stage's input (before
-        its letterbox); ``spacing`` ``(B, 2)`` mm/px (NaN = unknown: the codec's default).
+        its letterbox); ``spacing`` ``(B, 2)`` mm/px (NaN = unknown: estimated from the centres'
+        spread, :meth:`~maht_net.codec.patches.PatchCodec.resolve_spacing`).
         Non-finite centres are sampled at ``(0, 0)`` (the caller keeps its own point there).
         Returns film pixels (``points`` float64), film-pixel covariance and confidence.
         """
         centres = torch.as_tensor(centres, dtype=torch.float64)
+        spacing = self.codec.resolve_spacing(spacing, centres)
         safe = torch.where(torch.isfinite(centres), centres, torch.zeros_like(centres))
         patches = self.codec.sample_batch(films, safe, spacing)
         if isinstance(self.network, nn.Module):

@@ -25,14 +25,17 @@ CODEC_KEYS = ("stride", "sigma", "decoder")
 INFO_KEYS = ("network", "network_kwargs", *PREPROCESSING_KEYS, *CODEC_KEYS, "coordinate_convention")
 """Every field of a checkpoint's ``info`` (:class:`CheckpointInfo`); calibration may add ``uncertainty_calibration``."""
 
-PATCH_CODEC_KEYS = ("patch_size", "mm_per_px", "stride", "sigma", "decoder", "default_spacing")
-"""Refinement-stage info fields that record its patch codec (:class:`maht_net.codec.patches.PatchCodec`)."""
+PATCH_CODEC_KEYS = ("patch_size", "mm_per_px", "stride", "sigma", "decoder", "default_spacing", "landmark_rms_mm")
+"""Refinement-stage info fields that record its patch codec (:class:`maht_net.codec.patches.PatchCodec`);
+``landmark_rms_mm`` is optional (stages trained before it existed lack it: their films of unknown
+spacing take ``default_spacing``)."""
 
 REFINE_STAGE = "refine"
 """Checkpoint key of the refinement stage: ``{"model": state_dict, "info": {...}}`` (:func:`refine_stage`)."""
 
-REFINE_INFO_KEYS = ("network", "network_kwargs", "landmark_names", "normalize", "clahe", *PATCH_CODEC_KEYS)
-"""Every field of a refinement stage's ``info`` (training may add ``trained``: its recipe and provenance)."""
+REFINE_INFO_KEYS = ("network", "network_kwargs", "landmark_names", "normalize", "clahe", *(k for k in PATCH_CODEC_KEYS if k != "landmark_rms_mm"))
+"""The fields every refinement stage's ``info`` holds (training may add ``trained``: its recipe and
+provenance; later stages also ``landmark_rms_mm``)."""
 
 RECIPE_KEYS = tuple(k for k in PREPROCESSING_KEYS + CODEC_KEYS if k not in ("landmark_names", "stride"))
 """Info fields that are ``train.json`` ids of the same name (the network's are ``network_name`` and
