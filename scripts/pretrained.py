@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maht_net.datasets.common import cross_validation_folds
 from maht_net.engine.bundle import large_files_yml
 from maht_net.io.checkpoint import REFINE_STAGE, file_sha256, refine_stage
 from maht_net.io.datalist import datalist_root
@@ -55,6 +56,7 @@ SITES = {
     "isbi2015": {"spacing": 0.1},
 }
 ISBI_SPLIT = (100, 20, 30)  # training, validation, test films of the 150
+CV_FOLDS = 5  # --fold: each site's films in five test parts (20 Hamedan, 30 ISBI films each)
 
 
 def _run(*argv: str) -> None:
@@ -75,11 +77,17 @@ def _relative(items: list[dict], datalist: Path, root: Path, site: str) -> list[
     ]
 
 
-def prepare(data_root: Path, out: Path, seed: int) -> Path:
+def prepare(data_root: Path, out: Path, seed: int, fold: int | None = None) -> Path:
     """Both sites' datalists and their merge -> the two-site datalist (image paths relative to
     ``data_root``, so the file and its sha256 do not depend on where the data lie): the standard
     split ``datalists/two_sites.json`` for seed 0, ``<out>/data/two_sites_seed<N>.json`` for
-    another seed (another split; the committed datalist is left alone)."""
+    another seed (another split; the committed datalist is left alone).
+
+    ``fold`` K (0 ... ``CV_FOLDS`` - 1): ``<out>/data/two_sites_fold<K>.json`` instead, whose test
+    films are the K-th of ``CV_FOLDS`` seeded parts of each site (every film is in one fold's test
+    section: cross-validation); the rest split as the standard split does (Hamedan 10, ISBI 20
+    validation films, seeded by ``seed`` and K), so a fold trains on as many films as the
+    standard split."""
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     hamedan, isbi = data_root / "hamedan-ceph", data_root / "isbi2015-ceph"
@@ -88,33 +96,43 @@ def prepare(data_root: Path, out: Path, seed: int) -> Path:
         "prepare", "labelme", "--images", str(hamedan / "images"),
         "--annotations", str(hamedan / "annotations" / "annotator1"),
         "--annotations", str(hamedan / "annotations" / "annotator2"),
-        "--spacing", str(SITES["hamedan"]["spacing"]), "--val-fraction", "0.1", "--test-fraction", "0.2",
+        "--spacing", str(SITES["hamedan"]["spacing"]),
+        *(("--val-fraction", "0.1", "--test-fraction", "0.2") if fold is None else ()),
         "--seed", str(seed), "--out", str(ham),
     )  # fmt: skip
     _maht("prepare", "isbi2015", "--root", str(isbi), "--out-dir", str(data / "isbi2015"), "--folds", "0", "--truth", "mean")
     root = data_root.resolve()
     merged: dict[str, list] = {"training": [], "validation": [], "test": []}
     doc = json.loads(ham.read_text())
-    for section in merged:
-        merged[section] += _relative(doc.get(section, []), ham, root, "hamedan")
     isbi_dl = data / "isbi2015" / "isbi2015_train.json"
     isbi_items = _relative(json.loads(isbi_dl.read_text())["training"], isbi_dl, root, "isbi2015")
-    order = np.random.default_rng(seed).permutation(len(isbi_items))
-    n_train, n_val, _ = ISBI_SPLIT
-    parts = {"training": order[:n_train], "validation": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
-    for section, idx in parts.items():
-        merged[section] += [isbi_items[i] for i in sorted(idx)]
-    two = REPO / "datalists" / "two_sites.json" if seed == 0 else data / f"two_sites_seed{seed}.json"
+    if fold is None:
+        for section in merged:
+            merged[section] += _relative(doc.get(section, []), ham, root, "hamedan")
+        order = np.random.default_rng(seed).permutation(len(isbi_items))
+        n_train, n_val, _ = ISBI_SPLIT
+        parts = {"training": order[:n_train], "validation": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
+        for section, idx in parts.items():
+            merged[section] += [isbi_items[i] for i in sorted(idx)]
+        two = REPO / "datalists" / "two_sites.json" if seed == 0 else data / f"two_sites_seed{seed}.json"
+        split = f"Hamedan 70/10/20, ISBI {'/'.join(map(str, ISBI_SPLIT))}, seed {seed}"
+    else:
+        ham_items = _relative(doc["training"], ham, root, "hamedan")
+        for items, n_val in ((ham_items, 10), (isbi_items, ISBI_SPLIT[1])):
+            for section, part in fold_split(items, fold, n_val, seed).items():
+                merged[section] += part
+        two = data / f"two_sites_fold{fold}.json"
+        split = f"fold {fold} of {CV_FOLDS} (seed {seed}): each site's K-th fifth is the test section, 10 Hamedan / 20 ISBI validation films"
     two.parent.mkdir(exist_ok=True)
     two.write_text(
         json.dumps(
             {
                 "landmark_set": "isbi2015",
                 "num_landmarks": 19,
-                "description": "Hamedan (LabelMe, mean of 2 annotators, nominal 0.127 mm/px, 70/10/20) + ISBI 2015 training "
-                f"films (mean of the 2 doctors, 0.1 mm/px, {'/'.join(map(str, ISBI_SPLIT))}), seed {seed}; image paths "
+                "description": "Hamedan (LabelMe, mean of 2 annotators, nominal 0.127 mm/px) + ISBI 2015 training "
+                f"films (mean of the 2 doctors, 0.1 mm/px); {split}; image paths "
                 "relative to the data root holding hamedan-ceph/ and isbi2015-ceph/ (../shared/data)",
-                "data_root": "../shared/data" if seed == 0 else str(root),
+                "data_root": "../shared/data" if two.is_relative_to(REPO / "datalists") else str(root),
                 "sites": sorted(SITES),
                 **merged,
             },
@@ -125,6 +143,21 @@ def prepare(data_root: Path, out: Path, seed: int) -> Path:
     counts = {s: {site: sum(it["site"] == site for it in items) for site in SITES} for s, items in merged.items()}
     print(f"wrote {two}: {counts}", flush=True)
     return two
+
+
+def fold_split(items: list[dict], fold: int, n_val: int, seed: int) -> dict[str, list[dict]]:
+    """One site's films -> ``training`` / ``validation`` / ``test`` of cross-validation fold
+    ``fold``: test is the fold's part of :func:`cross_validation_folds` (``CV_FOLDS`` parts, seeded
+    by ``seed``), validation ``n_val`` films of the rest (seeded by ``seed`` and ``fold``)."""
+    by_id = {it["id"]: it for it in items}
+    rest, test = cross_validation_folds(sorted(by_id), CV_FOLDS, seed)[fold]
+    order = np.random.default_rng([seed, fold]).permutation(len(rest))
+    val = {rest[i] for i in order[:n_val]}
+    return {
+        "training": [by_id[i] for i in rest if i not in val],
+        "validation": [by_id[i] for i in rest if i in val],
+        "test": [by_id[i] for i in test],
+    }
 
 
 def all_films(datalist: Path) -> Path:
@@ -153,10 +186,12 @@ def restrict(datalist: Path, sites: list[str], out: Path) -> Path:
 
 
 def train(
-    datalist: Path, data_root: Path, out: Path, epochs: int, seed: int, time_limit: float, refine_minutes: float, overrides: list[str] = ()
+    datalist: Path, data_root: Path, out: Path, epochs: int, seed: int, time_limit: float, refine_minutes: float,
+    refine_iterations: int = 1_000_000, overrides: list[str] = (),
 ) -> Path:
     """Both stages through the bundle's ``training``: the first for ``epochs`` (``time_limit``
-    minutes at most), then the refinement stage for ``refine_minutes`` (0: none). ``overrides``:
+    minutes at most), then the refinement stage for ``refine_minutes`` (0: none) or
+    ``refine_iterations`` steps, whichever ends first (its learning rate anneals over that budget). ``overrides``:
     more ``train.json`` ids as ``KEY=VALUE`` (VALUE as the bundle's command line parses it)."""
     root = out / "bundle"
     stage_epochs = [max(1, round(0.3 * epochs)), max(1, round(0.1 * epochs))]
@@ -164,7 +199,7 @@ def train(
         sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(REPO / "bundle" / "configs" / "train.json"),
         "--bundle_root", str(root), "--datalist", str(datalist), "--dataset_dir", str(data_root), "--epochs", str(epochs),
         "--stage_epochs", json.dumps(stage_epochs), "--seed", str(seed), "--time_limit_minutes", str(time_limit),
-        "--refine_stage", str(refine_minutes > 0), "--refine_minutes", str(refine_minutes), "--refine_iterations", "1000000",
+        "--refine_stage", str(refine_minutes > 0), "--refine_minutes", str(refine_minutes), "--refine_iterations", str(refine_iterations),
         "--resume", "False",
         *[arg for kv in overrides for arg in ("--" + kv.split("=", 1)[0], kv.split("=", 1)[1])],
     )  # fmt: skip
@@ -199,6 +234,53 @@ def evaluate(checkpoint: Path, datalist: Path, data_root: Path, out: Path, secti
             "per_landmark_mre": {row["name"]: row["mre"] for row in summary["per_landmark"]},
         }
     return results
+
+
+def pool_folds(runs: list[Path], out: Path, command: str) -> dict:
+    """Per-site figures of a cross-validation: every fold run's test predictions (``--fold K``,
+    each film scored by the one fold model that never trained on it) evaluated as one set.
+    ``<out>/summary.json`` has a ``test`` section like one run's, and ``cross_validation``: what
+    each fold was (datalist sha256, command, commit, its own figures)."""
+    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+    folds = sorted(int(Path(s["datalist"]).stem.removeprefix("two_sites_fold")) for s in summaries if "_fold" in s["datalist"])
+    if folds != list(range(CV_FOLDS)):
+        raise SystemExit(f"error: expected the {CV_FOLDS} fold runs (--fold 0 ... {CV_FOLDS - 1}), got folds {folds} "
+                         f"of {', '.join(map(str, runs))}")
+    results = {}
+    for site, spec in SITES.items():
+        items, preds = [], out / "eval" / site / "predictions"
+        preds.mkdir(parents=True, exist_ok=True)
+        for run in runs:
+            site_dl = json.loads((run / "eval" / site / "test.json").read_text())
+            items += site_dl["test"]
+            for it in site_dl["test"]:
+                name = f"{it['id']}_landmarks.json"
+                (preds / name).write_bytes((run / "eval" / site / "predictions" / name).read_bytes())
+        if len({it["id"] for it in items}) != len(items):
+            raise SystemExit(f"error: a {site} film is in the test section of two folds: not one cross-validation")
+        pooled_dl = out / "eval" / site / "test.json"
+        pooled_dl.write_text(json.dumps({"landmark_set": site_dl["landmark_set"], "test": items}))
+        metrics = out / "eval" / site / "metrics.json"
+        _maht("evaluate", "--datalist", str(pooled_dl), "--predictions", str(preds), "--out", str(metrics))
+        summary = json.loads(metrics.read_text())["summary"]
+        results[site] = {
+            "films": len(items),
+            "spacing_mm": spec["spacing"],
+            **{k: v for k, v in summary["overall"].items() if k != "n"},
+            "per_landmark_mre": {row["name"]: row["mre"] for row in summary["per_landmark"]},
+        }
+    per_fold = [
+        {
+            "datalist": s["datalist"],
+            "datalist_sha256": file_sha256(run / "data" / Path(s["datalist"]).name),
+            **{k: s.get(k) for k in ("command", "git_commit", "git_tree_dirty", "train_minutes")},
+            "test_mre": {site: round(r["mre"], 4) for site, r in s["test"].items()},
+        }
+        for run, s in sorted(zip(runs, summaries), key=lambda rs: rs[1]["datalist"])
+    ]
+    doc = {"command": command, "git_commit": git_head(), "cross_validation": {"folds": per_fold}, "test": results}
+    (out / "summary.json").write_text(json.dumps(doc, indent=1))
+    return doc
 
 
 def _shown(path: Path) -> str:
@@ -306,6 +388,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-limit-minutes", type=float, default=0, help="hard stop for the first stage's training (0: none)")
     ap.add_argument("--refine-minutes", type=float, default=50, help="the refinement stage's training time (0: a single-stage model)")
+    ap.add_argument("--refine-iterations", type=int, default=1_000_000,
+                    help="the refinement stage's steps at most (a budget that does not depend on the machine's load)")
+    ap.add_argument("--fold", type=int, choices=range(CV_FOLDS), help=f"cross-validation: train and test fold K of {CV_FOLDS} "
+                    "(<out>/data/two_sites_fold<K>.json; --seed seeds the folds)")
+    ap.add_argument("--pool-folds", nargs="+", type=Path, metavar="RUN", help=f"pool the {CV_FOLDS} --fold runs' test "
+                    "predictions into one cross-validated figure per site (<out>/summary.json); trains nothing")
     ap.add_argument("--skip-training", action="store_true", help="evaluate (and ship) <out>/bundle/models/model.pt as it is "
                     "(its training command and commit are read from <out>/summary.json)")
     ap.add_argument("--trained-at-commit", help="with --skip-training: the git commit the model was trained at, when "
@@ -329,7 +417,16 @@ def main() -> int:
         return 2
     command = "python scripts/pretrained.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     args.out = args.out.resolve()
-    datalist = prepare(args.data_root, args.out, args.seed)
+    if args.pool_folds:
+        doc = pool_folds([run.resolve() for run in args.pool_folds], args.out, command)
+        for site, r in doc["test"].items():
+            print(f"{site}: {r['films']} films, {CV_FOLDS}-fold cross-validated MRE {r['mre']:.2f} mm "
+                  f"[{r['mre_ci95'][0]:.2f}-{r['mre_ci95'][1]:.2f}], SDR 2 mm {r['sdr']['2.0']:.1f} %")
+        return 0
+    if args.fold is not None and (args.ship or args.all_films):
+        print("error: --fold is a cross-validation run: drop --ship and --all-films", file=sys.stderr)
+        return 2
+    datalist = prepare(args.data_root, args.out, args.seed, args.fold)
     if sorted(args.train_sites) != sorted(SITES):
         if args.ship:
             print("error: the shipped model trains on every site; drop --ship or --train-sites", file=sys.stderr)
@@ -352,7 +449,8 @@ def main() -> int:
             return 2
     else:
         training = {"command": command, "git_commit": git_head(), "git_tree_dirty": git_tree_dirty()}
-        checkpoint = train(datalist, args.data_root, args.out, args.epochs, args.seed, args.time_limit_minutes, args.refine_minutes, args.set)
+        checkpoint = train(datalist, args.data_root, args.out, args.epochs, args.seed, args.time_limit_minutes, args.refine_minutes,
+                           args.refine_iterations, args.set)
         training["train_minutes"] = round((time.time() - start) / 60, 1)
     summary = dict(training, datalist=_shown(datalist))
     summary[section] = results = evaluate(checkpoint, datalist, args.data_root, args.out / "eval", section)
