@@ -5,6 +5,9 @@
     python scripts/pretrained.py --out runs/pretrained-all --all-films --epochs 30 \
         --figures runs/pretrained/summary.json --ship                          # the shipped model
     python scripts/pretrained.py --out runs/hamedan-only --train-sites hamedan   # a cross-site row
+    python scripts/pretrained.py --out runs/cv/fold$K --fold $K --epochs 40 \
+        --refine-minutes 90 --refine-iterations 600                              # K = 0 ... 4, then:
+    python scripts/pretrained.py --out runs/cv --pool-folds runs/cv/fold{0,1,2,3,4}   # 5-fold CV figures
 
 Steps, each through the project's own commands (nothing here re-implements them):
 
@@ -27,8 +30,9 @@ Steps, each through the project's own commands (nothing here re-implements them)
 
 The shipped model trains on every development film but the validation films, so its own figures
 would not be honest: its ``eval_metrics`` come from ``--figures``, the held-out test films of a
-run of the recipe without them (fewer training films: a conservative figure). They come from one
-split, not cross-validation (say so wherever they are quoted).
+run of the recipe without them, or a cross-validation (``--pool-folds``: every development film
+scored by the one fold model that never trained on it); both are models with fewer training
+films than the shipped one (a conservative figure), and ``eval_metrics`` say which it was.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from maht_net.datasets.common import cross_validation_folds
 from maht_net.engine.bundle import large_files_yml
 from maht_net.io.checkpoint import REFINE_STAGE, file_sha256, refine_stage
 from maht_net.io.datalist import datalist_root
+from maht_net.io.predictions import PREDICTION_SUFFIX
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -57,6 +62,7 @@ SITES = {
 }
 ISBI_SPLIT = (100, 20, 30)  # training, validation, test films of the 150
 CV_FOLDS = 5  # --fold: each site's films in five test parts (20 Hamedan, 30 ISBI films each)
+CV_VALIDATION = {"hamedan": 10, "isbi2015": ISBI_SPLIT[1]}  # validation films of a fold, as in the standard split
 
 
 def _run(*argv: str) -> None:
@@ -118,11 +124,12 @@ def prepare(data_root: Path, out: Path, seed: int, fold: int | None = None) -> P
         split = f"Hamedan 70/10/20, ISBI {'/'.join(map(str, ISBI_SPLIT))}, seed {seed}"
     else:
         ham_items = _relative(doc["training"], ham, root, "hamedan")
-        for items, n_val in ((ham_items, 10), (isbi_items, ISBI_SPLIT[1])):
-            for section, part in fold_split(items, fold, n_val, seed).items():
+        for site, items in (("hamedan", ham_items), ("isbi2015", isbi_items)):
+            for section, part in fold_split(items, fold, CV_VALIDATION[site], seed).items():
                 merged[section] += part
         two = data / f"two_sites_fold{fold}.json"
-        split = f"fold {fold} of {CV_FOLDS} (seed {seed}): each site's K-th fifth is the test section, 10 Hamedan / 20 ISBI validation films"
+        split = (f"fold {fold} of {CV_FOLDS} (seed {seed}): each site's part {fold} is the test section, "
+                 f"{CV_VALIDATION['hamedan']} Hamedan / {CV_VALIDATION['isbi2015']} ISBI validation films")
     two.parent.mkdir(exist_ok=True)
     two.write_text(
         json.dumps(
@@ -254,7 +261,7 @@ def pool_folds(runs: list[Path], out: Path, command: str) -> dict:
             site_dl = json.loads((run / "eval" / site / "test.json").read_text())
             items += site_dl["test"]
             for it in site_dl["test"]:
-                name = f"{it['id']}_landmarks.json"
+                name = f"{it['id']}{PREDICTION_SUFFIX}"
                 (preds / name).write_bytes((run / "eval" / site / "predictions" / name).read_bytes())
         if len({it["id"] for it in items}) != len(items):
             raise SystemExit(f"error: a {site} film is in the test section of two folds: not one cross-validation")
@@ -304,10 +311,56 @@ def git_tree_dirty() -> bool:
     return bool(status.stdout.strip())
 
 
+def held_out_record(held_out: dict, datalist: Path) -> tuple[str, dict]:
+    """Where the shipped model's figures come from: ``(how, provenance)``. ``held_out`` is a run's
+    ``summary.json`` (its test films, held out of a model of the recipe) or a cross-validation's
+    (:func:`pool_folds`: every development film, each scored by the fold model that never saw it)."""
+    figures = {site: {k: r[k] for k in ("films", "mre", "median", "sdr", "mre_ci95")} for site, r in held_out["test"].items()}
+    common = {"command": held_out["command"], "git_commit": held_out["git_commit"], "test": figures}
+    if "cross_validation" in held_out:
+        folds = held_out["cross_validation"]["folds"]
+        how = (
+            f"{len(folds)}-fold cross-validation on the development films of both sites: each film scored by the "
+            "model of the fold that held it out (same recipe, fewer training films than the shipped model)"
+        )
+        return how, {**common, "cross_validation": held_out["cross_validation"]}
+    held_out_doc = json.loads((REPO / held_out["datalist"]).read_text())
+    same = held_out["datalist"] == datalist.relative_to(REPO).as_posix()
+    how = (
+        f"held-out test films of {held_out['datalist']}, never trained on"
+        if same
+        else f"held-out test films of {held_out['datalist']}, scored on a model of the recipe trained without them "
+        "(the shipped model trained on them too: figures for fewer training films)"
+    ) + "; one seeded split, not cross-validation"
+    return how, {
+        "datalist": held_out["datalist"],
+        "datalist_sha256": file_sha256(REPO / held_out["datalist"]),
+        **common,
+        **({"refine_stage": held_out["refine_stage"]} if held_out.get("refine_stage") else {}),
+        "ids": {site: [it["id"] for it in held_out_doc["test"] if it["site"] == site] for site in SITES},
+    }
+
+
+def eval_metrics(held_out: dict, how: str) -> dict[str, dict]:
+    """metadata.json's ``eval_metrics``: per site, ``held_out``'s figures and how they were obtained."""
+    return {
+        site: {
+            "mean_radial_error_mm": round(r["mre"], 3),
+            "mean_radial_error_mm_ci95": [round(v, 3) for v in r["mre_ci95"]],
+            "sdr_2mm_percent": round(r["sdr"]["2.0"], 1),
+            "sdr_4mm_percent": round(r["sdr"]["4.0"], 1),
+            "films": r["films"],
+            "spacing_mm": r["spacing_mm"],
+            "how": how,
+        }
+        for site, r in held_out["test"].items()
+    }
+
+
 def ship(checkpoint: Path, datalist: Path, held_out: dict, training: dict, target: Path) -> None:
     """Write the inference-only checkpoint with provenance, its sha256 to large_files.yml and
-    ``held_out``'s figures (a run's ``summary.json`` with its per-site ``test`` results) to
-    metadata.json's ``eval_metrics``."""
+    ``held_out``'s figures (a run's or a cross-validation's ``summary.json``, per-site ``test``
+    results) to metadata.json's ``eval_metrics``."""
     import torch
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -318,14 +371,7 @@ def ship(checkpoint: Path, datalist: Path, held_out: dict, training: dict, targe
         return {k: (v.half() if v.is_floating_point() else v) for k, v in weights.items()}
 
     sections = {s: doc[s] for s in ("training", "validation", "test") if s in doc}
-    held_out_doc = json.loads((REPO / held_out["datalist"]).read_text())
-    same = held_out["datalist"] == datalist.relative_to(REPO).as_posix()
-    how = (
-        f"held-out test films of {held_out['datalist']}, never trained on"
-        if same
-        else f"held-out test films of {held_out['datalist']}, scored on a model of the recipe trained without them "
-        "(the shipped model trained on them too: figures for fewer training films)"
-    )
+    how, held_out_provenance = held_out_record(held_out, datalist)
     stage = refine_stage(ckpt, checkpoint)
     shipped = {
         "model": half(ckpt["model"]),
@@ -344,16 +390,8 @@ def ship(checkpoint: Path, datalist: Path, held_out: dict, training: dict, targe
                 "trained": time.strftime("%Y-%m-%d"),
                 "weights_dtype": "float16",
                 "sites": {site: {s: sum(it["site"] == site for it in items) for s, items in sections.items()} for site in SITES},
-                # where eval_metrics come from: test films the scored model never trained on
-                "held_out": {
-                    "datalist": held_out["datalist"],
-                    "datalist_sha256": file_sha256(REPO / held_out["datalist"]),
-                    "command": held_out["command"],
-                    "git_commit": held_out["git_commit"],
-                    **({"refine_stage": held_out["refine_stage"]} if held_out.get("refine_stage") else {}),
-                    "ids": {site: [it["id"] for it in held_out_doc["test"] if it["site"] == site] for site in SITES},
-                    "test": {site: {k: r[k] for k in ("films", "mre", "median", "sdr", "mre_ci95")} for site, r in held_out["test"].items()},
-                },
+                # where eval_metrics come from: films the scored model never trained on
+                "held_out": held_out_provenance,
             },
         ),
     }
@@ -364,18 +402,7 @@ def ship(checkpoint: Path, datalist: Path, held_out: dict, training: dict, targe
     (REPO / "bundle" / "large_files.yml").write_text(large_files_yml([target]))
     meta_path = REPO / "bundle" / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
-    meta["eval_metrics"] = {
-        site: {
-            "mean_radial_error_mm": round(r["mre"], 3),
-            "mean_radial_error_mm_ci95": [round(v, 3) for v in r["mre_ci95"]],
-            "sdr_2mm_percent": round(r["sdr"]["2.0"], 1),
-            "sdr_4mm_percent": round(r["sdr"]["4.0"], 1),
-            "films": r["films"],
-            "spacing_mm": r["spacing_mm"],
-            "how": how + "; one seeded split, not cross-validation",
-        }
-        for site, r in held_out["test"].items()
-    }
+    meta["eval_metrics"] = eval_metrics(held_out, how)
     meta_path.write_text(json.dumps(meta, indent=4) + "\n")
     print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(target)})", flush=True)
 
@@ -457,7 +484,8 @@ def main() -> int:
     if args.ship:
         target = REPO / "bundle" / "models" / "model.pt"
         held_out = json.loads(args.figures.read_text()) if args.all_films else summary
-        held_out.setdefault("datalist", "datalists/two_sites.json")  # runs before the key was recorded
+        if "cross_validation" not in held_out:
+            held_out.setdefault("datalist", "datalists/two_sites.json")  # runs before the key was recorded
         ship(checkpoint, datalist, held_out, training, target)
         # the float16 copy, scored on the same films: the figure that justifies half precision
         shipped = evaluate(target, datalist, args.data_root, args.out / "eval-shipped", section)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from maht_net.datasets.audit import audit_datalist
+from maht_net.io.checkpoint import file_sha256
 from maht_net.io.datalist import datalist_root, datalist_sections, load_datalist, write_datalist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,3 +165,58 @@ def test_pretrained_split_of_another_seed_leaves_the_standard_datalist_alone(tmp
         assert len(load_datalist(path, ["training", "validation", "test"], check_files=True)) == n  # found through data_root alone
     assert {it["site"] for it in _doc(hamedan_only)["training"]} == {"hamedan"}
     assert {it["site"] for it in _doc(hamedan_only)["test"]} == {"hamedan", "isbi2015"}
+
+
+def test_pretrained_cross_validation_tests_every_film_once_and_pools_the_folds(tmp_path, monkeypatch):
+    """``scripts/pretrained.py --fold K``: each site's films fall in exactly one fold's test
+    section, never in that fold's training or validation films; ``--pool-folds`` scores every
+    fold's test predictions as one set per site and refuses an incomplete cross-validation."""
+    from PIL import Image
+
+    from maht_net.io.predictions import build_prediction, write_prediction
+
+    pretrained = _pretrained_script()
+    root = _two_site_tree(tmp_path / "data")
+    monkeypatch.setattr(pretrained, "CV_FOLDS", 3)
+    monkeypatch.setattr(pretrained, "CV_VALIDATION", {"hamedan": 2, "isbi2015": 0})
+    runs, tested = [], {"hamedan": [], "isbi2015": []}
+    for k in range(3):
+        run = tmp_path / f"fold{k}"
+        split = pretrained.prepare(root, run, seed=0, fold=k)
+        assert split == run / "data" / f"two_sites_fold{k}.json"
+        doc = _doc(split)
+        ids = {s: {it["id"] for it in doc[s]} for s in ("training", "validation", "test")}
+        assert not (ids["test"] & (ids["training"] | ids["validation"])) and not (ids["training"] & ids["validation"])
+        assert sum(it["site"] == "hamedan" for it in doc["validation"]) == 2
+        # what evaluate() leaves behind: per site the test datalist and predictions 3, 4 px off the truth
+        for site in tested:
+            items = [dict(it, id=Path(it["image"]).stem, image=str(root / it["image"])) for it in doc["test"] if it["site"] == site]
+            tested[site] += [it["image"] for it in items]
+            folder = run / "eval" / site
+            (folder / "predictions").mkdir(parents=True)
+            (folder / "test.json").write_text(json.dumps({"landmark_set": "isbi2015", "test": items}))
+            for it in items:
+                width, height = Image.open(it["image"]).size
+                points = np.asarray(it["landmarks"], float) + [3.0, 4.0]
+                pred = build_prediction(it["image"], width, height, points, spacing=it["spacing"], item_id=it["id"])
+                write_prediction(pred, folder / "predictions", formats=("json",))
+        (run / "summary.json").write_text(json.dumps({"datalist": str(split), "command": f"fold {k}", "git_commit": "0" * 40, "test": {}}))
+        runs.append(run)
+    assert len(tested["hamedan"]) == len(set(tested["hamedan"])) == 10 and len(set(tested["isbi2015"])) == 3
+    pooled = pretrained.pool_folds(runs, tmp_path / "cv", "pool")
+    assert pooled["test"]["hamedan"]["films"] == 10 and pooled["test"]["isbi2015"]["films"] == 3
+    assert pooled["test"]["hamedan"]["mre"] == pytest.approx(5 * 0.127) and pooled["test"]["isbi2015"]["mre"] == pytest.approx(5 * 0.1)
+    assert [f["command"] for f in pooled["cross_validation"]["folds"]] == ["fold 0", "fold 1", "fold 2"]
+    assert _doc(tmp_path / "cv" / "summary.json")["test"]["hamedan"]["sdr"]["2.0"] == 100.0
+    with pytest.raises(SystemExit, match="expected the 3 fold runs"):
+        pretrained.pool_folds(runs[:2], tmp_path / "cv2", "pool")
+    # shipping with these figures: eval_metrics and the checkpoint's provenance say how they were obtained
+    how, record = pretrained.held_out_record(pooled, REPO / "datalists" / "two_sites_all.json")
+    assert how.startswith("3-fold cross-validation") and "not cross-validation" not in how
+    assert record["cross_validation"]["folds"][1]["datalist_sha256"] == file_sha256(runs[1] / "data" / "two_sites_fold1.json")
+    metrics = pretrained.eval_metrics(pooled, how)
+    assert metrics["hamedan"]["films"] == 10 and metrics["isbi2015"]["mean_radial_error_mm"] == pytest.approx(0.5)
+    split = dict(pooled, datalist="datalists/two_sites.json")
+    del split["cross_validation"]
+    how, record = pretrained.held_out_record(split, REPO / "datalists" / "two_sites_all.json")
+    assert how.endswith("one seeded split, not cross-validation") and len(record["ids"]["hamedan"]) == 20
