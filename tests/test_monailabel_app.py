@@ -310,6 +310,7 @@ def test_infer_markups_for_slicer(server, studies):
         assert p["positionStatus"] == "defined" and len(p["position"]) == 3
         # where Slicer puts pixel (x, y) of this NRRD: origin + (x sx, y sy)
         np.testing.assert_allclose(p["position"][:2], [NRRD_ORIGIN[0] + r["x"] * sx, NRRD_ORIGIN[1] + r["y"] * sy], atol=1e-6)
+    assert params["refinement"] is None  # a single-stage model (two-stage documents: tests/test_refine.py)
     # the conf/request switch gives the same file type
     result2, _ = server["client"].infer("maht_net", "phantom_0000", {"output": "markups"})
     assert result2.endswith(".mrk.json")

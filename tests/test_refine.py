@@ -89,6 +89,8 @@ def test_a_film_of_unknown_spacing_is_scaled_by_the_size_of_its_anatomy():
     sparse = torch.where(torch.arange(6)[None, :, None] < MIN_SCALE_LANDMARKS - 1, centres[:1], torch.tensor(float("nan"), dtype=torch.float64))
     assert torch.equal(codec.resolve_spacing(None, sparse), torch.full((1, 2), codec.default_spacing, dtype=torch.float64))
     assert torch.equal(PatchCodec().resolve_spacing(None, centres[:1]), torch.full((1, 2), codec.default_spacing, dtype=torch.float64))
+    assert codec.spacing_sources(unknown, centres) == ["estimated", "estimated", "given"]  # what predictions report
+    assert codec.spacing_sources(None, sparse) == PatchCodec().spacing_sources(None, centres[:1]) == ["default"]
     # the training films' mean size in mm; films of unknown spacing or with a missing landmark do not count
     partial = centres[0].clone()
     partial[0] = float("nan")
@@ -251,6 +253,13 @@ def test_predictor_runs_both_stages_and_records_the_first(tiny_checkpoint, two_s
         assert np.all(moved > 0) and np.all(moved < 16 * np.sqrt(2))  # refined within the 32 x 32 patch
         assert all(r["uncertainty_px"] > 0 and 0 <= r["confidence"] <= 1 for r in n["landmarks"])
         np.testing.assert_allclose([r["coarse_uncertainty_px"] for r in n["landmarks"]], [r["uncertainty_px"] for r in o["landmarks"]], rtol=1e-3)
+        assert n["refinement"] == {"film_spacing_mm": pytest.approx(o["spacing"]), "film_spacing_from": "given"} and "refinement" not in f
+    # a film whose spacing nobody states: the document says the patches' scale was estimated, and at what
+    (unstated,) = Predictor.from_checkpoint(two_stage).predict([images[0]["image"]])
+    assert unstated["spacing"] is None and unstated["refinement"]["film_spacing_from"] == "estimated"
+    coarse = torch.tensor([[[r["coarse_x"], r["coarse_y"]] for r in unstated["landmarks"]]], dtype=torch.float64)
+    estimate = load_refiner(two_stage).codec.landmark_rms_mm / float(landmark_rms(coarse)[0])  # of an untrained first stage's points
+    assert unstated["refinement"]["film_spacing_mm"] == pytest.approx([estimate, estimate], rel=1e-6)
     # a film read once (prepare) predicts the same
     predictor = Predictor(*load_model(two_stage), refiner=load_refiner(two_stage))
     again = predictor.predict(predictor.prepare(images), prepared=True)

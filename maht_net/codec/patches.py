@@ -166,15 +166,25 @@ class PatchCodec:
         state no spacing, and assuming ``default_spacing`` (0.1 mm/px) shows a 0.127 mm/px film's
         anatomy 27 % too large. Skull size varies about 6 % between patients (the estimate's error).
         """
+        raw, known, estimate = self._spacing_candidates(spacing, centres)
+        return self.film_spacing(torch.where(known, raw, estimate), raw.shape[0])
+
+    def spacing_sources(self, spacing: torch.Tensor | Sequence | None, centres: torch.Tensor) -> list[str]:
+        """Per film, where :meth:`resolve_spacing` takes its mm/px from: ``"given"`` (``spacing``:
+        the file's, or one the user stated), ``"estimated"`` (the anatomy's size) or ``"default"``."""
+        _, known, estimate = self._spacing_candidates(spacing, centres)
+        return ["given" if k.all() else "estimated" if torch.isfinite(e).all() else "default" for k, e in zip(known, estimate)]
+
+    def _spacing_candidates(self, spacing: torch.Tensor | Sequence | None, centres: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(B, 2)`` stated spacing, whether it is known, and the estimate from ``centres`` (NaN:
+        none, too few points, or no :attr:`landmark_rms_mm`)."""
         centres = torch.as_tensor(centres, dtype=torch.float64)
         b = centres.shape[0]
         nan = torch.full((b, 2), float("nan"), dtype=torch.float64)
         raw = nan if spacing is None else torch.as_tensor(spacing, dtype=torch.float64).reshape(-1, 2).expand(b, 2)
         known = torch.isfinite(raw) & (raw > 0)
-        if self.landmark_rms_mm is not None and not known.all():
-            estimate = (self.landmark_rms_mm / landmark_rms(centres))[:, None].expand(b, 2)  # NaN: too few points
-            raw = torch.where(known, raw, estimate)
-        return self.film_spacing(raw, b)
+        estimate = nan if self.landmark_rms_mm is None else (self.landmark_rms_mm / landmark_rms(centres))[:, None].expand(b, 2)
+        return raw, known, torch.where(torch.isfinite(estimate) & (estimate > 0), estimate, nan)
 
     def scale(self, spacing: torch.Tensor | Sequence | None, batch: int = 1) -> torch.Tensor:
         """``(B, 1, 2)`` film pixels per patch pixel, ``k = mm_per_px / spacing`` per axis."""

@@ -96,7 +96,9 @@ class Refiner:
         ``pred_spread``, ``pred_confidence``, in film pixels) by the refined ones, combined with
         the first stage's as :attr:`combine` says.
 
-        The first stage's points and spread are kept as ``coarse_points``/``coarse_spread``; a
+        The first stage's points and spread are kept as ``coarse_points``/``coarse_spread``, the
+        films' mm/px the patches were cut at as ``refine_spacing`` ``(B, 2)`` and where it came
+        from as ``refine_spacing_source`` (:meth:`~maht_net.codec.patches.PatchCodec.spacing_sources`); a
         landmark whose first-stage point is not finite keeps it. With ``combine="fuse"`` each
         point is ``c + w (r - c)``, ``w = s_c^2 / (s_c^2 + s_r^2)`` from the two radial spreads
         (the first stage's as decoded, calibrated when the checkpoint is), and the covariance is
@@ -108,7 +110,8 @@ class Refiner:
         """
         d = dict(output)
         coarse = torch.as_tensor(d["pred_points"], dtype=torch.float64)
-        refined = self(films, coarse, spacing)
+        film_spacing = self.codec.resolve_spacing(spacing, coarse)
+        refined = self(films, coarse, film_spacing)
         ok = torch.isfinite(coarse).all(-1)
         points, covariance = refined.points, refined.covariance
         if self.combine == "fuse":
@@ -125,6 +128,7 @@ class Refiner:
             points = torch.minimum(points.clamp_min(0.0), size - 1)
         covariance = covariance.to(torch.as_tensor(d["pred_covariance"]).dtype)
         d["coarse_points"], d["coarse_spread"] = coarse, d["pred_spread"]
+        d["refine_spacing"], d["refine_spacing_source"] = film_spacing, self.codec.spacing_sources(spacing, coarse)
         d["pred_points"] = torch.where(ok[..., None], points, coarse)
         d["pred_covariance"] = torch.where(ok[..., None, None], covariance, d["pred_covariance"])
         d["pred_spread"] = covariance_to_spread(d["pred_covariance"])

@@ -35,7 +35,8 @@ def prediction_from_batch(
     ``batch`` holds the collated samples (``image`` MetaTensor with its meta, ``id``,
     ``orig_spacing``); ``output`` the ``pred_points``/``pred_spread``/``pred_covariance``/
     ``pred_confidence`` (and ``uncertainty_calibration``) of :class:`DecodeLandmarksd`, all in
-    original pixels, and after the refinement stage the first stage's ``coarse_points``/``coarse_spread``. Each document carries the cephalometric
+    original pixels, and after the refinement stage the first stage's ``coarse_points``/``coarse_spread``
+    and the ``refine_spacing``/``refine_spacing_source`` its patches were cut at. Each document carries the cephalometric
     measurements of :func:`maht_net.clinical.analysis.analyze_prediction` under ``"measurements"``
     and, when given, the ``model`` that made it (:func:`~maht_net.io.checkpoint.model_identity`).
     """
@@ -45,6 +46,7 @@ def prediction_from_batch(
     conf = torch.as_tensor(output["pred_confidence"]).detach().cpu().numpy()
     coarse = torch.as_tensor(output["coarse_points"]).detach().cpu().numpy() if "coarse_points" in output else None
     coarse_spread = torch.as_tensor(output["coarse_spread"]).detach().cpu().numpy() if "coarse_points" in output else None
+    refine_spacing = torch.as_tensor(output["refine_spacing"]).cpu().numpy() if "refine_spacing" in output else None
     n = points.shape[0]
     meta = getattr(batch["image"], "meta", {})
     files = _meta_list(meta, "filename_or_obj", n)
@@ -73,6 +75,11 @@ def prediction_from_batch(
                 coarse_points=None if coarse is None else coarse[i],
                 coarse_uncertainty_px=None if coarse_spread is None else coarse_spread[i],
                 **({"model": dict(model)} if model else {}),
+                **(
+                    {"refinement": {"film_spacing_mm": [float(v) for v in refine_spacing[i]], "film_spacing_from": output["refine_spacing_source"][i]}}
+                    if refine_spacing is not None
+                    else {}
+                ),
             )
         )
         preds[-1]["measurements"] = analyze_prediction(preds[-1])

@@ -13,6 +13,7 @@ One image gives ``<id>_landmarks.json``::
                     "coarse_x": float | null, "coarse_y": float | null,   # two-stage models only
                     "coarse_uncertainty_px": float | null}, ...],
      "stages": ["coarse", "refine"],   # two-stage models only
+     "refinement": {"film_spacing_mm": [sx, sy], "film_spacing_from": "given" | "estimated" | "default"},  # likewise
      "uncertainty_calibration": {...} | null,
      "measurements": {...}}   # optional: maht_net.clinical.analysis.analyze_prediction (SNA, ANB, ...)
 
@@ -32,7 +33,10 @@ Two stages (``docs/refinement.md``): when the model refines the first stage's la
 full-resolution film, ``x``/``y``, the uncertainty and the confidence are the two stages' combined
 ones (``uncertainty_calibration``: the refinement stage's record, fitted on that combination),
 the document lists ``"stages": ["coarse", "refine"]`` and each landmark keeps the first stage's
-point and spread as ``coarse_x``/``coarse_y``/``coarse_uncertainty_px``. Documents of
+point and spread as ``coarse_x``/``coarse_y``/``coarse_uncertainty_px``. ``refinement`` says at
+which mm per film pixel the second stage cut its patches: the film's spacing (``given``: its file
+or the user's), else ``estimated`` from the size of the first stage's landmark constellation (PNG,
+JPEG: the ``mm`` fields stay ``null``, only the patches use it), else the stage's ``default``. Documents of
 single-stage models have none of these keys (unchanged from before the refinement stage).
 """
 

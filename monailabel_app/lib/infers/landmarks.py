@@ -9,7 +9,9 @@ Returns
 - JSON ``params``: ``label_names`` (``{name: value}``, used by Slicer to name the segments),
   ``landmarks`` (x, y px; x_mm, y_mm; uncertainty_px/mm; confidence), ``markups`` (the point
   list), ``measurements`` (cephalometric analysis from :mod:`maht_net.clinical.analysis`, when inference
-  provides it), ``spacing``/``spacing_source``, ``geometry`` (the viewer's), ``model`` (version).
+  provides it), ``spacing``/``spacing_source``, ``geometry`` (the viewer's), ``model`` (version),
+  ``refinement`` (two-stage models: the mm/px the second stage cut its patches at, and whether it
+  was given or estimated; :mod:`maht_net.io.predictions`).
 
 Request parameters (all optional): ``output`` (``labelmap``/``markups``), ``result_extension``
 (``.nrrd``, ``.nii.gz``, ``.json``), ``result_compress`` (default true; OHIF sends false),
@@ -124,6 +126,7 @@ class LandmarkInferTask(InferTask):
             "geometry": geometry.as_dict(),
             "markups": markups,
             "measurements": pred.get("measurements"),
+            "refinement": pred.get("refinement"),
             "output": output,
             "mc_samples": mc_samples,
             "tta": tta,
