@@ -121,24 +121,29 @@ def prepare(data_root: Path, out: Path, seed: int, fold: int | None = None) -> P
         for section, idx in parts.items():
             merged[section] += [isbi_items[i] for i in sorted(idx)]
         two = REPO / "datalists" / "two_sites.json" if seed == 0 else data / f"two_sites_seed{seed}.json"
-        split = f"Hamedan 70/10/20, ISBI {'/'.join(map(str, ISBI_SPLIT))}, seed {seed}"
+        description = (
+            "Hamedan (LabelMe, mean of 2 annotators, nominal 0.127 mm/px, 70/10/20) + ISBI 2015 training "
+            f"films (mean of the 2 doctors, 0.1 mm/px, {'/'.join(map(str, ISBI_SPLIT))}), seed {seed}"
+        )
     else:
         ham_items = _relative(doc["training"], ham, root, "hamedan")
         for site, items in (("hamedan", ham_items), ("isbi2015", isbi_items)):
             for section, part in fold_split(items, fold, CV_VALIDATION[site], seed).items():
                 merged[section] += part
         two = data / f"two_sites_fold{fold}.json"
-        split = (f"fold {fold} of {CV_FOLDS} (seed {seed}): each site's part {fold} is the test section, "
-                 f"{CV_VALIDATION['hamedan']} Hamedan / {CV_VALIDATION['isbi2015']} ISBI validation films")
+        description = (
+            "Hamedan (LabelMe, mean of 2 annotators, nominal 0.127 mm/px) + ISBI 2015 training films (mean of the 2 "
+            f"doctors, 0.1 mm/px), cross-validation fold {fold} of {CV_FOLDS}: each site's part {fold} is the test "
+            f"section, {CV_VALIDATION['hamedan']} Hamedan / {CV_VALIDATION['isbi2015']} ISBI validation films, seed {seed}"
+        )
     two.parent.mkdir(exist_ok=True)
     two.write_text(
         json.dumps(
             {
                 "landmark_set": "isbi2015",
                 "num_landmarks": 19,
-                "description": "Hamedan (LabelMe, mean of 2 annotators, nominal 0.127 mm/px) + ISBI 2015 training "
-                f"films (mean of the 2 doctors, 0.1 mm/px); {split}; image paths "
-                "relative to the data root holding hamedan-ceph/ and isbi2015-ceph/ (../shared/data)",
+                "description": f"{description}; image paths relative to the data root holding hamedan-ceph/ and "
+                "isbi2015-ceph/ (../shared/data)",
                 "data_root": "../shared/data" if two.is_relative_to(REPO / "datalists") else str(root),
                 "sites": sorted(SITES),
                 **merged,
