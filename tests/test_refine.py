@@ -342,8 +342,11 @@ def test_cli_trains_attaches_exports_and_infers_both_stages(tiny_checkpoint, pha
 
 def test_fine_tuning_a_two_stage_model_keeps_its_refinement_stage(two_stage, phantom_datalist, tmp_path):
     """train_bundle (the app's retraining, the AL and site-adaptation scripts) fine-tunes the first
-    stage and carries the refinement stage over unchanged, so a promoted model stays two-stage."""
+    stage and carries the refinement stage over unchanged, so a promoted model stays two-stage; the
+    combined uncertainty calibration, fitted to the old first stage, is fitted again."""
+    from maht_net.codec.uncertainty import CALIBRATION_KEY
     from maht_net.engine.workflow import train_bundle
+    from maht_net.inference.calibration import calibrate_checkpoint
     from maht_net.io.checkpoint import refine_stage
 
     result = train_bundle(REPO / "bundle" / "configs", phantom_datalist, tmp_path / "ft", init_checkpoint=two_stage,
@@ -351,7 +354,11 @@ def test_fine_tuning_a_two_stage_model_keeps_its_refinement_stage(two_stage, pha
     before, after = load_checkpoint_file(two_stage), load_checkpoint_file(result["model"])
     assert checkpoint_stages(after) == ["coarse", "refine"] and after["info"]["stages"] == ["coarse", "refine"]
     kept = refine_stage(after)
-    assert kept["info"] == refine_stage(before)["info"]
+    assert {k: v for k, v in kept["info"].items() if k != CALIBRATION_KEY} == {k: v for k, v in refine_stage(before)["info"].items() if k != CALIBRATION_KEY}
+    fitted = kept["info"][CALIBRATION_KEY]
+    assert fitted is not None and fitted != refine_stage(before)["info"].get(CALIBRATION_KEY)
+    again = calibrate_checkpoint(result["model"], phantom_datalist, "validation", out=tmp_path / "again.pt")  # what `maht-net calibrate` fits
+    assert again["refine_stage"]["scale"] == pytest.approx(fitted["scale"]) and again["scale"] == pytest.approx(after["info"][CALIBRATION_KEY]["scale"])
     assert all(torch.equal(kept["model"][k], v) for k, v in refine_stage(before)["model"].items())
     assert any(not torch.equal(after["model"][k], v) for k, v in before["model"].items() if v.is_floating_point())  # the first stage trained
 

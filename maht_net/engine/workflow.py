@@ -43,8 +43,9 @@ def train_bundle(
         bundle_root: where ``models/`` and ``eval/`` of this run go (``resume`` is off).
         init_checkpoint: start from these weights, with the checkpoint's recipe (see
             :func:`checkpoint_recipe`); ``progressive`` staging is off for fine-tuning. Its
-            refinement stage, if any, is carried over unchanged (it reads the film, not the
-            first stage's features), so a fine-tuned two-stage model stays two-stage.
+            refinement stage, if any, is carried over (its weights unchanged: it reads the film,
+            not the first stage's features), so a fine-tuned two-stage model stays two-stage; the
+            uncertainty calibration of both stages is then fitted again on the validation films.
         overrides: further ``train.json`` ids (``epochs``, ``lr``, ``batch_size`` ...); they win
             over the recipe except for the network's shape. ``refine_stage`` is off by default
             (``True`` trains a new refinement stage after the first, as ``train.json`` alone does).
@@ -81,8 +82,15 @@ def train_bundle(
         **args,
     )
     wf.initialize()
+    model = root / "models" / "model.pt"
+    stage = refine_stage(load_checkpoint_file(init_checkpoint), init_checkpoint) if init_checkpoint is not None else None
     try:
         wf.run()
+        if stage is not None and model.is_file():
+            # the refinement stage does not depend on the first stage's weights: keep it; but its
+            # calibration was fitted to the old first stage's combination: fit it again, as train.json does
+            attach_refine_stage(model, stage)
+            wf.parser.get_parsed_content("calibrate_run")()
         evaluator = wf.parser.get_parsed_content("validate#evaluator")
         trainer = wf.parser.get_parsed_content("train#trainer")
         best = getattr(evaluator.state, "best_metric", None)
@@ -90,12 +98,8 @@ def train_bundle(
         epochs = int(trainer.state.epoch)
     finally:
         wf.finalize()
-    model = root / "models" / "model.pt"
     if not model.is_file():
         raise RuntimeError(f"training finished without writing {model}")
-    stage = refine_stage(load_checkpoint_file(init_checkpoint), init_checkpoint) if init_checkpoint is not None else None
-    if stage is not None:  # the refinement stage does not depend on the first stage's weights: keep it
-        attach_refine_stage(model, stage)
     return {
         "model": str(model),
         "best_val_mre": None if best is None or not np.isfinite(best) else float(best),
