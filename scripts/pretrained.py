@@ -8,6 +8,7 @@
     python scripts/pretrained.py --out runs/cv/fold$K --fold $K --epochs 40 \
         --refine-minutes 90 --refine-iterations 600                              # K = 0 ... 4, then:
     python scripts/pretrained.py --out runs/cv --pool-folds runs/cv/fold{0,1,2,3,4}   # 5-fold CV figures
+    python scripts/pretrained.py --restamp runs/cv/summary.json   # ... as the shipped model's eval_metrics
 
 Steps, each through the project's own commands (nothing here re-implements them):
 
@@ -287,6 +288,7 @@ def pool_folds(runs: list[Path], out: Path, command: str) -> dict:
             "datalist_sha256": file_sha256(run / "data" / Path(s["datalist"]).name),
             **{k: s.get(k) for k in ("command", "git_commit", "git_tree_dirty", "train_minutes")},
             "test_mre": {site: round(r["mre"], 4) for site, r in s["test"].items()},
+            "test_ids": {site: [it["id"] for it in json.loads((run / "eval" / site / "test.json").read_text())["test"]] for site in SITES},
         }
         for run, s in sorted(zip(runs, summaries), key=lambda rs: rs[1]["datalist"])
     ]
@@ -400,6 +402,26 @@ def ship(checkpoint: Path, datalist: Path, held_out: dict, training: dict, targe
             },
         ),
     }
+    _install(shipped, target, eval_metrics(held_out, how))
+
+
+def restamp(held_out: dict, target: Path) -> None:
+    """Give the shipped checkpoint ``target`` other held-out figures (``held_out``: a run's or a
+    cross-validation's ``summary.json``): its ``held_out`` provenance and metadata.json's
+    ``eval_metrics`` change, its weights and everything else stay as they are."""
+    import torch
+
+    shipped = torch.load(target, map_location="cpu", weights_only=True)
+    provenance = shipped["info"]["provenance"]
+    how, provenance["held_out"] = held_out_record(held_out, REPO / provenance["datalist"])
+    _install(shipped, target, eval_metrics(held_out, how))
+
+
+def _install(shipped: dict, target: Path, metrics: dict) -> None:
+    """Write ``shipped`` to ``target`` (atomically), its sha256 to large_files.yml and
+    ``metrics`` to metadata.json's ``eval_metrics``."""
+    import torch
+
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     torch.save(shipped, tmp)
@@ -407,7 +429,7 @@ def ship(checkpoint: Path, datalist: Path, held_out: dict, training: dict, targe
     (REPO / "bundle" / "large_files.yml").write_text(large_files_yml([target]))
     meta_path = REPO / "bundle" / "configs" / "metadata.json"
     meta = json.loads(meta_path.read_text())
-    meta["eval_metrics"] = eval_metrics(held_out, how)
+    meta["eval_metrics"] = metrics
     meta_path.write_text(json.dumps(meta, indent=4) + "\n")
     print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(target)})", flush=True)
 
@@ -435,11 +457,21 @@ def main() -> int:
                     "(datalists/two_sites_all.json): the model to ship; scored on its validation films only")
     ap.add_argument("--figures", type=Path, help="with --all-films --ship: <out>/summary.json of a run without --all-films "
                     "(same recipe, test films held out); its per-site test figures become eval_metrics")
+    ap.add_argument("--restamp", type=Path, metavar="SUMMARY", help="give the shipped bundle/models/model.pt the "
+                    "held-out figures of SUMMARY (a run's or --pool-folds' summary.json): eval_metrics and the checkpoint's "
+                    "held_out provenance change, its weights do not; trains nothing")
     ap.add_argument("--train-sites", nargs="+", choices=sorted(SITES), default=sorted(SITES),
                     help="train (and validate) on these sites' films only; every site is still tested")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_override,
                     help="override a train.json id (repeatable), e.g. --set input_mm_per_px=0.75")
     args = ap.parse_args()
+    if args.restamp:
+        held_out = json.loads(args.restamp.read_text())
+        if "test" not in held_out:
+            print(f"error: {args.restamp}: no test figures (an --all-films run scores only its validation films)", file=sys.stderr)
+            return 2
+        restamp(held_out, REPO / "bundle" / "models" / "model.pt")
+        return 0
     for d in (args.data_root / "hamedan-ceph", args.data_root / "isbi2015-ceph"):
         if not d.is_dir():
             print(f"error: {d}: development films not found", file=sys.stderr)

@@ -207,6 +207,7 @@ def test_pretrained_cross_validation_tests_every_film_once_and_pools_the_folds(t
     assert pooled["test"]["hamedan"]["films"] == 10 and pooled["test"]["isbi2015"]["films"] == 3
     assert pooled["test"]["hamedan"]["mre"] == pytest.approx(5 * 0.127) and pooled["test"]["isbi2015"]["mre"] == pytest.approx(5 * 0.1)
     assert [f["command"] for f in pooled["cross_validation"]["folds"]] == ["fold 0", "fold 1", "fold 2"]
+    assert sorted(i for f in pooled["cross_validation"]["folds"] for i in f["test_ids"]["hamedan"]) == sorted(Path(i).stem for i in tested["hamedan"])
     assert _doc(tmp_path / "cv" / "summary.json")["test"]["hamedan"]["sdr"]["2.0"] == 100.0
     with pytest.raises(SystemExit, match="expected the 3 fold runs"):
         pretrained.pool_folds(runs[:2], tmp_path / "cv2", "pool")
@@ -220,3 +221,30 @@ def test_pretrained_cross_validation_tests_every_film_once_and_pools_the_folds(t
     del split["cross_validation"]
     how, record = pretrained.held_out_record(split, REPO / "datalists" / "two_sites_all.json")
     assert how.endswith("one seeded split, not cross-validation") and len(record["ids"]["hamedan"]) == 20
+
+
+def test_pretrained_restamp_changes_the_shipped_figures_not_the_weights(tmp_path, monkeypatch):
+    """``scripts/pretrained.py --restamp SUMMARY``: the shipped checkpoint's held-out provenance,
+    large_files.yml and metadata.json's eval_metrics follow SUMMARY; the weights stay bit for bit."""
+    import torch
+
+    pretrained = _pretrained_script()
+    monkeypatch.setattr(pretrained, "REPO", tmp_path)
+    (tmp_path / "bundle" / "configs").mkdir(parents=True)
+    (tmp_path / "bundle" / "configs" / "metadata.json").write_text(json.dumps({"version": "9.9.9", "eval_metrics": {}}))
+    target = tmp_path / "bundle" / "models" / "model.pt"
+    target.parent.mkdir()
+    weights = {"w": torch.randn(3, 3).half()}
+    torch.save({"model": weights, "info": {"provenance": {"datalist": "datalists/all.json", "held_out": {"old": 1}}}}, target)
+    figures = {"films": 20, "spacing_mm": 0.127, "mre": 0.91, "median": 0.7, "mre_ci95": [0.8, 1.0], "sdr": {"2.0": 92.0, "4.0": 99.5}}
+    folds = [{"datalist": f"fold{k}.json", "test_ids": {"hamedan": [f"h{k}"]}} for k in range(5)]
+    cv = {"command": "pool", "git_commit": "1" * 40, "cross_validation": {"folds": folds}, "test": {"hamedan": figures}}
+    pretrained.restamp(cv, target)
+    shipped = torch.load(target, map_location="cpu", weights_only=True)
+    assert torch.equal(shipped["model"]["w"], weights["w"]) and shipped["info"]["provenance"]["datalist"] == "datalists/all.json"
+    assert shipped["info"]["provenance"]["held_out"]["cross_validation"]["folds"] == folds
+    meta = _doc(tmp_path / "bundle" / "configs" / "metadata.json")
+    assert meta["version"] == "9.9.9" and meta["eval_metrics"]["hamedan"]["mean_radial_error_mm"] == 0.91
+    assert meta["eval_metrics"]["hamedan"]["how"].startswith("5-fold cross-validation")
+    assert file_sha256(target) in (tmp_path / "bundle" / "large_files.yml").read_text()
+    assert not list(target.parent.glob("*.tmp"))
