@@ -249,11 +249,12 @@ def evaluate(checkpoint: Path, datalist: Path, data_root: Path, out: Path, secti
     return results
 
 
-def pool_folds(runs: list[Path], out: Path, command: str) -> dict:
+def pool_folds(runs: list[Path], out: Path, command: str, code: dict) -> dict:
     """Per-site figures of a cross-validation: every fold run's test predictions (``--fold K``,
     each film scored by the one fold model that never trained on it) evaluated as one set.
     ``<out>/summary.json`` has a ``test`` section like one run's, and ``cross_validation``: what
-    each fold was (datalist sha256, command, commit, its own figures)."""
+    each fold was (datalist sha256, command, commit, its own figures). ``code``: the pooling
+    run's ``git_commit`` and ``git_tree_dirty``."""
     summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
     folds = sorted(int(Path(s["datalist"]).stem.removeprefix("two_sites_fold")) for s in summaries if "_fold" in s["datalist"])
     if folds != list(range(CV_FOLDS)):
@@ -292,7 +293,7 @@ def pool_folds(runs: list[Path], out: Path, command: str) -> dict:
         }
         for run, s in sorted(zip(runs, summaries), key=lambda rs: rs[1]["datalist"])
     ]
-    doc = {"command": command, "git_commit": git_head(), "cross_validation": {"folds": per_fold}, "test": results}
+    doc = {"command": command, **code, "cross_validation": {"folds": per_fold}, "test": results}
     (out / "summary.json").write_text(json.dumps(doc, indent=1))
     return doc
 
@@ -323,7 +324,7 @@ def held_out_record(held_out: dict, datalist: Path) -> tuple[str, dict]:
     ``summary.json`` (its test films, held out of a model of the recipe) or a cross-validation's
     (:func:`pool_folds`: every development film, each scored by the fold model that never saw it)."""
     figures = {site: {k: r[k] for k in ("films", "mre", "median", "sdr", "mre_ci95")} for site, r in held_out["test"].items()}
-    common = {"command": held_out["command"], "git_commit": held_out["git_commit"], "test": figures}
+    common = {"command": held_out["command"], "git_commit": held_out["git_commit"], "git_tree_dirty": held_out.get("git_tree_dirty"), "test": figures}
     if "cross_validation" in held_out:
         folds = held_out["cross_validation"]["folds"]
         how = (
@@ -480,9 +481,10 @@ def main() -> int:
         print("error: the shipped model uses the standard split (datalists/two_sites.json, seed 0); drop --ship or --seed", file=sys.stderr)
         return 2
     command = "python scripts/pretrained.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    code = {"git_commit": git_head(), "git_tree_dirty": git_tree_dirty()}  # before anything runs: edits made meanwhile are not the run's
     args.out = args.out.resolve()
     if args.pool_folds:
-        doc = pool_folds([run.resolve() for run in args.pool_folds], args.out, command)
+        doc = pool_folds([run.resolve() for run in args.pool_folds], args.out, command, code)
         for site, r in doc["test"].items():
             print(f"{site}: {r['films']} films, {CV_FOLDS}-fold cross-validated MRE {r['mre']:.2f} mm "
                   f"[{r['mre_ci95'][0]:.2f}-{r['mre_ci95'][1]:.2f}], SDR 2 mm {r['sdr']['2.0']:.1f} %")
@@ -512,7 +514,7 @@ def main() -> int:
             print("error: the training commit is not recorded: pass --trained-at-commit", file=sys.stderr)
             return 2
     else:
-        training = {"command": command, "git_commit": git_head(), "git_tree_dirty": git_tree_dirty()}
+        training = {"command": command, **code}
         checkpoint = train(datalist, args.data_root, args.out, args.epochs, args.seed, args.time_limit_minutes, args.refine_minutes,
                            args.refine_iterations, args.set)
         training["train_minutes"] = round((time.time() - start) / 60, 1)

@@ -203,14 +203,14 @@ def test_pretrained_cross_validation_tests_every_film_once_and_pools_the_folds(t
         (run / "summary.json").write_text(json.dumps({"datalist": str(split), "command": f"fold {k}", "git_commit": "0" * 40, "test": {}}))
         runs.append(run)
     assert len(tested["hamedan"]) == len(set(tested["hamedan"])) == 10 and len(set(tested["isbi2015"])) == 3
-    pooled = pretrained.pool_folds(runs, tmp_path / "cv", "pool")
+    pooled = pretrained.pool_folds(runs, tmp_path / "cv", "pool", {"git_commit": "c" * 40, "git_tree_dirty": False})
     assert pooled["test"]["hamedan"]["films"] == 10 and pooled["test"]["isbi2015"]["films"] == 3
     assert pooled["test"]["hamedan"]["mre"] == pytest.approx(5 * 0.127) and pooled["test"]["isbi2015"]["mre"] == pytest.approx(5 * 0.1)
     assert [f["command"] for f in pooled["cross_validation"]["folds"]] == ["fold 0", "fold 1", "fold 2"]
     assert sorted(i for f in pooled["cross_validation"]["folds"] for i in f["test_ids"]["hamedan"]) == sorted(Path(i).stem for i in tested["hamedan"])
     assert _doc(tmp_path / "cv" / "summary.json")["test"]["hamedan"]["sdr"]["2.0"] == 100.0
     with pytest.raises(SystemExit, match="expected the 3 fold runs"):
-        pretrained.pool_folds(runs[:2], tmp_path / "cv2", "pool")
+        pretrained.pool_folds(runs[:2], tmp_path / "cv2", "pool", {"git_commit": "c" * 40, "git_tree_dirty": False})
     # shipping with these figures: eval_metrics and the checkpoint's provenance say how they were obtained
     how, record = pretrained.held_out_record(pooled, REPO / "datalists" / "two_sites_all.json")
     assert how.startswith("3-fold cross-validation") and "not cross-validation" not in how
