@@ -78,20 +78,20 @@ tune: $(STAMP)
 	$(PY) scripts/tune.py --track $(TRACK) --trials $(TRIALS) --folds $(FOLDS) --out $(TUNE_OUT)
 
 # The shipped model (bundle/models/model.pt), retrained from the shared development films of both
-# sites in two runs (docs in bundle/docs/README.md): the recipe with test films held out (its
-# per-site figures become eval_metrics), then the shipped model on every film but the validation
-# films, at the same number of training steps (30 epochs of 220 films ~ 40 of 170).
-# Long: about 4 hours on 2 CPU cores (two first stages of about 65 min, two refinement stages).
+# sites (docs in bundle/docs/README.md): the recipe's 5-fold cross-validation (its pooled per-site
+# figures become eval_metrics; resumable, below), then the shipped model on every film but the
+# validation films, at about the steps of 40 epochs of 170 films (30 epochs of 220).
+# Long: about 8 hours on 2 CPU cores (five folds, then about 75 minutes for the shipped model).
 PRETRAINED_OUT ?= runs/pretrained
-pretrained: $(STAMP)
-	$(PY) scripts/pretrained.py --out $(PRETRAINED_OUT) --epochs 40 --refine-minutes 50
+pretrained: cross-validate
 	$(PY) scripts/pretrained.py --out $(PRETRAINED_OUT)-all --all-films --epochs 30 --refine-minutes 40 \
-		--figures $(PRETRAINED_OUT)/summary.json --ship
+		--figures $(CV_OUT)/summary.json --ship
 
 # 5-fold cross-validation of the shipped recipe on the development films of both sites (docs/
 # benchmarks.md): each fold trains both stages on 70 Hamedan + 100 ISBI films and scores its 20 + 30
 # held-out films; then one pooled figure per site over all 250 films. Re-running skips the folds
-# whose run finished. Long: about 1 CPU-hour per fold on 2 cores.
+# whose run finished. Long: about 80 minutes per fold on 2 cores (the refinement stage is capped at
+# 600 steps); `scripts/pretrained.py --restamp $(CV_OUT)/summary.json` quotes it for the shipped model.
 CV_OUT ?= runs/cv
 cross-validate: $(STAMP)
 	@for k in 0 1 2 3 4; do test -f $(CV_OUT)/fold$$k/summary.json || $(PY) scripts/pretrained.py --out $(CV_OUT)/fold$$k \

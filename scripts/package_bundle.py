@@ -3,7 +3,7 @@
     python scripts/package_bundle.py --bundle bundle --out dist
     # at the other site, next to the public packages of constraints.txt:
     python -m monai.bundle download --name maht_net_cephalometric \
-        --url file://$PWD/dist/maht_net_cephalometric_v0.4.1.zip --bundle_dir ./bundles
+        --url file://$PWD/dist/maht_net_cephalometric_v0.4.2.zip --bundle_dir ./bundles
     pip install --no-deps bundles/maht_net_cephalometric/wheels/maht_net-*.whl
 """
 

@@ -329,7 +329,8 @@ def held_out_record(held_out: dict, datalist: Path) -> tuple[str, dict]:
         folds = held_out["cross_validation"]["folds"]
         how = (
             f"{len(folds)}-fold cross-validation on the development films of both sites: each film scored by the "
-            "model of the fold that held it out (same recipe, fewer training films than the shipped model)"
+            "model of the fold that held it out (fewer training films than the shipped model; each fold's command: the "
+            "checkpoint's provenance, held_out.cross_validation)"
         )
         return how, {**common, "cross_validation": held_out["cross_validation"]}
     held_out_doc = json.loads((REPO / held_out["datalist"]).read_text())
