@@ -1,14 +1,16 @@
 """Train, evaluate and (with ``--ship``) install the model that ships with the bundle.
 
-    make pretrained                      # both runs below
-    python scripts/pretrained.py --out runs/pretrained --epochs 40          # held-out figures
-    python scripts/pretrained.py --out runs/pretrained-all --all-films --epochs 30 \
-        --figures runs/pretrained/summary.json --ship                          # the shipped model
+    make pretrained                      # the cross-validation below, then the shipped model:
+    python scripts/pretrained.py --out runs/pretrained-all --all-films --epochs 30 --refine-minutes 40 \
+        --figures runs/cv/summary.json --ship                                  # the shipped model
+    python scripts/pretrained.py --out runs/pretrained --epochs 40          # one held-out split's figures
     python scripts/pretrained.py --out runs/hamedan-only --train-sites hamedan   # a cross-site row
     python scripts/pretrained.py --out runs/cv/fold$K --fold $K --epochs 40 \
         --refine-minutes 90 --refine-iterations 600                              # K = 0 ... 4, then:
     python scripts/pretrained.py --out runs/cv --pool-folds runs/cv/fold{0,1,2,3,4}   # 5-fold CV figures
     python scripts/pretrained.py --restamp runs/cv/summary.json   # ... as the shipped model's eval_metrics
+    python scripts/pretrained.py --out runs/cv-isbi-only/fold$K --fold $K --train-sites isbi2015 --refine-minutes 0   # cross-site, CV
+    python scripts/pretrained.py --out runs/cv-coarse/fold$K --fold $K --skip-training --from runs/cv/fold$K --no-refine  # first stage
 
 Steps, each through the project's own commands (nothing here re-implements them):
 
@@ -41,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -64,6 +67,7 @@ SITES = {
 ISBI_SPLIT = (100, 20, 30)  # training, validation, test films of the 150
 CV_FOLDS = 5  # --fold: each site's films in five test parts (20 Hamedan, 30 ISBI films each)
 CV_VALIDATION = {"hamedan": 10, "isbi2015": ISBI_SPLIT[1]}  # validation films of a fold, as in the standard split
+FOLD_IN_NAME = re.compile(r"_fold(\d+)")  # a fold run's datalist: two_sites_fold<K>[_trained_on_<sites>].json
 
 
 def _run(*argv: str) -> None:
@@ -193,7 +197,7 @@ def restrict(datalist: Path, sites: list[str], out: Path) -> Path:
         doc[section] = [it for it in doc[section] if it["site"] in sites]
     doc["data_root"] = str(datalist_root(datalist))  # the copy lies elsewhere: its root, absolute
     doc["description"] += f"; training and validation restricted to {', '.join(sites)}"
-    path = out / "data" / f"trained_on_{'_'.join(sites)}.json"
+    path = out / "data" / f"{datalist.stem}_trained_on_{'_'.join(sites)}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
 
@@ -219,8 +223,9 @@ def train(
     return root / "models" / "model.pt"
 
 
-def evaluate(checkpoint: Path, datalist: Path, data_root: Path, out: Path, section: str = "test") -> dict[str, dict]:
-    """Per-site metrics of ``checkpoint`` on the datalist's ``section``."""
+def evaluate(checkpoint: Path, datalist: Path, data_root: Path, out: Path, section: str = "test", refine: bool = True) -> dict[str, dict]:
+    """Per-site metrics of ``checkpoint`` on the datalist's ``section`` (``refine=False``: a
+    two-stage checkpoint's first stage alone)."""
     doc = json.loads(datalist.read_text())
     results = {}
     for site, spec in SITES.items():
@@ -233,7 +238,7 @@ def evaluate(checkpoint: Path, datalist: Path, data_root: Path, out: Path, secti
         start = time.perf_counter()
         _maht(
             "infer", "--checkpoint", str(checkpoint), "--input", *[it["image"] for it in items], "--out", str(preds),
-            "--spacing", str(spec["spacing"]), "--no-overlay",
+            "--spacing", str(spec["spacing"]), "--no-overlay", *(() if refine else ("--no-refine",)),
         )  # fmt: skip
         seconds = time.perf_counter() - start
         metrics = out / site / "metrics.json"
@@ -256,10 +261,14 @@ def pool_folds(runs: list[Path], out: Path, command: str, code: dict) -> dict:
     each fold was (datalist sha256, command, commit, its own figures). ``code``: the pooling
     run's ``git_commit`` and ``git_tree_dirty``."""
     summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
-    folds = sorted(int(Path(s["datalist"]).stem.removeprefix("two_sites_fold")) for s in summaries if "_fold" in s["datalist"])
+    stems = [Path(s["datalist"]).stem for s in summaries]
+    folds = sorted(int(m[1]) for m in map(FOLD_IN_NAME.search, stems) if m)
     if folds != list(range(CV_FOLDS)):
         raise SystemExit(f"error: expected the {CV_FOLDS} fold runs (--fold 0 ... {CV_FOLDS - 1}), got folds {folds} "
                          f"of {', '.join(map(str, runs))}")
+    # one recipe: the same training sites and the same stages scored in every fold
+    if len({FOLD_IN_NAME.sub("_fold", stem) for stem in stems}) > 1 or len({s.get("no_refine", False) for s in summaries}) > 1:
+        raise SystemExit(f"error: {', '.join(map(str, runs))} are folds of different runs (training sites or --no-refine differ)")
     results = {}
     for site, spec in SITES.items():
         items, preds = [], out / "eval" / site / "predictions"
@@ -293,7 +302,7 @@ def pool_folds(runs: list[Path], out: Path, command: str, code: dict) -> dict:
         }
         for run, s in sorted(zip(runs, summaries), key=lambda rs: rs[1]["datalist"])
     ]
-    doc = {"command": command, **code, "cross_validation": {"folds": per_fold}, "test": results}
+    doc = {"command": command, **code, "no_refine": summaries[0].get("no_refine", False), "cross_validation": {"folds": per_fold}, "test": results}
     (out / "summary.json").write_text(json.dumps(doc, indent=1))
     return doc
 
@@ -452,6 +461,10 @@ def main() -> int:
                     "predictions into one cross-validated figure per site (<out>/summary.json); trains nothing")
     ap.add_argument("--skip-training", action="store_true", help="evaluate (and ship) <out>/bundle/models/model.pt as it is "
                     "(its training command and commit are read from <out>/summary.json)")
+    ap.add_argument("--from", dest="from_run", type=Path, metavar="RUN", help="with --skip-training: score RUN's model "
+                    "(RUN/bundle/models/model.pt, its command and commit from RUN/summary.json) into --out instead")
+    ap.add_argument("--no-refine", action="store_true", help="score the first stage alone (a two-stage model's "
+                    "refinement stage is not run); cannot --ship")
     ap.add_argument("--trained-at-commit", help="with --skip-training: the git commit the model was trained at, when "
                     "<out>/summary.json does not record it")
     ap.add_argument("--ship", action="store_true", help="install the result as bundle/models/model.pt")
@@ -478,6 +491,12 @@ def main() -> int:
         if not d.is_dir():
             print(f"error: {d}: development films not found", file=sys.stderr)
             return 2
+    if args.ship and args.no_refine:
+        print("error: --no-refine scores a model's first stage; the shipped model is run with both: drop --ship or --no-refine", file=sys.stderr)
+        return 2
+    if args.from_run and not args.skip_training:
+        print("error: --from scores another run's model: add --skip-training", file=sys.stderr)
+        return 2
     if args.ship and args.seed != 0:
         print("error: the shipped model uses the standard split (datalists/two_sites.json, seed 0); drop --ship or --seed", file=sys.stderr)
         return 2
@@ -506,9 +525,10 @@ def main() -> int:
         datalist = all_films(datalist)
     section = "validation" if args.all_films else "test"
     start = time.time()
-    checkpoint = args.out / "bundle" / "models" / "model.pt"
+    trained = (args.from_run or args.out).resolve()
+    checkpoint = trained / "bundle" / "models" / "model.pt"
     if args.skip_training:
-        before = json.loads((args.out / "summary.json").read_text())
+        before = json.loads((trained / "summary.json").read_text())
         training = {k: before.get(k) for k in ("command", "git_commit", "git_tree_dirty", "train_minutes", "refine_stage")}
         training["git_commit"] = training["git_commit"] or args.trained_at_commit
         if not training["git_commit"]:
@@ -519,8 +539,8 @@ def main() -> int:
         checkpoint = train(datalist, args.data_root, args.out, args.epochs, args.seed, args.time_limit_minutes, args.refine_minutes,
                            args.refine_iterations, args.set)
         training["train_minutes"] = round((time.time() - start) / 60, 1)
-    summary = dict(training, datalist=_shown(datalist))
-    summary[section] = results = evaluate(checkpoint, datalist, args.data_root, args.out / "eval", section)
+    summary = dict(training, datalist=_shown(datalist), no_refine=args.no_refine)
+    summary[section] = results = evaluate(checkpoint, datalist, args.data_root, args.out / "eval", section, refine=not args.no_refine)
     if args.ship:
         target = REPO / "bundle" / "models" / "model.pt"
         held_out = json.loads(args.figures.read_text()) if args.all_films else summary

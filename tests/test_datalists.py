@@ -211,6 +211,15 @@ def test_pretrained_cross_validation_tests_every_film_once_and_pools_the_folds(t
     assert _doc(tmp_path / "cv" / "summary.json")["test"]["hamedan"]["sdr"]["2.0"] == 100.0
     with pytest.raises(SystemExit, match="expected the 3 fold runs"):
         pretrained.pool_folds(runs[:2], tmp_path / "cv2", "pool", {"git_commit": "c" * 40, "git_tree_dirty": False})
+    # folds of another recipe do not pool with these: another training site, or the first stage alone
+    single_site = pretrained.restrict(runs[1] / "data" / "two_sites_fold1.json", ["isbi2015"], runs[1])
+    assert single_site.name == "two_sites_fold1_trained_on_isbi2015.json"
+    summary = _doc(runs[1] / "summary.json")
+    for changed in ({"datalist": str(single_site)}, {"no_refine": True}):
+        (runs[1] / "summary.json").write_text(json.dumps(dict(summary, **changed)))
+        with pytest.raises(SystemExit, match="folds of different runs"):
+            pretrained.pool_folds(runs, tmp_path / "cv3", "pool", {"git_commit": "c" * 40, "git_tree_dirty": False})
+    (runs[1] / "summary.json").write_text(json.dumps(summary))
     # shipping with these figures: eval_metrics and the checkpoint's provenance say how they were obtained
     how, record = pretrained.held_out_record(pooled, REPO / "datalists" / "two_sites_all.json")
     assert how.startswith("3-fold cross-validation") and "not cross-validation" not in how
