@@ -422,6 +422,9 @@ def restamp(held_out: dict, target: Path) -> None:
     ``eval_metrics`` change, its weights and everything else stay as they are."""
     import torch
 
+    folds = held_out.get("cross_validation", {}).get("folds", [held_out])
+    if held_out.get("no_refine") or any("_trained_on_" in f.get("datalist", "") for f in folds):
+        raise SystemExit("error: figures of another recipe (the first stage alone, or trained on one site) cannot be the shipped model's")
     shipped = torch.load(target, map_location="cpu", weights_only=True)
     provenance = shipped["info"]["provenance"]
     how, provenance["held_out"] = held_out_record(held_out, REPO / provenance["datalist"])

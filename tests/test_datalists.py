@@ -257,3 +257,9 @@ def test_pretrained_restamp_changes_the_shipped_figures_not_the_weights(tmp_path
     assert meta["eval_metrics"]["hamedan"]["how"].startswith("5-fold cross-validation")
     assert file_sha256(target) in (tmp_path / "bundle" / "large_files.yml").read_text()
     assert not list(target.parent.glob("*.tmp"))
+    # figures of another recipe are refused and leave the shipped files as they were
+    before = target.read_bytes()
+    for other in ({**cv, "no_refine": True}, {**cv, "cross_validation": {"folds": [dict(folds[0], datalist="fold0_trained_on_hamedan.json")]}}):
+        with pytest.raises(SystemExit, match="another recipe"):
+            pretrained.restamp(other, target)
+    assert target.read_bytes() == before
