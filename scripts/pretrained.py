@@ -68,6 +68,7 @@ ISBI_SPLIT = (100, 20, 30)  # training, validation, test films of the 150
 CV_FOLDS = 5  # --fold: each site's films in five test parts (20 Hamedan, 30 ISBI films each)
 CV_VALIDATION = {"hamedan": 10, "isbi2015": ISBI_SPLIT[1]}  # validation films of a fold, as in the standard split
 FOLD_IN_NAME = re.compile(r"_fold(\d+)")  # a fold run's datalist: two_sites_fold<K>[_trained_on_<sites>].json
+TRAINED_ON = "_trained_on_"  # in the datalist name of a run restricted to some sites (restrict())
 
 
 def _run(*argv: str) -> None:
@@ -197,7 +198,7 @@ def restrict(datalist: Path, sites: list[str], out: Path) -> Path:
         doc[section] = [it for it in doc[section] if it["site"] in sites]
     doc["data_root"] = str(datalist_root(datalist))  # the copy lies elsewhere: its root, absolute
     doc["description"] += f"; training and validation restricted to {', '.join(sites)}"
-    path = out / "data" / f"{datalist.stem}_trained_on_{'_'.join(sites)}.json"
+    path = out / "data" / f"{datalist.stem}{TRAINED_ON}{'_'.join(sites)}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
 
@@ -423,7 +424,7 @@ def restamp(held_out: dict, target: Path) -> None:
     import torch
 
     folds = held_out.get("cross_validation", {}).get("folds", [held_out])
-    if held_out.get("no_refine") or any("_trained_on_" in f.get("datalist", "") for f in folds):
+    if held_out.get("no_refine") or any(TRAINED_ON in f.get("datalist", "") for f in folds):
         raise SystemExit("error: figures of another recipe (the first stage alone, or trained on one site) cannot be the shipped model's")
     shipped = torch.load(target, map_location="cpu", weights_only=True)
     provenance = shipped["info"]["provenance"]
