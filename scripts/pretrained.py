@@ -1,8 +1,8 @@
 """Train, evaluate and (with ``--ship``) install the model that ships with the bundle.
 
     make pretrained                      # the cross-validation below, then the shipped model:
-    python scripts/pretrained.py --out runs/pretrained-all --all-films --epochs 30 --refine-minutes 40 \
-        --figures runs/cv/summary.json --ship                                  # the shipped model
+    python scripts/pretrained.py --out runs/pretrained-all --all-films --epochs 27 --refine-minutes 90 \
+        --refine-iterations 600 --figures runs/cv/summary.json --ship          # the shipped model
     python scripts/pretrained.py --out runs/pretrained --epochs 40          # one held-out split's figures
     python scripts/pretrained.py --out runs/hamedan-only --train-sites hamedan   # a cross-site row
     python scripts/pretrained.py --out runs/cv/fold$K --fold $K --epochs 40 \
@@ -18,11 +18,14 @@ Steps, each through the project's own commands (nothing here re-implements them)
    the two annotators, nominal 0.127 mm/px, the benchmarks' seeded 70/10/20 split) and ISBI 2015
    (the 150 training films, truth = mean of the two doctors, 0.1 mm/px, a seeded 100/20/30 split);
    merged into one two-site datalist (every item keeps its own spacing and names its ``site``);
-   ``--all-films`` moves the test films into the training section (``datalists/two_sites_all.json``);
+   ``--all-films`` puts every film in the training section (``datalists/two_sites_all.json``; its
+   validation films, trained on too, only monitor the training);
 2. bundle training on the ``training`` section, best checkpoint chosen and the uncertainty
-   calibrated on the ``validation`` section (never trained on, in both datalists), then the
+   calibrated on the ``validation`` section (never trained on but with ``--all-films``), then the
    refinement stage trained on the ``training`` section (``python -m monai.bundle run training``:
-   both stages);
+   both stages); ``--all-films``: the uncertainty calibration of ``--calibration-from`` (the
+   shipped model of the same recipe, fitted on these validation films held out of it) replaces
+   the one fitted on films it trained on;
 3. inference and evaluation on each site's ``test`` films (``--all-films``: its ``validation``
    films, a sanity check only, since they chose the checkpoint) with ``maht-net infer`` /
    ``maht-net evaluate``: ``<out>/summary.json`` holds the per-site figures;
@@ -31,9 +34,8 @@ Steps, each through the project's own commands (nothing here re-implements them)
    ``bundle/models/model.pt``, and ``bundle/large_files.yml`` gets its sha256 and
    ``metadata.json`` its per-site ``eval_metrics``.
 
-The shipped model trains on every development film but the validation films, so its own figures
-would not be honest: its ``eval_metrics`` come from ``--figures``, the held-out test films of a
-run of the recipe without them, or a cross-validation (``--pool-folds``: every development film
+The shipped model trains on every development film, so its own figures would not be honest: its
+``eval_metrics`` come from ``--figures``, the held-out test films of a run of the recipe without them, or a cross-validation (``--pool-folds``: every development film
 scored by the one fold model that never trained on it); both are models with fewer training
 films than the shipped one (a conservative figure), and ``eval_metrics`` say which it was.
 """
@@ -54,6 +56,7 @@ import numpy as np
 
 from maht_net.datasets.common import cross_validation_folds
 from maht_net.engine.bundle import large_files_yml
+from maht_net.inference.calibration import carry_calibration
 from maht_net.io.checkpoint import REFINE_STAGE, file_sha256, refine_stage
 from maht_net.io.datalist import datalist_root
 from maht_net.io.predictions import PREDICTION_SUFFIX
@@ -179,15 +182,53 @@ def fold_split(items: list[dict], fold: int, n_val: int, seed: int) -> dict[str,
 
 
 def all_films(datalist: Path) -> Path:
-    """The two-site datalist with its test films moved into training
-    (``datalists/two_sites_all.json``): the shipped model's films; validation is unchanged."""
+    """The two-site datalist with every film in training (``datalists/two_sites_all.json``): the
+    shipped model's films. The validation section keeps its films, trained on too: they only
+    monitor the training (a fixed number of epochs; the checkpoint chosen on them is about the
+    last) and no longer calibrate it (:func:`carry_calibration`)."""
     doc = json.loads(datalist.read_text())
-    doc["training"] += doc.pop("test")
-    doc["description"] += "; the test films moved into training (the shipped model: no film held out but validation)"
+    doc["training"] += doc.pop("test") + doc["validation"]
+    doc["description"] += "; every film in training (the shipped model): the validation films are trained on too and only monitor it"
     path = datalist.with_name("two_sites_all.json")
     path.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {path}: {len(doc['training'])} training, {len(doc['validation'])} validation films", flush=True)
+    print(f"wrote {path}: {len(doc['training'])} training films ({len(doc['validation'])} of them also monitor it)", flush=True)
     return path
+
+
+def calibration_donor(source: Path, validation_ids: set[str]) -> str:
+    """Check that ``source`` (a shipped checkpoint) can lend the all-films model its uncertainty
+    calibration and say why: its calibration was fitted on ``validation_ids``, films held out of
+    it (its datalist, the committed ``datalists/two_sites_all.json`` before this run rewrites it,
+    has them in validation only), or was itself carried from such a fit."""
+    import torch
+
+    info = torch.load(source, map_location="cpu", weights_only=True)["info"]
+    record, prov = info.get("uncertainty_calibration") or {}, info.get("provenance", {})
+    if record.get("carried_from"):
+        return record["carried_from"]["why"]
+    listed = REPO / prov.get("datalist", "-")
+    if not listed.is_file() or file_sha256(listed) != prov.get("datalist_sha256"):
+        raise SystemExit(f"error: {source}: its datalist ({listed}) is not the one it was trained on: cannot tell which films calibrated it")
+    doc = json.loads(listed.read_text())
+    trained = {it["id"] for it in doc["training"]}
+    if {it["id"] for it in doc["validation"]} != validation_ids or trained & validation_ids:
+        raise SystemExit(f"error: {source} was not calibrated on these validation films held out of it")
+    return (
+        f"fitted on the {len(validation_ids)} validation films held out of bundle {prov.get('bundle_version')}'s model (same recipe, "
+        f"{len(trained)} training films; {prov.get('datalist')} sha256 {prov.get('datalist_sha256')}); this model trained on them"
+    )
+
+
+def figures_of(path: Path) -> dict:
+    """``--figures``: a run's or a cross-validation's ``summary.json``, or a shipped checkpoint
+    whose held-out figures (its ``provenance.held_out``) are still the recipe's."""
+    if path.suffix != ".pt":
+        return json.loads(path.read_text())
+    import torch
+
+    held_out = dict(torch.load(path, map_location="cpu", weights_only=True)["info"]["provenance"]["held_out"])
+    held_out["test"] = {site: dict(r, spacing_mm=SITES[site]["spacing"]) for site, r in held_out["test"].items()}
+    return held_out
 
 
 def restrict(datalist: Path, sites: list[str], out: Path) -> Path:
@@ -472,10 +513,15 @@ def main() -> int:
     ap.add_argument("--trained-at-commit", help="with --skip-training: the git commit the model was trained at, when "
                     "<out>/summary.json does not record it")
     ap.add_argument("--ship", action="store_true", help="install the result as bundle/models/model.pt")
-    ap.add_argument("--all-films", action="store_true", help="train on every development film but the validation films "
-                    "(datalists/two_sites_all.json): the model to ship; scored on its validation films only")
+    ap.add_argument("--all-films", action="store_true", help="train on every development film (datalists/two_sites_all.json; "
+                    "the validation films only monitor it, --calibration-from calibrates it): the model to ship; scored on "
+                    "its validation films, a sanity check only")
     ap.add_argument("--figures", type=Path, help="with --all-films --ship: <out>/summary.json of a run without --all-films "
-                    "(same recipe, test films held out); its per-site test figures become eval_metrics")
+                    "(same recipe, test films held out) or of --pool-folds, or a shipped model.pt of the same recipe (its "
+                    "recorded held-out figures); the per-site test figures become eval_metrics")
+    ap.add_argument("--calibration-from", type=Path, default=REPO / "bundle" / "models" / "model.pt", metavar="CKPT",
+                    help="with --all-films: the model of the same recipe whose uncertainty calibration, fitted on the "
+                    "validation films held out of it, the all-films model takes (default: the shipped model)")
     ap.add_argument("--restamp", type=Path, metavar="SUMMARY", help="give the shipped bundle/models/model.pt the "
                     "held-out figures of SUMMARY (a run's or --pool-folds' summary.json): eval_metrics and the checkpoint's "
                     "held_out provenance change, its weights do not; trains nothing")
@@ -526,6 +572,8 @@ def main() -> int:
         if args.ship and not args.figures:
             print("error: --all-films --ship needs --figures (a held-out run's summary.json): no test film is held out", file=sys.stderr)
             return 2
+        validation_ids = {it["id"] for it in json.loads(datalist.read_text())["validation"]}
+        donor_why = calibration_donor(args.calibration_from, validation_ids)  # before all_films() rewrites its datalist
         datalist = all_films(datalist)
     section = "validation" if args.all_films else "test"
     start = time.time()
@@ -543,11 +591,14 @@ def main() -> int:
         checkpoint = train(datalist, args.data_root, args.out, args.epochs, args.seed, args.time_limit_minutes, args.refine_minutes,
                            args.refine_iterations, args.set)
         training["train_minutes"] = round((time.time() - start) / 60, 1)
+        if args.all_films:
+            carry_calibration(checkpoint, args.calibration_from, donor_why)
+            print(f"uncertainty calibration carried over from {_shown(args.calibration_from)}: {donor_why}", flush=True)
     summary = dict(training, datalist=_shown(datalist), no_refine=args.no_refine)
     summary[section] = results = evaluate(checkpoint, datalist, args.data_root, args.out / "eval", section, refine=not args.no_refine)
     if args.ship:
         target = REPO / "bundle" / "models" / "model.pt"
-        held_out = json.loads(args.figures.read_text()) if args.all_films else summary
+        held_out = figures_of(args.figures) if args.all_films else summary
         if "cross_validation" not in held_out:
             held_out.setdefault("datalist", "datalists/two_sites.json")  # runs before the key was recorded
         ship(checkpoint, datalist, held_out, training, target)

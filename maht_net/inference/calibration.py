@@ -18,7 +18,7 @@ from maht_net.errors import InputError
 from maht_net.inference.predictor import Predictor, load_model
 from maht_net.inference.refine import Refiner
 from maht_net.io.atomic import atomic_write
-from maht_net.io.checkpoint import REFINE_STAGE, load_checkpoint_file, refine_stage
+from maht_net.io.checkpoint import REFINE_STAGE, file_sha256, load_checkpoint_file, refine_stage
 from maht_net.io.datalist import load_datalist, parse_items
 from maht_net.io.predictions import prediction_points, prediction_uncertainty
 
@@ -95,6 +95,52 @@ def calibrate_checkpoint(
     with atomic_write(out or checkpoint, "wb") as f:
         torch.save(state, f)
     return result
+
+
+def carry_calibration(
+    checkpoint: str | os.PathLike, source: str | os.PathLike, why: str, out: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """Give ``checkpoint`` the uncertainty calibration of ``source``, another model of the same recipe.
+
+    For a model trained on every film, none is left to calibrate it on; the records of a model of
+    the same recipe that held films out (fitted on them) are the honest substitute: sigma scaling
+    is a property of the recipe's raw spread against its held-out error, and a calibration fitted
+    on films the model trained on would under-state its error (and, with ``combine="fuse"``, hold
+    the refinement back). The first stage's record and (two-stage checkpoints) the refinement
+    stage's are copied, each with ``carried_from`` (``source``'s sha256 and ``why``), and the
+    checkpoint written (to ``out``, default in place) atomically.
+
+    Returns:
+        The first stage's record written, with the refinement stage's under ``"refine_stage"``.
+
+    Raises:
+        InputError: ``source`` has no calibration for a stage ``checkpoint`` has, names other
+            landmarks, or was fitted for another combine mode.
+    """
+    state, donor = load_checkpoint_file(checkpoint), load_checkpoint_file(source)
+    origin = {"checkpoint_sha256": file_sha256(source), "why": why}
+    pairs = [(state["info"], donor["info"], "first stage")]
+    stage, donor_stage = refine_stage(state, checkpoint), refine_stage(donor, source)
+    if stage is not None:
+        if donor_stage is None:
+            raise InputError(source, "no refinement stage: it cannot calibrate a two-stage checkpoint")
+        pairs.append((stage["info"], donor_stage["info"], "refinement stage"))
+    records = []
+    for info, donor_info, what in pairs:
+        record = donor_info.get(CALIBRATION_KEY)
+        if not record:
+            raise InputError(source, f"{what}: no uncertainty calibration to carry over")
+        if list(record["landmark_names"]) != list(info["landmark_names"]):
+            raise InputError(source, f"{what}: the calibration names other landmarks than {checkpoint}")
+        if what == "refinement stage" and record.get("combine") != info.get("combine", "fuse"):
+            raise InputError(source, f"{what}: calibration fitted for combine={record.get('combine')!r}, not {info.get('combine', 'fuse')!r}")
+        records.append({**record, "carried_from": origin})
+    state["info"] = {**state["info"], CALIBRATION_KEY: records[0]}
+    if stage is not None:
+        state[REFINE_STAGE] = {**stage, "info": {**stage["info"], CALIBRATION_KEY: records[1]}}
+    with atomic_write(out or checkpoint, "wb") as f:
+        torch.save(state, f)
+    return {**records[0], **({"refine_stage": records[1]} if stage is not None else {})}
 
 
 def _log(record: Mapping[str, Any], section: str, what: str) -> None:
