@@ -263,3 +263,44 @@ def test_pretrained_restamp_changes_the_shipped_figures_not_the_weights(tmp_path
         with pytest.raises(SystemExit, match="another recipe"):
             pretrained.restamp(other, target)
     assert target.read_bytes() == before
+
+
+def test_pretrained_all_films_trains_on_every_film_and_borrows_a_held_out_calibration(tmp_path, monkeypatch):
+    """``--all-films``: every film in training, the validation films kept to monitor it; the
+    calibration comes from a shipped model whose datalist held exactly these validation films
+    out (or that carried one itself), and its recorded held-out figures can be ``--figures``."""
+    import torch
+
+    pretrained = _pretrained_script()
+    monkeypatch.setattr(pretrained, "REPO", tmp_path)
+    items = {s: [{"id": f"{s}{i}", "site": "hamedan"} for i in range(n)] for s, n in (("training", 5), ("validation", 2), ("test", 3))}
+    (tmp_path / "datalists").mkdir()
+    split = tmp_path / "datalists" / "two_sites.json"
+    split.write_text(json.dumps({"description": "split", **items}))
+    old = dict(items, training=items["training"] + items["test"])
+    del old["test"]
+    (tmp_path / "datalists" / "two_sites_all.json").write_text(json.dumps(old))  # the shipped model's datalist
+    record = {"scale": [0.5], "common_scale": 0.5}
+    held_out = {"command": "pool", "git_commit": "1" * 40, "cross_validation": {"folds": []},
+                "test": {"hamedan": {"films": 10, "mre": 1.0, "median": 0.8, "sdr": {"2.0": 90.0, "4.0": 99.0}, "mre_ci95": [0.9, 1.1]}}}
+    provenance = {"bundle_version": "0.4.2", "datalist": "datalists/two_sites_all.json",
+                  "datalist_sha256": file_sha256(tmp_path / "datalists" / "two_sites_all.json"), "held_out": held_out}
+    shipped = tmp_path / "model.pt"
+    torch.save({"model": {}, "info": {"uncertainty_calibration": record, "provenance": provenance}}, shipped)
+    validation = {"validation0", "validation1"}
+    why = pretrained.calibration_donor(shipped, validation)
+    assert why.startswith("fitted on the 2 validation films held out of bundle 0.4.2's model") and "8 training films" in why
+    with pytest.raises(SystemExit, match="not calibrated on these validation films"):
+        pretrained.calibration_donor(shipped, {"validation0", "training1"})
+    everything = pretrained.all_films(split)
+    doc = _doc(everything)
+    assert everything.name == "two_sites_all.json" and "test" not in doc
+    assert sorted(it["id"] for it in doc["training"]) == sorted(it["id"] for s in items.values() for it in s)
+    assert {it["id"] for it in doc["validation"]} == validation and "only monitor" in doc["description"]
+    with pytest.raises(SystemExit, match="not the one it was trained on"):  # the datalist has changed since: no way to tell
+        pretrained.calibration_donor(shipped, validation)
+    torch.save({"model": {}, "info": {"uncertainty_calibration": dict(record, carried_from={"why": why}), "provenance": provenance}}, shipped)
+    assert pretrained.calibration_donor(shipped, validation) == why  # a carried calibration names its first fit
+    figures = pretrained.figures_of(shipped)
+    assert figures["test"]["hamedan"]["spacing_mm"] == 0.127 and figures["test"]["hamedan"]["mre"] == 1.0
+    assert pretrained.eval_metrics(figures, "cv")["hamedan"]["sdr_2mm_percent"] == 90.0

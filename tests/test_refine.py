@@ -301,6 +301,41 @@ def test_calibrating_a_two_stage_model_scales_what_both_stages_report_not_the_po
     assert replaced["uncertainty_calibration"] is None
 
 
+def test_a_model_takes_the_calibration_of_another_model_of_its_recipe(two_stage, tiny_checkpoint, phantom_datalist, tmp_path):
+    """``carry_calibration``: both stages' records of the donor (fitted on films held out of it)
+    move to a model with none, say where they came from, and scale its predictions as they do the
+    donor's; a donor without what the model needs is refused by name."""
+    from maht_net.codec.uncertainty import CALIBRATION_KEY
+    from maht_net.inference.calibration import calibrate_checkpoint, carry_calibration
+    from maht_net.io.checkpoint import file_sha256
+    from maht_net.io.datalist import load_datalist
+
+    donor = tmp_path / "donor.pt"
+    calibrate_checkpoint(two_stage, phantom_datalist, "validation", out=donor)
+    taker = tmp_path / "taker.pt"
+    shutil.copy(two_stage, taker)
+    record = carry_calibration(taker, donor, "held-out films of the donor")
+    state, given = load_checkpoint_file(taker), load_checkpoint_file(donor)
+    origin = {"checkpoint_sha256": file_sha256(donor), "why": "held-out films of the donor"}
+    for ours, theirs in ((state["info"], given["info"]), (state["refine"]["info"], given["refine"]["info"])):
+        assert ours[CALIBRATION_KEY] == {**theirs[CALIBRATION_KEY], "carried_from": origin}
+    assert record["refine_stage"]["scale"] == given["refine"]["info"][CALIBRATION_KEY]["scale"]
+    items = load_datalist(phantom_datalist, "validation")[:2]
+    carried, fitted = Predictor.from_checkpoint(taker).predict(items), Predictor.from_checkpoint(donor).predict(items)
+    for a, b in zip(carried, fitted):
+        np.testing.assert_allclose([r["uncertainty_px"] for r in a["landmarks"]], [r["uncertainty_px"] for r in b["landmarks"]], rtol=1e-6)
+        np.testing.assert_allclose(_points(a), _points(b), atol=1e-6)
+    again = carry_calibration(tmp_path / "taker.pt", taker, "a second hand", out=tmp_path / "again.pt")
+    assert again["carried_from"] == origin  # carried on, it still names the fit's own model
+    with pytest.raises(InputError, match="no uncertainty calibration") as e:
+        carry_calibration(tmp_path / "again.pt", two_stage, "uncalibrated", out=tmp_path / "x.pt")
+    assert str(two_stage) in str(e.value) and not (tmp_path / "x.pt").exists()
+    single = tmp_path / "single.pt"
+    calibrate_checkpoint(tiny_checkpoint, phantom_datalist, "validation", out=single)
+    with pytest.raises(InputError, match="no refinement stage"):
+        carry_calibration(taker, single, "one stage only", out=tmp_path / "x.pt")
+
+
 def test_refinement_network_exports_to_onnx_with_parity(two_stage, phantom_items, tmp_path):
     pytest.importorskip("onnxruntime")
     from maht_net.inference.export import OnnxNetwork, export_onnx

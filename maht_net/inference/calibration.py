@@ -107,8 +107,9 @@ def carry_calibration(
     is a property of the recipe's raw spread against its held-out error, and a calibration fitted
     on films the model trained on would under-state its error (and, with ``combine="fuse"``, hold
     the refinement back). The first stage's record and (two-stage checkpoints) the refinement
-    stage's are copied, each with ``carried_from`` (``source``'s sha256 and ``why``), and the
-    checkpoint written (to ``out``, default in place) atomically.
+    stage's are copied, each with ``carried_from`` (``source``'s sha256 and ``why``; a record
+    ``source`` carried itself keeps its origin), and the checkpoint written (to ``out``, default in
+    place) atomically.
 
     Returns:
         The first stage's record written, with the refinement stage's under ``"refine_stage"``.
@@ -134,7 +135,7 @@ def carry_calibration(
             raise InputError(source, f"{what}: the calibration names other landmarks than {checkpoint}")
         if what == "refinement stage" and record.get("combine") != info.get("combine", "fuse"):
             raise InputError(source, f"{what}: calibration fitted for combine={record.get('combine')!r}, not {info.get('combine', 'fuse')!r}")
-        records.append({**record, "carried_from": origin})
+        records.append({**record, "carried_from": record.get("carried_from") or origin})  # a carried record keeps its origin
     state["info"] = {**state["info"], CALIBRATION_KEY: records[0]}
     if stage is not None:
         state[REFINE_STAGE] = {**stage, "info": {**stage["info"], CALIBRATION_KEY: records[1]}}
