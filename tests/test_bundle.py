@@ -5,6 +5,7 @@ evaluation, inference, export, and clear errors for bad input."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -480,6 +481,59 @@ def test_time_budget_stops_cleanly_and_keeps_a_checkpoint(phantom, tmp_path):
     last = torch.load(tmp_path / "models" / "checkpoint_last.pt", weights_only=True)
     assert last["trainer"]["iteration"] == last["trainer"]["epoch_length"]  # the first epoch runs to its end...
     assert (tmp_path / "models" / "model.pt").is_file()  # ...and is validated: a budgeted run always leaves a model
+
+
+@pytest.mark.parametrize("planned", [5, 40])
+def test_time_budget_refits_the_schedule_to_the_epochs_it_holds(planned, monkeypatch):
+    """``fit_epochs``: a plan of too few (5) or too many (40) epochs is refitted after the second
+    epoch from its real time (a fake clock: 1 s per iteration, 4 per epoch, a 1-minute budget ->
+    2 + int(0.97 * 52 / 4) = 14 epochs): the run ends its last epoch within the budget with the
+    learning rate annealed to its floor, and the progressive stages keep their share."""
+    from ignite.engine import Engine
+
+    from maht_net.engine import handlers
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(handlers.time, "monotonic", lambda: clock["t"])
+    net = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+    scheduler = handlers.warmup_cosine_scheduler(optimizer, planned, warmup_epochs=1)
+    stages = [{"epochs": max(1, round(0.3 * planned))}, {"epochs": max(1, round(0.1 * planned))}, {"epochs": None}]
+    progressive = handlers.ProgressiveTrainingHandler(net, optimizer, 1.0, stages, scheduler=scheduler)
+    rates = []
+
+    def step(engine, batch):
+        clock["t"] += 1.0
+        rates.append(optimizer.param_groups[0]["lr"])
+
+    engine = Engine(step)
+    progressive.attach(engine)
+    budget = handlers.TimeBudgetHandler(1.0, fit_epochs=True, scheduler=scheduler, progressive=progressive)
+    budget.attach(engine)
+    engine.add_event_handler(handlers.Events.EPOCH_COMPLETED, lambda e: scheduler.step())
+    engine.run(range(4), max_epochs=planned)
+    assert budget.refit == {"epoch_seconds": 4.0, "planned": planned, "epochs": 14}
+    assert engine.state.epoch == engine.state.max_epochs == 14 and clock["t"] <= 60 and not budget.stopped
+    assert rates[-1] == pytest.approx(0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * 12 / 13)))  # the curve's last epoch
+    assert [s["epochs"] for s in progressive.stages[:2]] == [max(1, round(stages_0 * 14 / planned)) for stages_0 in (max(1, round(0.3 * planned)), max(1, round(0.1 * planned)))]
+    without = handlers.TimeBudgetHandler(1.0)  # the default: the plan stands, the budget only stops it
+    assert not without.fit_epochs and without.refit is None
+
+
+def test_train_json_refits_its_own_schedule_and_stages(phantom, tmp_path):
+    """``--fit_epochs_to_budget True``: the bundle's budget handler holds the run's scheduler and
+    progressive handler (the ones the trainer steps), and a real run refits its epochs."""
+    from maht_net.engine.handlers import TimeBudgetHandler
+
+    wf = workflow(["train.json"], "train", tmp_path, datalist=str(phantom),
+                  **{**TINY, "epochs": 3, "time_limit_minutes": 0.2, "fit_epochs_to_budget": True})  # fmt: skip
+    wf.initialize()
+    budget = next(h for h in wf.parser.get_parsed_content("train#handlers") if isinstance(h, TimeBudgetHandler))
+    assert budget.fit_epochs and budget.scheduler is wf.parser.get_parsed_content("lr_scheduler")
+    assert budget.progressive is wf.parser.get_parsed_content("progressive_handler")
+    wf.run()
+    assert budget.refit["planned"] == 3 and budget.refit["epochs"] >= 3
+    assert wf.parser.get_parsed_content("train#trainer").state.max_epochs == budget.refit["epochs"]
 
 
 def test_mlflow_tracking_writes_a_local_run(phantom, tmp_path):

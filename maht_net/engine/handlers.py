@@ -73,21 +73,28 @@ def output_points(output: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor
     return output["pred_points"], output["true_points"], (spacing if bool(torch.isfinite(spacing).all()) else None)
 
 
+class WarmupCosine:
+    """Learning-rate factor of an epoch: linear warm-up, then cosine decay to ``min_factor`` at
+    ``total`` epochs. An object, not a closure, so that :class:`TimeBudgetHandler` can stretch the
+    schedule to the epochs its budget holds and ``LambdaLR.state_dict`` keeps ``total`` on resume."""
+
+    def __init__(self, total: int, warmup: int = 1, min_factor: float = 0.02) -> None:
+        self.total, self.warmup, self.min_factor = max(1, int(total)), max(0, int(warmup)), float(min_factor)
+
+    def __call__(self, epoch: int) -> float:
+        if epoch < self.warmup:
+            return (epoch + 1) / (self.warmup + 1)
+        progress = min(1.0, (epoch - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, total_epochs: int, warmup_epochs: int = 1, min_factor: float = 0.02):
-    """``LambdaLR``: linear warm-up, then cosine decay to ``min_factor`` (stepped per epoch).
+    """``LambdaLR`` of :class:`WarmupCosine` (stepped per epoch).
 
     ``LambdaLR`` multiplies each group's ``base_lrs`` entry, so changing those (as the
     progressive schedule does) keeps the curve's shape.
     """
-    total, warm = max(1, int(total_epochs)), max(0, int(warmup_epochs))
-
-    def factor(epoch: int) -> float:
-        if epoch < warm:
-            return (epoch + 1) / (warm + 1)
-        progress = min(1.0, (epoch - warm) / max(1, total - warm))
-        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_epochs, warmup_epochs, min_factor))
 
 
 class ProgressiveTrainingHandler:
@@ -143,6 +150,12 @@ class ProgressiveTrainingHandler:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
+    def rescale(self, factor: float) -> None:
+        """Stretch (or shrink) every bounded stage by ``factor``, at least one epoch each: the
+        schedule of a run whose epoch count :class:`TimeBudgetHandler` refits."""
+        for s in self.stages[:-1]:
+            s["epochs"] = max(1, round(s["epochs"] * factor))
+
     def __call__(self, engine: Engine) -> None:
         if not self.enabled:
             return
@@ -184,13 +197,25 @@ class TimeBudgetHandler:
     Checked after every iteration; the engine then completes normally, so ``COMPLETED``
     handlers (final checkpoint, logs) run and the best checkpoint stays. The first epoch always
     runs to its end (and its validation), so a budgeted run always leaves a validated model.
+
+    ``fit_epochs``: the epoch count is a plan made before training (from a timing of a few
+    steps, which can be off by a fifth), so when the second epoch ends (the first reads films and
+    warms allocators up) the run is re-planned from the time that epoch took, validation
+    included: ``max_epochs``, the ``scheduler``'s :class:`WarmupCosine` total and the
+    ``progressive`` handler's stages stretch or shrink to the epochs the rest of the budget holds,
+    so the learning rate anneals by the budget's end instead of stopping early or mid-schedule.
     """
 
-    def __init__(self, minutes: float | None) -> None:
+    MARGIN = 0.97  # of the budget left: checkpoints and the last validation
+
+    def __init__(self, minutes: float | None, fit_epochs: bool = False, scheduler: Any = None, progressive: Any = None) -> None:
         self.seconds = None if minutes is None or minutes <= 0 else float(minutes) * 60.0
+        self.fit_epochs, self.scheduler, self.progressive = bool(fit_epochs), scheduler, progressive
         self.start: float | None = None
+        self._epoch_start: float | None = None
         self.stopped = False
         self._stop_after_epoch = False
+        self.refit: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
         if self.seconds is None:
@@ -198,9 +223,39 @@ class TimeBudgetHandler:
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._check)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        if self.fit_epochs:
+            engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
 
     def _started(self, engine: Engine) -> None:
         self.start = time.monotonic()
+
+    def _epoch_started(self, engine: Engine) -> None:
+        now = time.monotonic()
+        if engine.state.epoch == 3 and self.refit is None and self._epoch_start is not None:
+            self._refit(engine, now - self._epoch_start, now - self.start)
+        self._epoch_start = now
+
+    def _refit(self, engine: Engine, epoch_s: float, elapsed_s: float) -> None:
+        done, planned = engine.state.epoch - 1, int(engine.state.max_epochs)
+        epochs = max(done + 1, done + int(self.MARGIN * (self.seconds - elapsed_s) / max(epoch_s, 1e-6)))
+        if _distributed():  # every rank must plan the same schedule
+            flag = torch.tensor([float(epochs)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            epochs = int(flag.item())
+        self.refit = {"epoch_seconds": round(epoch_s, 2), "planned": planned, "epochs": epochs}
+        if epochs == planned:
+            return
+        engine.state.max_epochs = epochs
+        if self.scheduler is not None:
+            for f, group, base in zip(self.scheduler.lr_lambdas, self.scheduler.optimizer.param_groups, self.scheduler.base_lrs):
+                if isinstance(f, WarmupCosine):
+                    f.total = epochs
+                    group["lr"] = base * f(self.scheduler.last_epoch)  # this epoch's rate on the new curve
+        if self.progressive is not None:
+            self.progressive.rescale(epochs / planned)
+            self.progressive(engine)  # it chose this epoch's stage before the refit
+        logger.info("time budget: epoch %d took %.0f s, so %.1f min hold %d epochs, not the %d planned: schedule refitted",
+                    done, epoch_s, self.seconds / 60, epochs, planned)  # fmt: skip
 
     def _check(self, engine: Engine) -> None:
         if self.stopped or self._stop_after_epoch:
