@@ -2,7 +2,7 @@
 
     make pretrained                      # the cross-validation below, then the shipped model:
     python scripts/pretrained.py --out runs/pretrained-all --all-films --epochs 27 --refine-minutes 90 \
-        --refine-iterations 600 --figures runs/cv/summary.json --ship          # the shipped model
+        --refine-iterations 2000 --figures runs/cv/summary.json --ship         # the shipped model
     python scripts/pretrained.py --out runs/pretrained --epochs 40          # one held-out split's figures
     python scripts/pretrained.py --out runs/hamedan-only --train-sites hamedan   # a cross-site row
     python scripts/pretrained.py --out runs/cv/fold$K --fold $K --epochs 40 \
