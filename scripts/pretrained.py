@@ -188,6 +188,7 @@ def all_films(datalist: Path) -> Path:
     last) and no longer calibrate it (:func:`carry_calibration`)."""
     doc = json.loads(datalist.read_text())
     doc["training"] += doc.pop("test") + doc["validation"]
+    doc["drawn_from"] = {"validation": "training"}  # on purpose: the audit counts them once
     doc["description"] += "; every film in training (the shipped model): the validation films are trained on too and only monitor it"
     path = datalist.with_name("two_sites_all.json")
     path.write_text(json.dumps(doc, indent=1) + "\n")

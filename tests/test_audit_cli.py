@@ -40,6 +40,29 @@ def test_audit_of_a_clean_datalist_exits_zero(tmp_path, capsys):
     assert "problems: 0" in capsys.readouterr().out
 
 
+def test_a_section_drawn_from_another_on_purpose_is_no_leak_but_must_really_be_drawn_from_it(tmp_path, capsys):
+    """``drawn_from``: monitoring films that are also training films count once; a film in two
+    sections without it, or one the declared section does not hold, is a problem."""
+    for i in range(3):
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / f"{i}.png")
+    items = [make_item(tmp_path / f"{i}.png", np.full((19, 2), 10.0 + i), None, str(i)) for i in range(3)]
+    doc = {"training": items, "validation": items[:1]}
+    leaky = write_datalist(tmp_path / "leaky.json", doc)
+    assert main(["audit", str(leaky)]) == 1 and "id '0' appears 2 times" in capsys.readouterr().out
+    drawn = tmp_path / "drawn.json"
+    drawn.write_text(json.dumps({**json.loads(leaky.read_text()), "drawn_from": {"validation": "training"}}))
+    assert main(["audit", str(drawn)]) == 0
+    out = capsys.readouterr().out
+    assert "sections: training=3, validation=1 (validation drawn from training)" in out and "images: 3 " in out
+    moved = json.loads(drawn.read_text())
+    moved["validation"][0]["landmarks"][0] = [20.0, 20.0]  # not the training item any more
+    moved["drawn_from"]["test"] = "training"
+    drawn.write_text(json.dumps(moved))
+    assert main(["audit", str(drawn)]) == 1
+    out = capsys.readouterr().out
+    assert "id '0' of 'validation' is not the same item in 'training'" in out and "drawn_from: 'test' from 'training'" in out
+
+
 def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["audit", str(tmp_path / "missing.json")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.json'}: datalist not found"

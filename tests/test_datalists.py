@@ -297,6 +297,7 @@ def test_pretrained_all_films_trains_on_every_film_and_borrows_a_held_out_calibr
     assert everything.name == "two_sites_all.json" and "test" not in doc
     assert sorted(it["id"] for it in doc["training"]) == sorted(it["id"] for s in items.values() for it in s)
     assert {it["id"] for it in doc["validation"]} == validation and "only monitor" in doc["description"]
+    assert doc["drawn_from"] == {"validation": "training"}  # so that the audit does not call them a leak
     with pytest.raises(SystemExit, match="not the one it was trained on"):  # the datalist has changed since: no way to tell
         pretrained.calibration_donor(shipped, validation)
     torch.save({"model": {}, "info": {"uncertainty_calibration": dict(record, carried_from={"why": why}), "provenance": provenance}}, shipped)

@@ -25,6 +25,13 @@ from maht_net.visualize import save_mean_shape
 __all__ = ["audit_datalist", "format_report"]
 
 
+def _same_item(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    same_points = (a.get("landmarks") is None) == (b.get("landmarks") is None) and (
+        a.get("landmarks") is None or np.array_equal(a["landmarks"], b["landmarks"], equal_nan=True)
+    )
+    return a["image"] == b["image"] and same_points
+
+
 def audit_datalist(
     datalist: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -46,12 +53,26 @@ def audit_datalist(
             it["section"] = sec
             items.append(it)
     problems: list[str] = []
-    ids = Counter(it["id"] for it in items)
+    # a section drawn from another on purpose (datalist "drawn_from"): its items must be that
+    # section's, and each film is audited once
+    drawn = doc.get("drawn_from") or {}
+    for sec, parent in drawn.items():
+        if sec not in sections or parent not in sections:
+            problems.append(f"drawn_from: {sec!r} from {parent!r}, but the datalist has no such section")
+            continue
+        source = {it["id"]: it for it in items if it["section"] == parent}
+        problems += [
+            f"id {it['id']!r} of {sec!r} is not the same item in {parent!r}, which drawn_from says it comes from"
+            for it in items
+            if it["section"] == sec and (it["id"] not in source or not _same_item(it, source[it["id"]]))
+        ]
+    films = [it for it in items if it["section"] not in drawn]
+    ids = Counter(it["id"] for it in films)
     problems += [f"id {i!r} appears {c} times" for i, c in ids.items() if c > 1]
     sizes, spacings, points, usable = [], Counter(), [], []
     missing = np.zeros(len(lset), dtype=int)
     outside = []
-    for it in progress(items, "audit"):
+    for it in progress(films, "audit"):
         spacings[str(list(it["spacing"])) if it["spacing"] else "none"] += 1
         lms = it.get("landmarks")
         if lms is None:
@@ -74,9 +95,10 @@ def audit_datalist(
         "landmark_set": lset.key,
         "description": doc.get("description"),
         "truth": doc.get("truth"),
-        "sites": dict(Counter(it["site"] for it in items if it.get("site"))),
+        "sites": dict(Counter(it["site"] for it in films if it.get("site"))),
         "sections": {s: sum(it["section"] == s for it in items) for s in sections},
-        "images": len(items),
+        **({"drawn_from": dict(drawn)} if drawn else {}),
+        "images": len(films),
         "with_landmarks": len(points),
         "sizes": {f"{w}x{h}": c for (w, h), c in Counter(sizes).most_common()},
         "spacing": dict(spacings),
@@ -112,7 +134,8 @@ def format_report(report: dict[str, Any]) -> str:
         *([f"description: {report['description']}"] if report.get("description") else []),
         *([f"truth: {report['truth']}"] if report.get("truth") else []),
         *(["sites: " + ", ".join(f"{k}={v}" for k, v in report["sites"].items())] if report.get("sites") else []),
-        "sections: " + ", ".join(f"{k}={v}" for k, v in report["sections"].items()),
+        "sections: " + ", ".join(f"{k}={v}" for k, v in report["sections"].items())
+        + "".join(f" ({k} drawn from {v})" for k, v in report.get("drawn_from", {}).items()),
         f"images: {report['images']} ({report['with_landmarks']} with landmarks)",
         "sizes: " + ", ".join(f"{k} ({v})" for k, v in report["sizes"].items()),
         "spacing: " + ", ".join(f"{k} ({v})" for k, v in report["spacing"].items()),

@@ -9,6 +9,10 @@ File layout::
     item = {"image": path, "landmarks": [[x, y] | null, ...], "spacing": [sx, sy] | null,
             "id": str}
 
+``"drawn_from": {"validation": "training"}`` (optional) declares a section whose items are taken
+from another section on purpose (a model trained on every film, monitored on some of them), so
+an audit does not count them as films leaking between sections.
+
 Points are ``(x, y)`` pixels of the original image (see :mod:`maht_net.landmarks`); a missing
 landmark is ``null``. Image paths are stored relative to the datalist's folder when they lie
 below it or beside it, and are resolved against ``base_dir`` (default: that folder) on loading.
