@@ -27,7 +27,7 @@ Steps, each through the project's own commands (nothing here re-implements them)
    shipped model of the same recipe, fitted on these validation films held out of it) replaces
    the one fitted on films it trained on;
 3. inference and evaluation on each site's ``test`` films (``--all-films``: its ``validation``
-   films, a sanity check only, since they chose the checkpoint) with ``maht-net infer`` /
+   films, a sanity check only: it trained on them) with ``maht-net infer`` /
    ``maht-net evaluate``: ``<out>/summary.json`` holds the per-site figures;
 4. ``--ship``: an inference-only copy (both stages' weights in float16, recipe, calibration,
    provenance: the datalist's sha256, the git commit, the command) replaces
@@ -35,8 +35,9 @@ Steps, each through the project's own commands (nothing here re-implements them)
    ``metadata.json`` its per-site ``eval_metrics``.
 
 The shipped model trains on every development film, so its own figures would not be honest: its
-``eval_metrics`` come from ``--figures``, the held-out test films of a run of the recipe without them, or a cross-validation (``--pool-folds``: every development film
-scored by the one fold model that never trained on it); both are models with fewer training
+``eval_metrics`` come from ``--figures``, the held-out test films of a run of the recipe without
+them, or a cross-validation (``--pool-folds``: every development film scored by the one fold
+model that never trained on it); both are models with fewer training
 films than the shipped one (a conservative figure), and ``eval_metrics`` say which it was.
 """
 
