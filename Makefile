@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo lint test test-slow install freeze clean serve pretrained cross-validate bench-install bench-accuracy bench-robustness bench-speed tune
+.PHONY: demo lint test test-slow install freeze clean serve pretrained cross-validate bench-install bench-accuracy bench-robustness bench-speed check-gpu tune
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,9 @@ bench-robustness: $(STAMP)
 bench-speed: bench-install
 	$(PY) scripts/benchmark_speed.py --checkpoint $(BENCH_OUT)/$(TRACK)/runs/fixed/maht_net/models/model.pt \
 		--datalist $(BENCH_OUT)/$(TRACK)/hamedan.json
+
+check-gpu: $(STAMP)  # the checks that need a CUDA GPU (docs/benchmarks.md, "On a GPU")
+	PYTHON=$(PY) bash scripts/check_gpu.sh runs/gpu-check
 
 # Hyper-parameter search over the training recipe on the development films (docs/tuning.md): an
 # Optuna study in $(TUNE_OUT)/study.db; re-running the same command resumes it. Long: each trial

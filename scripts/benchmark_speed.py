@@ -46,6 +46,32 @@ def end_to_end(network, info, items, repeats: int, out: Path, refiner: Refiner |
     return seconds, float(np.nanmean(item_errors(points, items)))
 
 
+def device_end_to_end(checkpoint: Path, items: list[dict], device: str, repeats: int, out: Path) -> dict[str, dict]:
+    """The checkpoint end to end on ``device`` (first stage; both stages when it holds two): median
+    seconds per film, MRE per site (mm), and the largest distance (px) between the landmarks it
+    places there and those the same model places on the CPU: a GPU must give the same answer."""
+    rows = {}
+    for name, refine in (("first stage", False), ("both stages", True)):
+        placed = []  # (points, seconds) on the CPU, then on the device
+        for dev in ("cpu", device):
+            network, info = load_model(checkpoint, dev)
+            refiner = load_refiner(checkpoint, dev) if refine else None
+            if refine and refiner is None:
+                break
+            placed.append(predict(network, info, items, repeats=1 if not placed else repeats, write_to=out, refiner=refiner, device=dev))
+        if len(placed) < 2:  # no refinement stage
+            continue
+        (cpu_points, _), (points, seconds) = placed
+        errors = item_errors(points, items)
+        sites = sorted({it.get("site", "all") for it in items})
+        rows[name] = {
+            "seconds": seconds,
+            "mre_mm": {site: float(np.nanmean(errors[[it.get("site", "all") == site for it in items]])) for site in sites},
+            "max_distance_to_cpu_px": float(np.linalg.norm(points - cpu_points, axis=-1).max()),
+        }
+    return rows
+
+
 def network_only(network, x: np.ndarray, repeats: int = 30) -> float:
     """Median seconds of the network call alone on one preprocessed ``(1, 1, H, W)`` film."""
     inputs = torch.from_numpy(x)
@@ -213,11 +239,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="W x H inputs of that section (the CPU and GPU recipes' inputs)")
     ap.add_argument("--device-repeats", type=int, default=20, help="timed calls per figure of that section")
     ap.add_argument("--latency-only", action="store_true", help="only the end-to-end latency table (no int8, pipeline or training figures)")
+    ap.add_argument("--device-only", action="store_true", help="only the --device figures: end to end on the device with "
+                    "its distance to the CPU's landmarks, and the network's latency, throughput and training step")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     items = load_datalist(args.datalist, "test", check_files=True)[: args.images]
     network, info = load_model(args.checkpoint)
+    if args.device_only:
+        if not args.device:
+            ap.error("--device-only needs a --device (no CUDA GPU here)")
+        return device_figures(args, network, info, items)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
@@ -279,15 +311,44 @@ def main(argv: list[str] | None = None) -> int:
     for size, r in result["training_step"].items():
         print(f"| {size}x{size} | {r.get('step_s', float('nan')):.2f} | {r.get('peak_mb', float('nan')):.0f} |")
     if args.device:
-        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.device_sizes]
-        name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
-        result["device"] = {"name": name, "batch": args.batch, "rows": accelerator_figures(network, len(info["landmark_names"]), args.device, sizes, args.batch, args.device_repeats)}
-        print(f"\nThe checkpoint's network on {name} (latency at batch 1, images/s and training step at batch {args.batch}):\n")
-        print("| input (W x H) | precision | latency ms | images/s | train step s | train peak GiB | fits 16 GiB |\n|---|---|---|---|---|---|---|")
-        for r in result["device"]["rows"]:
-            peak = "-" if r["train_peak_gib"] is None else f"{r['train_peak_gib']:.2f}"
-            fits = "-" if r["fits_16gib"] is None else ("yes" if r["fits_16gib"] else "no")
-            print(f"| {r['input']} | {r['precision']} | {1000 * r['latency_s']:.1f} | {r['images_per_s']:.0f} | {r['train_step_s']:.3f} | {peak} | {fits} |")
+        result["device"] = network_on_device(args, network, info)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def device_name(device: str, threads: int) -> str:
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else f"CPU, {threads} threads"
+
+
+def network_on_device(args: argparse.Namespace, network: torch.nn.Module, info: dict) -> dict:
+    """Print and return :func:`accelerator_figures` for ``--device`` at ``--device-sizes``."""
+    sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.device_sizes]
+    name = device_name(args.device, args.threads)
+    figures = {"name": name, "batch": args.batch, "rows": accelerator_figures(network, len(info["landmark_names"]), args.device, sizes, args.batch, args.device_repeats)}
+    print(f"\nThe checkpoint's network on {name} (latency at batch 1, images/s and training step at batch {args.batch}):\n")
+    print("| input (W x H) | precision | latency ms | images/s | train step s | train peak GiB | fits 16 GiB |\n|---|---|---|---|---|---|---|")
+    for r in figures["rows"]:
+        peak = "-" if r["train_peak_gib"] is None else f"{r['train_peak_gib']:.2f}"
+        fits = "-" if r["fits_16gib"] is None else ("yes" if r["fits_16gib"] else "no")
+        print(f"| {r['input']} | {r['precision']} | {1000 * r['latency_s']:.1f} | {r['images_per_s']:.0f} | {r['train_step_s']:.3f} | {peak} | {fits} |")
+    return figures
+
+
+def device_figures(args: argparse.Namespace, network: torch.nn.Module, info: dict, items: list[dict]) -> int:
+    """``--device-only``: :func:`device_end_to_end` and :func:`network_on_device`."""
+    name = device_name(args.device, args.threads)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{name}; CPU side {platform.processor() or platform.machine()}, "
+              f"{args.threads} threads, torch {torch.__version__}", "films": len(items)}
+    with tempfile.TemporaryDirectory() as tmp:
+        result["end_to_end"] = device_end_to_end(args.checkpoint, items, args.device, args.repeats, Path(tmp))
+    print(f"\nEnd to end on {result['machine']} (read, preprocess, network(s), decode, write JSON), median of {args.repeats} x {len(items)} films:\n")
+    sites = sorted({site for r in result["end_to_end"].values() for site in r["mre_mm"]})
+    print(f"| stages | s/film | {' | '.join(f'MRE mm {s}' for s in sites)} | largest distance to the CPU's landmarks, px |\n|---|---|{'---|' * len(sites)}---|")
+    for stages, r in result["end_to_end"].items():
+        mre = " | ".join(f"{r['mre_mm'][s]:.3f}" for s in sites)
+        print(f"| {stages} | {r['seconds']:.3f} | {mre} | {r['max_distance_to_cpu_px']:.4f} |")
+    result["device"] = network_on_device(args, network, info)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -127,6 +127,7 @@ def test_training_trains_both_stages_and_evaluation_scores_the_second(trained, p
     """``training`` with ``refine_stage`` writes a two-stage model (its own run id ``refining``
     adds the stage to an existing one); ``evaluating`` scores both stages through the Predictor's
     code path, or the first stage alone with ``refine=False``."""
+    from maht_net.inference.device import default_device
     from maht_net.inference.predictor import Predictor
     from maht_net.io.checkpoint import checkpoint_stages
 
@@ -158,7 +159,7 @@ def test_training_trains_both_stages_and_evaluation_scores_the_second(trained, p
         wf.initialize()
         wf.run()
         wf.finalize()
-        direct = Predictor.from_checkpoint(root / "models" / "model.pt", refine=refine).predict(test)
+        direct = Predictor.from_checkpoint(root / "models" / "model.pt", default_device(), refine=refine).predict(test)  # the bundle's device
         for item, doc in zip(test, direct):
             written = json.loads((root / "eval" / "predictions" / f"{item['id']}_landmarks.json").read_text())
             assert ("stages" in written) == refine == ("stages" in doc)
@@ -189,6 +190,7 @@ def test_inference_workflow_runs_both_stages_of_a_two_stage_checkpoint(trained, 
     """inference.json with a refinement stage in the checkpoint: the same landmarks as the
     Predictor (one prediction path), the first stage's kept; ``refine=false`` gives the first stage."""
     from maht_net.engine.refine import train_refiner
+    from maht_net.inference.device import default_device
     from maht_net.inference.predictor import Predictor
     from maht_net.io.checkpoint import attach_refine_stage
     from maht_net.io.datalist import load_datalist
@@ -206,7 +208,9 @@ def test_inference_workflow_runs_both_stages_of_a_two_stage_checkpoint(trained, 
         wf.run()
         runs[refine] = [json.loads((out / f"{p.stem}_landmarks.json").read_text()) for p in images]
     for refine, preds in runs.items():
-        direct = Predictor.from_checkpoint(root / "models" / "model.pt", refine=refine).predict([{"image": str(p), "spacing": [0.3, 0.3]} for p in images])
+        direct = Predictor.from_checkpoint(root / "models" / "model.pt", default_device(), refine=refine).predict(
+            [{"image": str(p), "spacing": [0.3, 0.3]} for p in images]
+        )  # on the bundle's device
         for a, b in zip(preds, direct):
             np.testing.assert_allclose([[r["x"], r["y"]] for r in a["landmarks"]], [[r["x"], r["y"]] for r in b["landmarks"]], atol=1e-3)
     for on, off in zip(runs[True], runs[False]):
@@ -591,7 +595,7 @@ def test_maht_net_infer_cli_pytorch_and_onnx(trained, phantom, tmp_path, capsys)
     from maht_net.cli import main
 
     image = sorted((phantom.parent / "images").glob("*.png"))[0]
-    assert main(["infer", "--bundle", str(trained), "--input", str(image), "--out", str(tmp_path / "pt"), "--spacing", "0.3"]) == 0
+    assert main(["infer", "--bundle", str(trained), "--input", str(image), "--out", str(tmp_path / "pt"), "--spacing", "0.3", "--device", "cpu"]) == 0
     assert main(["export", "--bundle", str(trained), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     assert main(["infer", "--bundle", str(trained), "--input", str(image), "--out", str(tmp_path / "ort"), "--onnx", str(tmp_path / "m.onnx"), "--no-overlay"]) == 0
     pt = json.loads((tmp_path / "pt" / f"{image.stem}_landmarks.json").read_text())

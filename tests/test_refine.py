@@ -205,6 +205,30 @@ def test_fusion_weighs_each_stage_by_the_other_stages_variance(trained_stage):
         Refiner(trained_stage["network"], info, combine="mean")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/check_gpu.sh where one is lent)")
+def test_first_stage_outputs_on_the_gpu_are_refined_and_given_back_there(trained_stage):
+    """The bundle's evaluator decodes the first stage on the GPU: the second stage takes those
+    outputs, cuts its patches from the films on the CPU, runs its network on the GPU and gives the
+    outputs back on the GPU, with the landmarks the CPU places."""
+    import copy
+
+    test = trained_stage["films"][7:]
+    films, spacing = [f.film.float() for f in test], torch.stack([f.spacing for f in test])
+    truth = torch.stack([f.landmarks for f in test])
+    coarse = truth + torch.randn(truth.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3.0
+    spread = torch.full(coarse.shape[:2], 4.0)
+    output = {"pred_points": coarse, "pred_spread": spread, "pred_confidence": torch.ones(coarse.shape[:2]),
+              "pred_covariance": torch.eye(2).expand(*coarse.shape[:2], 2, 2) * 8.0,
+              "orig_size": torch.tensor([f.film.shape[-2:][::-1] for f in test])}  # fmt: skip
+    info = trained_stage["stage"]["info"]
+    on_cpu = Refiner(trained_stage["network"], info).refine(output, films, spacing)
+    gpu = torch.device("cuda")
+    on_gpu = Refiner(copy.deepcopy(trained_stage["network"]).to(gpu), info, gpu).refine({k: v.to(gpu) for k, v in output.items()}, films, spacing.to(gpu))
+    for key in ("pred_points", "pred_spread", "pred_covariance", "pred_confidence", "coarse_points", "refine_spacing"):
+        assert on_gpu[key].device.type == "cuda", key
+    assert float((on_gpu["pred_points"].cpu() - on_cpu["pred_points"]).norm(dim=-1).max()) < 0.05  # px; TF32 convolutions
+
+
 @pytest.fixture(scope="module")
 def two_stage(tiny_checkpoint, trained_stage, tmp_path_factory):
     path = tmp_path_factory.mktemp("two_stage") / "two_stage.pt"
@@ -367,7 +391,8 @@ def test_cli_trains_attaches_exports_and_infers_both_stages(tiny_checkpoint, pha
     assert (tmp_path / "m.refine.onnx").is_file()
     image, spacing = phantom_items[9]["image"], str(phantom_items[9]["spacing"][0])
     for name, extra in (("torch", []), ("ort", ["--onnx", str(tmp_path / "m.onnx")]), ("coarse", ["--no-refine"])):
-        assert main(["infer", "--checkpoint", str(model), "--input", image, "--out", str(tmp_path / name), "--spacing", spacing, "--no-overlay", *extra]) == 0
+        assert main(["infer", "--checkpoint", str(model), "--input", image, "--out", str(tmp_path / name), "--spacing", spacing, "--no-overlay",
+                     "--device", "cpu", *extra]) == 0  # fmt: skip
     read = {name: json.loads(next((tmp_path / name).glob("*_landmarks.json")).read_text()) for name in ("torch", "ort", "coarse")}
     assert read["torch"]["stages"] == read["ort"]["stages"] == ["coarse", "refine"] and "stages" not in read["coarse"]
     assert np.allclose(_points(read["torch"]), _points(read["ort"]), atol=1e-3)
@@ -382,6 +407,7 @@ def test_fine_tuning_a_two_stage_model_keeps_its_refinement_stage(two_stage, pha
     from maht_net.codec.uncertainty import CALIBRATION_KEY
     from maht_net.engine.workflow import train_bundle
     from maht_net.inference.calibration import calibrate_checkpoint
+    from maht_net.inference.device import default_device
     from maht_net.io.checkpoint import refine_stage
 
     result = train_bundle(REPO / "bundle" / "configs", phantom_datalist, tmp_path / "ft", init_checkpoint=two_stage,
@@ -392,7 +418,8 @@ def test_fine_tuning_a_two_stage_model_keeps_its_refinement_stage(two_stage, pha
     assert {k: v for k, v in kept["info"].items() if k != CALIBRATION_KEY} == {k: v for k, v in refine_stage(before)["info"].items() if k != CALIBRATION_KEY}
     fitted = kept["info"][CALIBRATION_KEY]
     assert fitted is not None and fitted != refine_stage(before)["info"].get(CALIBRATION_KEY)
-    again = calibrate_checkpoint(result["model"], phantom_datalist, "validation", out=tmp_path / "again.pt")  # what `maht-net calibrate` fits
+    # what `maht-net calibrate` fits, on the device the training calibrated on
+    again = calibrate_checkpoint(result["model"], phantom_datalist, "validation", out=tmp_path / "again.pt", device=default_device())
     assert again["refine_stage"]["scale"] == pytest.approx(fitted["scale"]) and again["scale"] == pytest.approx(after["info"][CALIBRATION_KEY]["scale"])
     assert all(torch.equal(kept["model"][k], v) for k, v in refine_stage(before)["model"].items())
     assert any(not torch.equal(after["model"][k], v) for k, v in before["model"].items() if v.is_floating_point())  # the first stage trained

@@ -94,6 +94,26 @@ def test_benchmark_speed_times_both_stages(tiny_two_stage, tmp_path):
     assert "| PyTorch eager, both stages |" in run.stdout
 
 
+def test_benchmark_speed_device_only_compares_the_device_with_the_cpu(tiny_two_stage, tmp_path):
+    """--device-only (scripts/check_gpu.sh on a GPU), run with the CPU as the device: both stages end
+    to end with their MRE per site and the largest distance to the CPU's landmarks (none here),
+    then the network's device table."""
+    checkpoint, datalist = tiny_two_stage
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark_speed.py"), "--checkpoint", str(checkpoint), "--datalist", str(datalist),
+         "--images", "2", "--repeats", "1", "--device", "cpu", "--device-only", "--device-sizes", "64x64", "--device-repeats", "2",
+         "--batch", "2", "--json", str(tmp_path / "speed.json")],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = __import__("json").loads((tmp_path / "speed.json").read_text())
+    assert set(result) >= {"end_to_end", "device"} and "latency" not in result
+    rows = result["end_to_end"]
+    assert set(rows) == {"first stage", "both stages"} and rows["both stages"]["mre_mm"] != rows["first stage"]["mre_mm"]
+    assert all(r["seconds"] > 0 and r["max_distance_to_cpu_px"] == 0.0 and set(r["mre_mm"]) == {"all"} for r in rows.values())
+    assert [r["input"] for r in result["device"]["rows"]] == ["64x64", "64x64"] and "| both stages |" in run.stdout
+
+
 def test_benchmark_refinement_compares_first_stage_fuse_and_replace(tiny_two_stage, tmp_path):
     checkpoint, datalist = tiny_two_stage
     run = subprocess.run(

@@ -402,12 +402,13 @@ def predict(
     repeats: int = 1,
     write_to: str | os.PathLike | None = None,
     refiner: Refiner | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, float]:
     """Predicted ``(B, N, 2)`` ``(x, y)`` original pixels for datalist items, and the median
     seconds per image over ``repeats`` passes after one warm-up call (read, preprocess, network,
     decode, the ``refiner``'s stage when given, and writing the prediction JSON into ``write_to``
-    when given; 1 image per call)."""
-    predictor = Predictor(network, info, tta=tta, refiner=refiner)
+    when given; 1 image per call). ``network`` and ``refiner`` sit on ``device``."""
+    predictor = Predictor(network, info, device, tta=tta, refiner=refiner)
     predictor.predict(items[:1])
     points, seconds = [], []
     for r in range(repeats):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from maht_net.errors import InputError
+from maht_net.inference.device import default_device
 from maht_net.inference.ensemble import load_ensemble
 from maht_net.inference.export import OnnxNetwork, export_checkpoint, onnx_refiner
 from maht_net.inference.predictor import Predictor, image_items, load_model
@@ -26,18 +27,19 @@ def _checkpoints(args: argparse.Namespace) -> list[Path]:
 
 def _run_infer(args: argparse.Namespace) -> int:
     checkpoints = _checkpoints(args)
+    device = "cpu" if args.onnx else args.device or default_device()  # ONNX Runtime runs on the CPU here
     refiner = None
     if len(checkpoints) > 1:
         if args.onnx:
             raise InputError(args.onnx, "an ensemble runs the PyTorch checkpoints; drop --onnx or pass one --checkpoint")
-        network, info = load_ensemble(checkpoints)
+        network, info = load_ensemble(checkpoints, device)
         print(f"ensemble of {len(checkpoints)} models (mean heatmap); uncertainty reported uncalibrated")
     else:
-        network, info = load_model(checkpoints[0])
-        refiner = None if args.no_refine else load_refiner(checkpoints[0])
+        network, info = load_model(checkpoints[0], device)
+        refiner = None if args.no_refine else load_refiner(checkpoints[0], device)
         model = info["model"]
         stages = "two stages (refinement on the full-resolution film)" if refiner else "one stage"
-        print(f"model: {checkpoints[0]} (version {model['version'] or 'not recorded'}, sha256 {model['sha256'][:12]}; {stages})")
+        print(f"model: {checkpoints[0]} (version {model['version'] or 'not recorded'}, sha256 {model['sha256'][:12]}; {stages}; on {device})")
     if args.onnx:
         if not Path(args.onnx).is_file():
             raise InputError(args.onnx, "ONNX model not found (make one with 'maht-net export --format onnx')")
@@ -51,7 +53,7 @@ def _run_infer(args: argparse.Namespace) -> int:
     if args.spacing:
         sx, sy = (args.spacing[0], args.spacing[0]) if len(args.spacing) == 1 else args.spacing[:2]
         items = [dict(it, spacing=(sx, sy)) for it in items]
-    predictor = Predictor(network, info, mc_samples=args.mc_samples, tta=args.tta, refiner=refiner)
+    predictor = Predictor(network, info, device, mc_samples=args.mc_samples, tta=args.tta, refiner=refiner)
     out = Path(args.out)
     failed = []
     for item in items:  # one at a time: a bad file is reported by name and the others still run
@@ -93,6 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
     p.add_argument("--no-refine", action="store_true", help="first stage only, for a two-stage checkpoint (docs/refinement.md)")
+    p.add_argument("--device", help="PyTorch device (cpu, cuda, cuda:1...; default: cuda when available, else cpu)")
     p.set_defaults(func=_run_infer)
     e = subparsers.add_parser("export", help="export a trained bundle model to ONNX or TorchScript (checked against eager)")
     e.add_argument("--bundle", help="bundle folder whose models/model.pt is exported (default: the shipped model)")

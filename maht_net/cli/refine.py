@@ -7,11 +7,13 @@ import argparse
 from maht_net.codec.patches import PatchCodec
 from maht_net.engine.refine import PatchJitter, refine_checkpoint
 from maht_net.inference.calibration import calibrate_checkpoint
+from maht_net.inference.device import default_device
 from maht_net.io.checkpoint import load_checkpoint_file
 from maht_net.io.datalist import datalist_sections, load_datalist, read_datalist
 
 
 def _run(args: argparse.Namespace) -> int:
+    device = args.device or default_device()
     state = load_checkpoint_file(args.checkpoint)
     info = state.get("info", {}) if isinstance(state, dict) else {}
     items = load_datalist(args.datalist, args.section, base_dir=args.base_dir, landmark_set=info.get("landmark_set"), check_files=True)
@@ -28,6 +30,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        device=device,
     )
     trained = stage["info"]["trained"]
     print(
@@ -40,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.calibrate_on not in datalist_sections(read_datalist(args.datalist)):
         print(f"no '{args.calibrate_on}' section: the uncertainty of both stages is reported raw (run maht-net calibrate)")
     else:
-        both = calibrate_checkpoint(out, args.datalist, args.calibrate_on, base_dir=args.base_dir)["refine_stage"]
+        both = calibrate_checkpoint(out, args.datalist, args.calibrate_on, base_dir=args.base_dir, device=device)["refine_stage"]
         print(f"uncertainty of both stages calibrated on '{args.calibrate_on}' ({both['n_images']} films): common scale {both['common_scale']:.3f}")
     return 0
 
@@ -73,5 +76,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="films per step (each gives one patch per landmark)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="PyTorch device (cpu, cuda, cuda:1...; default: cuda when available, else cpu)")
     p.set_defaults(func=_run)
 

@@ -23,6 +23,7 @@ from maht_net.codec.heatmaps import mix_log_probs, spatial_log_softmax
 from maht_net.codec.uncertainty import calibration_for
 from maht_net.datasets.pipeline import FILM_KEY, model_transforms
 from maht_net.errors import InputError
+from maht_net.inference.device import exact_float32
 from maht_net.inference.refine import Refiner, collate_films, load_refiner
 from maht_net.inference.writers import prediction_from_batch
 from maht_net.io.atomic import write_json_atomic
@@ -110,7 +111,8 @@ class LandmarkInferer(Inferer):
         try:
             for kx, ky in steps:
                 for _ in range(self.mc_samples if stochastic else 1):
-                    logits = network(_shift(inputs, kx * s, ky * s), *args, **kwargs)
+                    with exact_float32():
+                        logits = network(_shift(inputs, kx * s, ky * s), *args, **kwargs)
                     logits = logits["heatmaps"] if isinstance(logits, Mapping) else logits
                     log_probs.append(_shift(spatial_log_softmax(logits), -kx, -ky, fill=-1e4))
         finally:

@@ -22,6 +22,7 @@ from maht_net.codec.patches import PatchCodec
 from maht_net.codec.uncertainty import CALIBRATION_KEY
 from maht_net.datasets.pipeline import FILM_KEY
 from maht_net.errors import InputError
+from maht_net.inference.device import exact_float32
 from maht_net.io.checkpoint import load_checkpoint_file, refine_stage
 from maht_net.models import create_network
 
@@ -86,7 +87,7 @@ class Refiner:
         patches = self.codec.sample_batch(films, safe, spacing)
         if isinstance(self.network, nn.Module):
             self.network.eval()
-        with torch.no_grad():
+        with torch.no_grad(), exact_float32():
             logits = self.network(patches.to(self.device))
         return self.codec.decode(torch.as_tensor(logits).cpu(), safe, spacing)
 
@@ -109,13 +110,18 @@ class Refiner:
         replaces it as ``uncertainty_calibration``; otherwise raw, and the key is dropped.
         """
         d = dict(output)
-        coarse = torch.as_tensor(d["pred_points"], dtype=torch.float64)
+        # the patch geometry runs on the CPU; the outputs go back where the first stage's were
+        # (the bundle's evaluator decodes on the GPU)
+        home = torch.as_tensor(d["pred_points"]).device
+        first = {k: torch.as_tensor(d[k]).cpu() for k in ("pred_points", "pred_spread", "pred_covariance", "pred_confidence")}
+        coarse = first["pred_points"].to(torch.float64)
+        spacing = spacing.cpu() if isinstance(spacing, torch.Tensor) else spacing
         film_spacing = self.codec.resolve_spacing(spacing, coarse)
         refined = self(films, coarse, film_spacing)
         ok = torch.isfinite(coarse).all(-1)
         points, covariance = refined.points, refined.covariance
         if self.combine == "fuse":
-            var_c = torch.as_tensor(d["pred_spread"], dtype=torch.float64) ** 2
+            var_c = first["pred_spread"].to(torch.float64) ** 2
             var_r = covariance_to_spread(covariance) ** 2
             w = torch.where(var_c + var_r > 0, var_c / (var_c + var_r), torch.full_like(var_c, 0.5))
             points = coarse + w[..., None] * (points - coarse)
@@ -124,15 +130,19 @@ class Refiner:
         if calibrated:
             covariance = covariance * torch.as_tensor(self.calibration["scale"], dtype=covariance.dtype)[None, :, None, None] ** 2
         if "orig_size" in d:
-            size = torch.as_tensor(d["orig_size"]).to(points)[:, None, :]
+            size = torch.as_tensor(d["orig_size"]).cpu().to(points)[:, None, :]
             points = torch.minimum(points.clamp_min(0.0), size - 1)
-        covariance = covariance.to(torch.as_tensor(d["pred_covariance"]).dtype)
-        d["coarse_points"], d["coarse_spread"] = coarse, d["pred_spread"]
-        d["refine_spacing"], d["refine_spacing_source"] = film_spacing, self.codec.spacing_sources(spacing, coarse)
-        d["pred_points"] = torch.where(ok[..., None], points, coarse)
-        d["pred_covariance"] = torch.where(ok[..., None, None], covariance, d["pred_covariance"])
-        d["pred_spread"] = covariance_to_spread(d["pred_covariance"])
-        d["pred_confidence"] = torch.where(ok, refined.confidence.to(d["pred_confidence"].dtype), d["pred_confidence"])
+        covariance = torch.where(ok[..., None, None], covariance.to(first["pred_covariance"].dtype), first["pred_covariance"])
+        d["refine_spacing_source"] = self.codec.spacing_sources(spacing, coarse)
+        d.update({k: v.to(home) for k, v in {
+            "coarse_points": coarse,
+            "coarse_spread": first["pred_spread"],
+            "refine_spacing": film_spacing,
+            "pred_points": torch.where(ok[..., None], points, coarse),
+            "pred_covariance": covariance,
+            "pred_spread": covariance_to_spread(covariance),
+            "pred_confidence": torch.where(ok, refined.confidence.to(first["pred_confidence"].dtype), first["pred_confidence"]),
+        }.items()})
         if calibrated:
             d["uncertainty_calibration"] = self.calibration
         else:

@@ -188,6 +188,6 @@ class AppConfig:
     def torch_device(self) -> str:
         if self.device:
             return self.device
-        import torch
+        from maht_net.inference.device import default_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return default_device()
