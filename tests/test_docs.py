@@ -25,3 +25,12 @@ def test_markdown_links_to_documents_and_their_sections_resolve():
             elif anchor and anchor not in _anchors(path):
                 broken.append(f"{doc.relative_to(REPO)}: no section #{anchor} in {path.relative_to(REPO)}")
     assert not broken, broken
+
+
+def test_documented_bundle_zips_are_the_current_version():
+    """The download commands the READMEs show name the zip scripts/package_bundle.py writes now."""
+    import json
+
+    version = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text())["version"]
+    named = {doc: re.findall(r"maht_net_cephalometric_v([0-9.]+[0-9])\.zip", (REPO / doc).read_text()) for doc in ("README.md", "bundle/docs/README.md")}
+    assert all(named.values()) and {v for found in named.values() for v in found} == {version}, named
