@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU (CI has none; run them where one is lent): the shipped model end
 # to end on the GPU against the CPU (largest landmark distance, latency, MRE per site) and its
-# network's GPU figures (scripts/benchmark_speed.py --device-only), then the tests whose code paths change on a GPU (the bundle's training with AMP,
-# evaluation and inference of both stages, the command line's default device).
+# network's GPU figures (scripts/benchmark_speed.py --device-only), then the tests whose code
+# paths change on a GPU (the bundle's training with AMP, evaluation and inference of both stages,
+# the command line's default device).
 #
 #   bash scripts/check_gpu.sh [OUT_DIR]        # make check-gpu; logs in OUT_DIR (runs/gpu-check)
 #

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from maht_net.errors import InputError
+from maht_net.inference.device import default_device
 
 COMMAND_MODULES = (
     "maht_net.cli.phantom",
@@ -26,6 +27,11 @@ COMMAND_MODULES = (
     "maht_net.cli.analyze",
     "maht_net.cli.report",
 )
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``, shared by the commands that run a network (default: :func:`default_device`)."""
+    parser.add_argument("--device", default=default_device(), help="PyTorch device: cpu, cuda, cuda:1... (default here: %(default)s, the GPU when there is one)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from maht_net.cli import add_device_argument
 from maht_net.inference.calibration import calibrate_checkpoint
-from maht_net.inference.device import default_device
 
 
 def _run(args: argparse.Namespace) -> int:
     record = calibrate_checkpoint(
         args.checkpoint, args.datalist, args.section, args.out, base_dir=args.base_dir, mc_samples=args.mc_samples, tta=args.tta,
-        prior_strength=args.prior_strength, device=args.device or default_device(),
+        prior_strength=args.prior_strength, device=args.device,
     )  # fmt: skip
     print(
         f"calibrated on {record['n_images']} image(s) of '{args.section}' ({record['n_landmarks']} landmarks): raw RMS spread "
@@ -47,5 +47,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mc-samples", type=int, default=0, help="inference mode the calibration is for: MC-dropout passes")
     p.add_argument("--tta", action="store_true", help="inference mode the calibration is for: test-time shifts")
     p.add_argument("--prior-strength", type=float, default=10.0, help="pseudo-observations shrinking each landmark's scale to the common one")
-    p.add_argument("--device", help="PyTorch device (cpu, cuda, cuda:1...; default: cuda when available, else cpu)")
+    add_device_argument(p)
     p.set_defaults(func=_run)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from maht_net.cli import add_device_argument
 from maht_net.errors import InputError
-from maht_net.inference.device import default_device
 from maht_net.inference.ensemble import load_ensemble
 from maht_net.inference.export import OnnxNetwork, export_checkpoint, onnx_refiner
 from maht_net.inference.predictor import Predictor, image_items, load_model
@@ -27,7 +27,7 @@ def _checkpoints(args: argparse.Namespace) -> list[Path]:
 
 def _run_infer(args: argparse.Namespace) -> int:
     checkpoints = _checkpoints(args)
-    device = "cpu" if args.onnx else args.device or default_device()  # ONNX Runtime runs on the CPU here
+    device = "cpu" if args.onnx else args.device  # ONNX Runtime runs on the CPU here
     refiner = None
     if len(checkpoints) > 1:
         if args.onnx:
@@ -95,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
     p.add_argument("--no-refine", action="store_true", help="first stage only, for a two-stage checkpoint (docs/refinement.md)")
-    p.add_argument("--device", help="PyTorch device (cpu, cuda, cuda:1...; default: cuda when available, else cpu)")
+    add_device_argument(p)
     p.set_defaults(func=_run_infer)
     e = subparsers.add_parser("export", help="export a trained bundle model to ONNX or TorchScript (checked against eager)")
     e.add_argument("--bundle", help="bundle folder whose models/model.pt is exported (default: the shipped model)")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from maht_net.cli import add_device_argument
 from maht_net.codec.patches import PatchCodec
 from maht_net.engine.refine import PatchJitter, refine_checkpoint
 from maht_net.inference.calibration import calibrate_checkpoint
-from maht_net.inference.device import default_device
 from maht_net.io.checkpoint import load_checkpoint_file
 from maht_net.io.datalist import datalist_sections, load_datalist, read_datalist
 
 
 def _run(args: argparse.Namespace) -> int:
-    device = args.device or default_device()
+    device = args.device
     state = load_checkpoint_file(args.checkpoint)
     info = state.get("info", {}) if isinstance(state, dict) else {}
     items = load_datalist(args.datalist, args.section, base_dir=args.base_dir, landmark_set=info.get("landmark_set"), check_files=True)
@@ -76,6 +76,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="films per step (each gives one patch per landmark)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="PyTorch device (cpu, cuda, cuda:1...; default: cuda when available, else cpu)")
+    add_device_argument(p)
     p.set_defaults(func=_run)
 

@@ -109,12 +109,12 @@ class LandmarkInferer(Inferer):
             enable_mc_dropout(network)
         log_probs = []
         try:
-            for kx, ky in steps:
-                for _ in range(self.mc_samples if stochastic else 1):
-                    with exact_float32():
+            with exact_float32():
+                for kx, ky in steps:
+                    for _ in range(self.mc_samples if stochastic else 1):
                         logits = network(_shift(inputs, kx * s, ky * s), *args, **kwargs)
-                    logits = logits["heatmaps"] if isinstance(logits, Mapping) else logits
-                    log_probs.append(_shift(spatial_log_softmax(logits), -kx, -ky, fill=-1e4))
+                        logits = logits["heatmaps"] if isinstance(logits, Mapping) else logits
+                        log_probs.append(_shift(spatial_log_softmax(logits), -kx, -ky, fill=-1e4))
         finally:
             if stochastic:
                 network.eval()
