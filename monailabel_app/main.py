@@ -152,6 +152,14 @@ class MAHTNetApp(MONAILabelApp):
         else:
             raise http_error(404, f"image {image!r} not found in the datastore")
         request["image_id"] = image_id or os.path.basename(request["image"]).split(".")[0]
+        request.pop("spacing_from", None)  # said by the server only
+        if request.get("spacing"):
+            request["spacing_from"] = "request"
+        elif image_id is not None:
+            # the spacing an annotator set in the image's info wins over the file's and the default (as in training)
+            info_spacing = datastore.get_image_info(image_id).get("spacing")
+            if info_spacing:
+                request["spacing"], request["spacing_from"] = info_spacing, "image info"
         result_file, result_json = task(request)
         label_id = result_file
         if image_id is not None and str(request.get("save_label", "false")).lower() == "true" and result_file:

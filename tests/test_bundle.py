@@ -596,12 +596,16 @@ def test_maht_net_infer_cli_pytorch_and_onnx(trained, phantom, tmp_path, capsys)
 
     image = sorted((phantom.parent / "images").glob("*.png"))[0]
     assert main(["infer", "--bundle", str(trained), "--input", str(image), "--out", str(tmp_path / "pt"), "--spacing", "0.3", "--device", "cpu"]) == 0
+    for bad in (["0"], ["0.1", "0.1", "0.1"]):
+        assert main(["infer", "--bundle", str(trained), "--input", str(image), "--out", str(tmp_path / "bad"), "--spacing", *bad]) == 2
+    assert "--spacing takes one or two positive mm values" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["export", "--bundle", str(trained), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     assert main(["infer", "--bundle", str(trained), "--input", str(image), "--out", str(tmp_path / "ort"), "--onnx", str(tmp_path / "m.onnx"), "--no-overlay"]) == 0
     pt = json.loads((tmp_path / "pt" / f"{image.stem}_landmarks.json").read_text())
     ort = json.loads((tmp_path / "ort" / f"{image.stem}_landmarks.json").read_text())
     diff = max(abs(a[k] - b[k]) for a, b in zip(pt["landmarks"], ort["landmarks"]) for k in ("x", "y"))
     assert diff < 0.05 and pt["landmarks"][0]["uncertainty_mm"] is not None and "SNA" in json.dumps(pt["measurements"])
+    assert pt["spacing"] == [0.3, 0.3] and pt["spacing_source"] == "fallback"  # the PNG states none
     assert (tmp_path / "pt" / f"{image.stem}_overlay.png").is_file() and not (tmp_path / "ort" / f"{image.stem}_overlay.png").exists()
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")

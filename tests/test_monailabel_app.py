@@ -283,8 +283,35 @@ def test_infer_label_map_overlays_the_image(server, studies, image_id):
     sx, sy = params["spacing"]
     expected = {"phantom_0000": studies["spacing"], NRRD_ID: studies["spacing"], DICOM_ID: DICOM_SPACING}[image_id]
     np.testing.assert_allclose((sx, sy), expected, rtol=1e-6)
+    assert params["spacing_source"] == ("fallback" if image_id == "phantom_0000" else "file")  # the PNG states none: --conf default_spacing
     x0, y0 = params["origin"]
     np.testing.assert_allclose(rows[0]["x_mm"], x0 + rows[0]["x"] * sx, rtol=1e-9)
+
+
+def test_infer_takes_the_spacing_of_the_request_then_the_image_info(server):
+    """A spacing set in the image's datastore info (``PUT /datastore/image/info``) wins over the
+    file's and ``default_spacing``, a request's over both; the result says which was used, and a
+    bad one is a 400 naming where it came from."""
+    client, image = server["client"], "phantom_0001"
+
+    def put_info(info):
+        res = requests.put(f"{server['url']}/datastore/image/info", params={"image": image}, data={"info": json.dumps(info)}, timeout=30)
+        assert res.status_code == 200, res.text
+
+    put_info({"spacing": [0.2, 0.25]})
+    try:
+        _, params = client.infer("maht_net", image, {"result_extension": ".json"})
+        assert params["spacing"] == [0.2, 0.25] and params["spacing_source"] == "image info"
+        assert params["landmarks"][3]["x_mm"] == pytest.approx(params["landmarks"][3]["x"] * 0.2)
+        _, params = client.infer("maht_net", image, {"result_extension": ".json", "spacing": "0.3", "spacing_from": "file"})
+        assert params["spacing"] == [0.3, 0.3] and params["spacing_source"] == "request"
+        put_info({"spacing": "wide"})
+        status, msg = _error(client.infer, "maht_net", image, {"result_extension": ".json"})
+        assert status == 400 and "image info spacing" in msg
+    finally:
+        put_info({"spacing": None})
+    _, params = client.infer("maht_net", image, {"result_extension": ".json"})
+    assert params["spacing_source"] == "fallback"
 
 
 def test_infer_honours_result_compress(server):
@@ -548,12 +575,10 @@ def _own_uncertainty(model_path: Path, image: Path, spacing_fallback) -> float:
 
     from maht_net.inference.predictor import Predictor
 
-    predictor = Predictor.from_checkpoint(model_path, mc_samples=SCORING_MC, tta=True)
+    predictor = Predictor.from_checkpoint(model_path, mc_samples=SCORING_MC, tta=True, default_spacing=spacing_fallback)
     torch.manual_seed(0)
     pred = predictor.predict([str(image)])[0]
-    spacing = pred["spacing"] or spacing_fallback
-    unc = np.array([r["uncertainty_px"] for r in pred["landmarks"]]) * (spacing[0] + spacing[1]) / 2.0
-    return float(unc.mean())
+    return float(np.mean([r["uncertainty_mm"] for r in pred["landmarks"]]))
 
 
 def test_scoring_then_next_sample_serves_the_most_uncertain(server, studies):

@@ -292,6 +292,35 @@ def test_predictor_runs_both_stages_and_records_the_first(tiny_checkpoint, two_s
         predictor.predict(Predictor(*load_model(two_stage)).prepare(images), prepared=True)
 
 
+def test_a_default_spacing_serves_both_stages_of_films_that_state_none(two_stage, phantom_items, tmp_path):
+    """``Predictor(default_spacing=...)`` (``maht-net infer --spacing``, the app's ``default_spacing``):
+    a film whose file and item state no spacing is predicted exactly as if its item gave that
+    spacing, both stages included, and says so; an item's or a file's own spacing wins."""
+    import itk
+
+    item = phantom_items[7]
+    spacing = tuple(item["spacing"])
+    bare = {"image": item["image"], "id": item["id"]}
+    (given,) = Predictor.from_checkpoint(two_stage).predict([item])
+    (fallback,) = Predictor.from_checkpoint(two_stage, default_spacing=spacing).predict([bare])
+    assert fallback["spacing_source"] == "fallback" and "spacing_source" not in given
+    assert fallback["refinement"] == given["refinement"] == {"film_spacing_mm": pytest.approx(spacing), "film_spacing_from": "given"}
+    assert fallback["landmarks"] == given["landmarks"]  # points, mm fields and uncertainty alike
+    assert fallback["spacing"] == pytest.approx(spacing) and fallback["landmarks"][0]["x_mm"] is not None
+    other = Predictor.from_checkpoint(two_stage, default_spacing=[0.9])
+    assert "spacing_source" not in other.predict([item])[0] and other.predict([item])[0]["landmarks"] == given["landmarks"]
+    # a file that states its spacing (NRRD) keeps it
+    film = itk.imread(item["image"])
+    film.SetSpacing(spacing)
+    itk.imwrite(film, str(tmp_path / "film.nrrd"))
+    (stated,) = other.predict([str(tmp_path / "film.nrrd")])
+    assert stated["spacing"] == pytest.approx(spacing) and "spacing_source" not in stated
+    assert stated["refinement"]["film_spacing_mm"] == pytest.approx(spacing)
+    for bad in ([0.0], [0.1, 0.2, 0.3], [float("nan")]):
+        with pytest.raises(ValueError, match="default_spacing"):
+            Predictor.from_checkpoint(two_stage, default_spacing=bad)
+
+
 def test_calibrating_a_two_stage_model_scales_what_both_stages_report_not_the_points(two_stage, phantom_datalist, tmp_path):
     """``calibrate_checkpoint`` fits the first stage, then the uncertainty the two stages report
     together (its stage's combine mode); predictions carry that record, and their points do not move."""
@@ -440,3 +469,6 @@ def test_the_monailabel_app_serves_both_stages(tiny_checkpoint, two_stage, phant
     for a, b in zip(served, direct):
         assert [(r["x"], r["y"]) for r in a["landmarks"]] == [(r["x"], r["y"]) for r in b["landmarks"]]
     assert ModelStore(tiny_checkpoint, tmp_path / "served").predictor().refiner is None
+    bare = [{"image": it["image"], "id": it["id"]} for it in phantom_items[:2]]
+    fallback = ModelStore(two_stage, tmp_path / "served").predictor(default_spacing=tuple(phantom_items[0]["spacing"])).predict(bare)
+    assert [p["landmarks"] for p in fallback] == [p["landmarks"] for p in direct]  # the app's default_spacing reaches both stages

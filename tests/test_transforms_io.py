@@ -31,6 +31,7 @@ from maht_net.transforms.io import (
     ORIGIN,
     ORIGINAL_SIZE,
     ORIGINAL_SPACING,
+    SPACING_FALLBACK,
     LoadXRay,
     LoadXRayd,
     as_landmarks,
@@ -88,6 +89,24 @@ def test_datalist_spacing_wins_and_warns_when_it_disagrees(tmp_path):
 def test_png_without_spacing_gives_none(tmp_path):
     out = LoadXRayd()({"image": str(_png(tmp_path / "a.png"))})
     assert out["spacing"] is None and "landmarks" not in out
+
+
+def test_default_spacing_fills_in_only_where_item_and_file_state_none(tmp_path):
+    """``default_spacing`` (``maht-net infer --spacing``): a PNG takes it and its meta says so; a
+    DICOM's own spacing and an item's spacing win over it."""
+    png = str(_png(tmp_path / "a.png"))
+    dcm = str(write_dicom(tmp_path / "a.dcm", np.zeros((40, 50), np.uint16), ImagerPixelSpacing=[0.12, 0.1]))
+    load = LoadXRayd(default_spacing=0.2)
+    filled = load({"image": png})
+    assert filled["spacing"] == (0.2, 0.2) and filled["image"].meta[SPACING_FALLBACK] is True
+    np.testing.assert_allclose(filled["image"].meta[ORIGINAL_SPACING], (0.2, 0.2))
+    for item, expected in (({"image": dcm}, (0.1, 0.12)), ({"image": png, "spacing": (0.3, 0.25)}, (0.3, 0.25))):
+        out = load(item)
+        assert out["spacing"] == pytest.approx(expected) and out["image"].meta[SPACING_FALLBACK] is False
+    assert LoadXRayd(default_spacing=[0.1, 0.15])({"image": png})["spacing"] == (0.1, 0.15)
+    for bad in (0.0, [0.1, 0.1, 0.1], float("inf")):
+        with pytest.raises(ValueError, match="default_spacing"):
+            LoadXRayd(default_spacing=bad)
 
 
 def test_landmarks_become_float32_arrays(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def _checkpoints(args: argparse.Namespace) -> list[Path]:
 
 
 def _run_infer(args: argparse.Namespace) -> int:
+    if args.spacing and (len(args.spacing) > 2 or not all(math.isfinite(v) and v > 0 for v in args.spacing)):
+        print(f"error: --spacing takes one or two positive mm values (SX SY), got {' '.join(map(str, args.spacing))}", file=sys.stderr)
+        return 2
     checkpoints = _checkpoints(args)
     device = "cpu" if args.onnx else args.device  # ONNX Runtime runs on the CPU here
     refiner = None
@@ -50,10 +54,7 @@ def _run_infer(args: argparse.Namespace) -> int:
             raise InputError(args.onnx, "MC-dropout needs the PyTorch model; drop --onnx or --mc-samples")
     inputs = args.input[0] if len(args.input) == 1 and Path(args.input[0]).is_dir() else args.input
     items = image_items(inputs)
-    if args.spacing:
-        sx, sy = (args.spacing[0], args.spacing[0]) if len(args.spacing) == 1 else args.spacing[:2]
-        items = [dict(it, spacing=(sx, sy)) for it in items]
-    predictor = Predictor(network, info, device, mc_samples=args.mc_samples, tta=args.tta, refiner=refiner)
+    predictor = Predictor(network, info, device, mc_samples=args.mc_samples, tta=args.tta, refiner=refiner, default_spacing=args.spacing)
     out = Path(args.out)
     failed = []
     for item in items:  # one at a time: a bad file is reported by name and the others still run
@@ -88,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "an ensemble (e.g. the k fold models): their heatmaps are averaged")
     p.add_argument("--input", nargs="+", required=True, help="image files, or one folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="pixel spacing (one value or SX SY) when the files do not state it")
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="pixel spacing (one value or SX SY) of the files that do not state it "
+                   "(a file's own spacing, e.g. DICOM's, wins); predictions then say spacing_source 'fallback'")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (4 shifted passes)")
     p.add_argument("--mc-samples", type=int, default=0, help="MC-dropout passes for uncertainty (0 = off)")
     p.add_argument("--onnx", help="run this ONNX model with ONNX Runtime instead of PyTorch")

@@ -39,11 +39,12 @@ FILM_KEY = "film"
 """Key of the full-resolution film (normalised, before the letterbox) that the refinement stage reads."""
 
 
-def film_transforms(normalize: str = "percentile", clahe: bool = False) -> list:
+def film_transforms(normalize: str = "percentile", clahe: bool = False, default_spacing: float | Sequence[float] | None = None) -> list:
     """Load -> normalise intensities -> optional CLAHE: the film at its own resolution, as both
     stages see it (the first after :func:`preprocessing_transforms`' letterbox, the refinement
-    stage in patches)."""
-    steps: list = [LoadXRayd("image"), NormalizeXRayd("image", mode=normalize)]
+    stage in patches). ``default_spacing``: mm/px of films whose item and file state none
+    (:class:`~maht_net.transforms.io.LoadXRayd`)."""
+    steps: list = [LoadXRayd("image", default_spacing=default_spacing), NormalizeXRayd("image", mode=normalize)]
     if clahe:
         steps.append(CLAHEd("image"))
     return steps
@@ -55,6 +56,7 @@ def preprocessing_transforms(
     clahe: bool = False,
     keep_film: bool = False,
     mm_per_px: float | None = None,
+    default_spacing: float | Sequence[float] | None = None,
 ) -> list:
     """Load -> normalise intensities -> optional CLAHE -> letterbox to ``size`` ``(W, H)``.
 
@@ -63,8 +65,9 @@ def preprocessing_transforms(
     ``mm_per_px``: the input's pixel size in mm for films whose spacing is known (the same
     anatomy covers the same input pixels on every machine; a larger film is shrunk to fit),
     ``None``: every film fills the input (:class:`~maht_net.transforms.spatial.LandmarkResizePad`).
+    ``default_spacing``: see :func:`film_transforms`.
     """
-    steps = film_transforms(normalize, clahe)
+    steps = film_transforms(normalize, clahe, default_spacing)
     if keep_film:
         steps.append(CopyItemsd("image", names=FILM_KEY))
     steps.append(LandmarkResizePadd("image", size=_size(size), mm_per_px=mm_per_px))
@@ -128,17 +131,20 @@ def evaluation_transforms(
     clahe: bool = False,
     keep_film: bool = False,
     mm_per_px: float | None = None,
+    default_spacing: float | Sequence[float] | None = None,
 ) -> Compose:
-    """Preprocessing and packing for evaluation and inference; ``keep_film``, ``mm_per_px``: see :func:`preprocessing_transforms`."""
+    """Preprocessing and packing for evaluation and inference; ``keep_film``, ``mm_per_px``,
+    ``default_spacing``: see :func:`preprocessing_transforms`."""
     extra = (FILM_KEY,) if keep_film else ()
-    steps = preprocessing_transforms(size, normalize, clahe, keep_film, mm_per_px)
+    steps = preprocessing_transforms(size, normalize, clahe, keep_film, mm_per_px, default_spacing)
     return Compose(steps + [PackLandmarksd(num_landmarks=num_landmarks, extra_keys=extra)])
 
 
-def model_transforms(info: Mapping[str, Any], keep_film: bool = False) -> Compose:
+def model_transforms(info: Mapping[str, Any], keep_film: bool = False, default_spacing: float | Sequence[float] | None = None) -> Compose:
     """:func:`evaluation_transforms` for a checkpoint's ``info``: the preprocessing its network was
     trained with (input size, landmarks, normalisation, CLAHE, input pixel size; the defaults of
-    checkpoints written before a field existed)."""
+    checkpoints written before a field existed). ``default_spacing``: mm/px of films whose item
+    and file state none (their predictions say ``"spacing_source": "fallback"``)."""
     return evaluation_transforms(
         info["input_size"],
         len(info["landmark_names"]),
@@ -146,6 +152,7 @@ def model_transforms(info: Mapping[str, Any], keep_film: bool = False) -> Compos
         bool(info.get("clahe", False)),
         keep_film,
         info.get("input_mm_per_px"),
+        default_spacing,
     )
 
 

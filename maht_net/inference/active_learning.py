@@ -5,7 +5,7 @@ the server and the simulation measure the same way. :func:`image_uncertainty` ru
 :class:`~maht_net.inference.predictor.Predictor` built with MC-dropout and/or test-time shifts
 (``mc_samples``, ``tta``) on one image, seeded, and condenses the per-landmark spread
 (``uncertainty_px`` / ``uncertainty_mm``) into one score: the mean over the landmarks, in mm when
-the spacing is known (or given as a fallback), else in pixels.
+the spacing is known (the file's, the item's, or the predictor's ``default_spacing``), else in pixels.
 
 Diversity: :func:`encoder_features` describes each film by the network's deepest encoder
 features, and :func:`k_center_greedy` picks films far from everything already labelled (the
@@ -24,47 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maht_net.clinical.analysis import analyze_prediction
-from maht_net.codec.uncertainty import landmark_covariances
-from maht_net.io.predictions import build_prediction, prediction_points, prediction_uncertainty
-
 UNCERTAINTY_KEY = "maht_uncertainty"
 """Image-info key (MONAI Label datastore) holding the image's mean landmark uncertainty (a number)."""
-
-
-def with_fallback_spacing(pred: dict[str, Any], spacing: Sequence[float] | None) -> dict[str, Any]:
-    """The prediction rebuilt with ``spacing`` when it has none (mm fields filled in)."""
-    if pred.get("spacing") or not spacing:
-        return pred
-    rows = pred["landmarks"]
-    unc = prediction_uncertainty(pred)
-    conf = np.array([np.nan if r.get("confidence") is None else r["confidence"] for r in rows])
-    keep = {k: v for k, v in pred.items() if k not in _PREDICTION_FIELDS}
-    out = build_prediction(
-        pred["image"],
-        pred["width"],
-        pred["height"],
-        prediction_points(pred),
-        spacing=(float(spacing[0]), float(spacing[1])),
-        uncertainty_px=unc,
-        confidence=conf,
-        landmark_set=pred["landmark_set"],
-        item_id=pred["id"],
-        origin=tuple(pred.get("origin") or (0.0, 0.0)),
-        covariance_px=landmark_covariances(pred) if any(r.get("covariance_px") is not None for r in rows) else None,
-        **keep,
-    )
-    out["spacing_source"] = "fallback"
-    if "measurements" in pred:  # inference adds cephalometric measurements: redo them in mm
-
-        out["measurements"] = analyze_prediction(out)
-    return out
-
-
-_PREDICTION_FIELDS = {
-    "format", "format_version", "image", "id", "width", "height", "spacing", "origin", "landmark_set",
-    "coordinate_convention", "landmarks", "points",
-}
 
 
 def uncertainty_summary(pred: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,7 +52,6 @@ def image_uncertainty(
     predictor: Any,
     item: Mapping[str, Any] | str | os.PathLike,
     seed: int = 0,
-    fallback_spacing: Sequence[float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Predict one image with a seeded generator and summarise its uncertainty.
 
@@ -110,7 +70,6 @@ def image_uncertainty(
         pred = predictor.predict([item])[0]
     finally:
         torch.random.set_rng_state(state)
-    pred = with_fallback_spacing(pred, fallback_spacing)
     return pred, uncertainty_summary(pred)
 
 

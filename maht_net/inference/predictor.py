@@ -138,6 +138,11 @@ class Predictor:
             stage only: refined landmarks report the refinement network's own spread).
         refiner: the refinement stage (:func:`~maht_net.inference.refine.load_refiner`), or ``None``.
         refine: run it (``False``: first stage only, for paired on/off comparisons).
+        default_spacing: ``(sx, sy)`` mm per pixel (or one value) of films whose item gives no
+            ``spacing`` and whose file states none (PNG, JPEG...): both stages and the mm fields
+            use it, and their predictions say ``"spacing_source": "fallback"``. ``None``: such
+            films stay without a spacing (pixel units; the refinement stage estimates one from the
+            anatomy).
     """
 
     def __init__(
@@ -151,11 +156,12 @@ class Predictor:
         calibrate: bool = True,
         refiner: Refiner | None = None,
         refine: bool = True,
+        default_spacing: Sequence[float] | None = None,
     ) -> None:
         self.network, self.info, self.device = network, dict(info), torch.device(device)
         self.batch_size = int(batch_size)
         self.refiner = refiner if refine else None
-        self.transform = model_transforms(info, keep_film=self.refiner is not None)
+        self.transform = model_transforms(info, keep_film=self.refiner is not None, default_spacing=default_spacing)
         self.inferer = LandmarkInferer(mc_samples, tta, int(info["stride"]))
         calibration = calibration_for(info, mc_samples, tta) if calibrate else None
         self.decode = DecodeLandmarksd(stride=int(info["stride"]), method=info.get("decoder", "dark"), calibration=calibration)

@@ -15,6 +15,7 @@ from maht_net.clinical.analysis import analyze_prediction
 from maht_net.codec.uncertainty import landmark_covariances
 from maht_net.io.image import load_xray
 from maht_net.io.predictions import build_prediction, prediction_points, write_prediction
+from maht_net.transforms.io import SPACING_FALLBACK
 from maht_net.visualize import save_overlay
 
 
@@ -52,6 +53,7 @@ def prediction_from_batch(
     files = _meta_list(meta, "filename_or_obj", n)
     sizes = _meta_list(meta, "original_size", n)
     origins = _meta_list(meta, "origin", n)
+    fallback = _meta_list(meta, SPACING_FALLBACK, n)
     spacings = torch.as_tensor(batch["orig_spacing"]).cpu().numpy()
     ids = batch.get("id") or [Path(f).name.split(".")[0] for f in files]
     preds = []
@@ -75,6 +77,7 @@ def prediction_from_batch(
                 coarse_points=None if coarse is None else coarse[i],
                 coarse_uncertainty_px=None if coarse_spread is None else coarse_spread[i],
                 **({"model": dict(model)} if model else {}),
+                **({"spacing_source": "fallback"} if fallback[i] is not None and bool(fallback[i]) else {}),
                 **(
                     {"refinement": {"film_spacing_mm": [float(v) for v in refine_spacing[i]], "film_spacing_from": output["refine_spacing_source"][i]}}
                     if refine_spacing is not None

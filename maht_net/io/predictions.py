@@ -4,6 +4,7 @@ One image gives ``<id>_landmarks.json``::
 
     {"format": "maht-net-landmarks", "format_version": 1, "image": path, "id": str,
      "width": W, "height": H, "spacing": [sx, sy] | null, "origin": [x0, y0],
+     "spacing_source": "fallback",   # only when spacing is the user's default for files stating none
      "landmark_set": "isbi2015", "coordinate_convention": str,
      "landmarks": [{"index": 1, "name": "sella", "abbreviation": "S", "x": float, "y": float,
                     "x_mm": float | null, "y_mm": float | null,
@@ -16,6 +17,11 @@ One image gives ``<id>_landmarks.json``::
      "refinement": {"film_spacing_mm": [sx, sy], "film_spacing_from": "given" | "estimated" | "default"},  # likewise
      "uncertainty_calibration": {...} | null,
      "measurements": {...}}   # optional: maht_net.clinical.analysis.analyze_prediction (SNA, ANB, ...)
+
+``spacing`` is the film's file's (DICOM, NRRD...) or the datalist item's; a film stating none takes
+the user's default when one is set (``maht-net infer --spacing``, the app's ``default_spacing``:
+:class:`~maht_net.inference.predictor.Predictor`'s ``default_spacing``), and the document then
+says ``"spacing_source": "fallback"``.
 
 ``x``/``y`` are pixels of the original image (x = column, y = row, origin top-left pixel
 centre); a landmark that could not be placed has ``x = y = null``. Beside it,

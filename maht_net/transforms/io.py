@@ -14,7 +14,9 @@ Image metadata (``d["image"].meta``), all as numpy arrays so that a DataLoader c
 - ``origin``: ``(x0, y0)`` mm of the file's pixel ``(0, 0)`` (float64);
 - ``orig_to_current``: ``(3, 3)`` float64 homogeneous matrix mapping an original ``(x, y, 1)`` to
   the current ``(x, y, 1)``; every geometric transform left-multiplies its own matrix;
-- ``nonlinear_warp``: ``True`` once an elastic warp made ``orig_to_current`` inexact.
+- ``nonlinear_warp``: ``True`` once an elastic warp made ``orig_to_current`` inexact;
+- ``spacing_fallback``: ``True`` when ``original_spacing`` is the user's default for a file that
+  states none (:class:`LoadXRayd`'s ``default_spacing``), not the file's or the item's.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "ORIGIN",
     "ORIG_TO_CURRENT",
     "NONLINEAR_WARP",
+    "SPACING_FALLBACK",
     "xray_meta",
     "as_landmarks",
     "unwrap_input_error",
@@ -53,6 +56,7 @@ ORIGINAL_SPACING = "original_spacing"
 ORIGIN = "origin"
 ORIG_TO_CURRENT = "orig_to_current"
 NONLINEAR_WARP = "nonlinear_warp"
+SPACING_FALLBACK = "spacing_fallback"
 
 
 def xray_meta(
@@ -78,6 +82,7 @@ def xray_meta(
         ORIGIN: np.asarray(origin, dtype=np.float64),
         ORIG_TO_CURRENT: np.eye(3),
         NONLINEAR_WARP: False,
+        SPACING_FALLBACK: False,
     }
 
 
@@ -163,22 +168,26 @@ class LoadXRayd(MapTransform):
 
     - ``d[landmarks_key]`` (datalist points, list with ``None`` rows, array or tensor) becomes an
       ``(N, 2)`` float32 numpy array, NaN for missing; absent keys are left absent (inference);
-    - ``d[spacing_key]`` becomes the datalist's spacing when given, else the file's, else ``None``.
-      When both exist and differ by more than ``spacing_rtol``, a warning names the file and the
-      datalist's value is used. The chosen spacing is also written to ``meta["original_spacing"]``.
+    - ``d[spacing_key]`` becomes the datalist's spacing when given, else the file's, else
+      ``default_spacing`` (then ``meta["spacing_fallback"]`` is ``True``), else ``None``. When the
+      datalist's and the file's differ by more than ``spacing_rtol``, a warning names the file and
+      the datalist's value is used. The chosen spacing is also written to ``meta["original_spacing"]``.
 
     Args:
         keys: keys of the image paths to load; other keys pass through unchanged.
         landmarks_key: key of the ``(N, 2)`` ``(x, y)`` points, or ``None`` to leave them alone.
         spacing_key: key of the ``(sx, sy)`` mm spacing, or ``None`` to leave it alone.
         spacing_rtol: relative difference between datalist and file spacing that triggers a warning.
+        default_spacing: ``(sx, sy)`` mm (or one value for both) of films whose item and file state
+            none (``maht-net infer --spacing``, the MONAI Label app's ``default_spacing``).
         allow_missing_keys: don't raise when a key in ``keys`` is missing.
 
     Notes:
         - Images: ``(1, H, W)``; points: ``(N, 2)`` ``(x, y)`` in pixels of the loaded image.
 
     Raises:
-        ValueError: ``spacing_rtol`` is negative, or the landmarks are not ``(N, 2)``.
+        ValueError: ``spacing_rtol`` is negative, ``default_spacing`` is not one or two positive
+            values, or the landmarks are not ``(N, 2)``.
         InputError: the image file is bad (from :func:`~maht_net.io.image.load_xray`, unchanged).
     """
 
@@ -190,11 +199,13 @@ class LoadXRayd(MapTransform):
         landmarks_key: str | None = "landmarks",
         spacing_key: str | None = "spacing",
         spacing_rtol: float = 0.01,
+        default_spacing: float | Sequence[float] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if spacing_rtol < 0:
             raise ValueError(f"Argument `spacing_rtol` must be non-negative, got {spacing_rtol}.")
+        self.default_spacing = None if default_spacing is None else _spacing_pair(default_spacing)
         self.landmarks_key = landmarks_key
         self.spacing_key = spacing_key
         self.spacing_rtol = float(spacing_rtol)
@@ -210,6 +221,8 @@ class LoadXRayd(MapTransform):
             d[self.landmarks_key] = as_landmarks(d[self.landmarks_key], self.landmarks_key)
         if first is not None and self.spacing_key is not None:
             spacing = self._resolve_spacing(d.get(self.spacing_key), first.meta)
+            if spacing is None and self.default_spacing is not None:
+                spacing, first.meta[SPACING_FALLBACK] = self.default_spacing, True
             d[self.spacing_key] = spacing
             first.meta[ORIGINAL_SPACING] = np.full(2, np.nan) if spacing is None else np.asarray(spacing)
         return d
@@ -230,3 +243,13 @@ class LoadXRayd(MapTransform):
                 stacklevel=2,
             )
         return datalist_spacing
+
+
+def _spacing_pair(spacing: float | Sequence[float]) -> tuple[float, float]:
+    """``(sx, sy)`` positive mm from one value or a pair."""
+    values = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    if values.size == 1:
+        values = np.repeat(values, 2)
+    if values.shape != (2,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(f"Argument `default_spacing` must be one or two positive mm values, got {spacing!r}.")
+    return float(values[0]), float(values[1])

@@ -10,7 +10,9 @@ Every key is optional:
 ``model_dir``           fine-tuned models, candidates, history and promotion decisions
                         (``lib/model.py``); default ``<app>/model/maht_net``
 ``default_spacing``     mm per pixel for images whose file states none (PNG, JPEG ...), one
-                        value or ``"sx,sy"``; default none (measurements then in pixels)
+                        value or ``"sx,sy"``; both stages predict with it (the refinement stage
+                        cuts its patches at it) and results say ``spacing_source: fallback``;
+                        default none (measurements in pixels, refinement estimates a spacing)
 ``output``              ``labelmap`` (default) or ``markups``: what infer returns as its file
                         (a request with ``result_extension=.json`` also gets markups)
 ``disc_radius``         disc radius in pixels for the label map; default ~0.7 % of the

@@ -110,12 +110,16 @@ class ModelStore:
                 self._network, self._info, self._refiner, self._key = network, info, refiner, key
             return self._network, self._info
 
-    def predictor(self, mc_samples: int = 0, tta: bool = False, calibrate: bool = True) -> Predictor:
-        """Both stages of the served model (the refinement stage when the file holds one)."""
+    def predictor(
+        self, mc_samples: int = 0, tta: bool = False, calibrate: bool = True, default_spacing: tuple[float, float] | None = None
+    ) -> Predictor:
+        """Both stages of the served model (the refinement stage when the file holds one);
+        ``default_spacing``: mm/px of films that state none (``--conf default_spacing``)."""
         with self.lock:
             network, info = self.load()
             refiner = self._refiner
-        return Predictor(network, info, device=self.device, mc_samples=mc_samples, tta=tta, calibrate=calibrate, refiner=refiner)
+        return Predictor(network, info, device=self.device, mc_samples=mc_samples, tta=tta, calibrate=calibrate, refiner=refiner,
+                         default_spacing=default_spacing)  # fmt: skip
 
     @property
     def landmark_set(self) -> str:

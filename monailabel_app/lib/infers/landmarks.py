@@ -9,13 +9,15 @@ Returns
 - JSON ``params``: ``label_names`` (``{name: value}``, used by Slicer to name the segments),
   ``landmarks`` (x, y px; x_mm, y_mm; uncertainty_px/mm; confidence), ``markups`` (the point
   list), ``measurements`` (cephalometric analysis from :mod:`maht_net.clinical.analysis`, when inference
-  provides it), ``spacing``/``spacing_source``, ``geometry`` (the viewer's), ``model`` (version),
+  provides it), ``spacing``/``spacing_source`` (``file``, ``request``, ``image info`` or
+  ``fallback``: ``--conf default_spacing``; ``null`` when none is known), ``geometry`` (the viewer's), ``model`` (version),
   ``refinement`` (two-stage models: the mm/px the second stage cut its patches at, and whether it
   was given or estimated; :mod:`maht_net.io.predictions`).
 
 Request parameters (all optional): ``output`` (``labelmap``/``markups``), ``result_extension``
 (``.nrrd``, ``.nii.gz``, ``.json``), ``result_compress`` (default true; OHIF sends false),
-``mc_samples``, ``tta``, ``disc_radius`` (px).
+``mc_samples``, ``tta``, ``disc_radius`` (px), ``spacing`` (mm/px, one value or ``"sx,sy"``: wins
+over the image info's ``spacing``, which wins over the file's and ``default_spacing``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from typing import Any
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from maht_net.inference.active_learning import with_fallback_spacing
 from maht_net.io.predictions import prediction_points
 from maht_net.io.viewer_labels import label_names, read_geometry, render_label_map, viewer_markups, write_label_map
 
@@ -93,11 +94,11 @@ class LandmarkInferTask(InferTask):
         t["geometry"] = time.time() - t0
         with self.models.lock:
             t0 = time.time()
-            predictor = self.models.predictor(mc_samples, tta)
+            predictor = self.models.predictor(mc_samples, tta, default_spacing=self.cfg.default_spacing)
             t["model"] = time.time() - t0
             given = request.get("spacing")
             try:
-                spacing = parse_spacing(given, "spacing") if given else None
+                spacing = parse_spacing(given, "image info spacing" if request.get("spacing_from") == "image info" else "spacing") if given else None
             except ValueError as e:
                 raise http_error(400, str(e)) from None
             item = {"image": image, "id": image_id, **({"spacing": spacing} if spacing else {})}
@@ -107,7 +108,6 @@ class LandmarkInferTask(InferTask):
             t["infer"] = time.time() - t0
             version = self.models.version()
             lset = self.models.landmark_set
-        pred = with_fallback_spacing(pred, self.cfg.default_spacing)
         pred["image"] = image_id  # not the server's path
         if isinstance(pred.get("measurements"), dict):
             pred["measurements"]["image"] = image_id
@@ -121,7 +121,7 @@ class LandmarkInferTask(InferTask):
             "width": pred["width"],
             "height": pred["height"],
             "spacing": pred["spacing"],
-            "spacing_source": pred.get("spacing_source", "file" if pred["spacing"] else None),
+            "spacing_source": pred.get("spacing_source") or (request.get("spacing_from", "request") if spacing else "file" if pred["spacing"] else None),
             "origin": pred["origin"],
             "geometry": geometry.as_dict(),
             "markups": markups,

@@ -77,8 +77,8 @@ class LandmarkUncertaintyScoring(ScoringMethod):
             try:
                 with self.models.lock:
                     # ranking needs the spread, not its calibration (fitted for plain passes, not MC-dropout)
-                    predictor = self.models.predictor(mc, tta, calibrate=False)
-                    _, summary = image_uncertainty(predictor, item, seed=seed, fallback_spacing=self.cfg.default_spacing)
+                    predictor = self.models.predictor(mc, tta, calibrate=False, default_spacing=self.cfg.default_spacing)
+                    _, summary = image_uncertainty(predictor, item, seed=seed)
             except HTTPException:
                 raise  # the model itself is unusable: stop, with its message
             except Exception as e:  # one unreadable film must not stop the others
