@@ -598,7 +598,7 @@ def test_maht_net_infer_cli_pytorch_and_onnx(trained, phantom, tmp_path, capsys)
     assert main(["infer", "--bundle", str(trained), "--input", str(image), "--out", str(tmp_path / "pt"), "--spacing", "0.3", "--device", "cpu"]) == 0
     for bad in (["0"], ["0.1", "0.1", "0.1"]):
         assert main(["infer", "--bundle", str(trained), "--input", str(image), "--out", str(tmp_path / "bad"), "--spacing", *bad]) == 2
-    assert "--spacing takes one or two positive mm values" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert "--spacing must be one or two positive mm values" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["export", "--bundle", str(trained), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     assert main(["infer", "--bundle", str(trained), "--input", str(image), "--out", str(tmp_path / "ort"), "--onnx", str(tmp_path / "m.onnx"), "--no-overlay"]) == 0
     pt = json.loads((tmp_path / "pt" / f"{image.stem}_landmarks.json").read_text())

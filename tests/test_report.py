@@ -102,6 +102,28 @@ def test_explanation_renders_heatmaps_and_gate_attention(prediction, tiny_checkp
     assert ((result["points"][:, 1] >= y0) & (result["points"][:, 1] <= y1)).all()
 
 
+def test_explanation_preprocesses_the_film_at_the_prediction_s_spacing(prediction, tiny_checkpoint, tmp_path, monkeypatch):
+    """A model trained at a fixed physical pixel size sees a PNG film (no spacing in the file) at
+    the spacing its prediction used, so the explained input is the predicted one."""
+    import torch
+
+    import maht_net.clinical.report as report
+
+    state = torch.load(tiny_checkpoint, weights_only=False)
+    state["info"]["input_mm_per_px"] = 4.0
+    physical = tmp_path / "physical.pt"
+    torch.save(state, physical)
+    image = prediction.parent.parent / "case.png"
+    x0, x1, _, _ = explain_landmarks(physical, image, spacing=(0.508, 0.508))["extent"]
+    assert x1 - x0 == pytest.approx(64 * 4.0 / 0.508, rel=0.02)  # 64 input px of ~4 mm (resampled to whole px) over 0.508 mm film px
+    x0, x1, _, _ = explain_landmarks(physical, image)["extent"]
+    assert x1 - x0 == pytest.approx(335, rel=1e-3)  # no spacing: the film fills the input's width
+    seen = []
+    monkeypatch.setattr(report, "explain_landmarks", lambda *a, **k: seen.append(k["spacing"]) or explain_landmarks(*a, **k))
+    write_report(prediction, tmp_path / "r.html", checkpoint=physical, n_samples=100)
+    assert seen == [[0.508, 0.508]]
+
+
 def test_report_command_with_explanation(prediction, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "cli" / "report.html"
     argv = ["report", str(prediction), "--out", str(out), "--explain", "--checkpoint", str(tiny_checkpoint), "--samples", "200"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from maht_net.inference.predictor import Predictor, image_items, load_model
 from maht_net.inference.refine import load_refiner
 from maht_net.inference.writers import write_outputs
 from maht_net.io.checkpoint import shipped_model
+from maht_net.transforms.io import spacing_pair
 
 
 def _checkpoints(args: argparse.Namespace) -> list[Path]:
@@ -27,8 +27,10 @@ def _checkpoints(args: argparse.Namespace) -> list[Path]:
 
 
 def _run_infer(args: argparse.Namespace) -> int:
-    if args.spacing and (len(args.spacing) > 2 or not all(math.isfinite(v) and v > 0 for v in args.spacing)):
-        print(f"error: --spacing takes one or two positive mm values (SX SY), got {' '.join(map(str, args.spacing))}", file=sys.stderr)
+    try:
+        spacing = spacing_pair(args.spacing, "--spacing") if args.spacing else None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     checkpoints = _checkpoints(args)
     device = "cpu" if args.onnx else args.device  # ONNX Runtime runs on the CPU here
@@ -54,7 +56,7 @@ def _run_infer(args: argparse.Namespace) -> int:
             raise InputError(args.onnx, "MC-dropout needs the PyTorch model; drop --onnx or --mc-samples")
     inputs = args.input[0] if len(args.input) == 1 and Path(args.input[0]).is_dir() else args.input
     items = image_items(inputs)
-    predictor = Predictor(network, info, device, mc_samples=args.mc_samples, tta=args.tta, refiner=refiner, default_spacing=args.spacing)
+    predictor = Predictor(network, info, device, mc_samples=args.mc_samples, tta=args.tta, refiner=refiner, default_spacing=spacing)
     out = Path(args.out)
     failed = []
     for item in items:  # one at a time: a bad file is reported by name and the others still run

@@ -154,6 +154,7 @@ def explain_landmarks(
     points: np.ndarray | None = None,
     device: str = "cpu",
     window: float = 0.25,
+    spacing: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Why the network put each landmark where it did: heatmaps and attention over the film.
 
@@ -170,6 +171,9 @@ def explain_landmarks(
         points: ``(N, 2)`` ``(x, y)`` original pixels to centre each landmark's window on (e.g.
             the prediction under review); default: each heatmap's peak.
         window: side of each landmark panel as a fraction of the film's longer side.
+        spacing: ``(sx, sy)`` mm/px the film was predicted at (a prediction's ``spacing``), for
+            films whose file states none: a model trained at a fixed physical pixel size
+            (``input_mm_per_px``) then sees the input the prediction came from.
 
     Returns:
         ``{"png": bytes, "path": Path | None, "points": (N, 2) peak (x, y) in original px,
@@ -180,7 +184,7 @@ def explain_landmarks(
 
     network, info = load_model(checkpoint, device)
     n = len(info["landmark_names"])
-    sample = model_transforms(info)({"image": os.fspath(image)})
+    sample = model_transforms(info)({"image": os.fspath(image), **({"spacing": list(spacing)} if spacing is not None else {})})
     img = sample["image"]
     x = (img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img))[None].float().to(device)
     previous = getattr(network, "record_attention", False)
@@ -469,7 +473,9 @@ def write_report(
         f.write(figure)
     explanation = None
     if checkpoint is not None:
-        explanation = explain_landmarks(checkpoint, image_path, png_path.with_name(png_path.stem + "_explain.png"), prediction_points(doc))
+        explanation = explain_landmarks(
+            checkpoint, image_path, png_path.with_name(png_path.stem + "_explain.png"), prediction_points(doc), spacing=doc.get("spacing")
+        )
     with atomic_write(out, "w", encoding="utf-8") as f:
         f.write(build_report_html(doc, analysis, figure, None if explanation is None else explanation["png"]))
     return {"html": out, "png": png_path, "explanation": None if explanation is None else explanation["path"], "analysis": analysis}

@@ -45,6 +45,7 @@ __all__ = [
     "NONLINEAR_WARP",
     "SPACING_FALLBACK",
     "xray_meta",
+    "spacing_pair",
     "as_landmarks",
     "unwrap_input_error",
     "LoadXRay",
@@ -205,7 +206,7 @@ class LoadXRayd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if spacing_rtol < 0:
             raise ValueError(f"Argument `spacing_rtol` must be non-negative, got {spacing_rtol}.")
-        self.default_spacing = None if default_spacing is None else _spacing_pair(default_spacing)
+        self.default_spacing = None if default_spacing is None else spacing_pair(default_spacing)
         self.landmarks_key = landmarks_key
         self.spacing_key = spacing_key
         self.spacing_rtol = float(spacing_rtol)
@@ -245,11 +246,15 @@ class LoadXRayd(MapTransform):
         return datalist_spacing
 
 
-def _spacing_pair(spacing: float | Sequence[float]) -> tuple[float, float]:
-    """``(sx, sy)`` positive mm from one value or a pair."""
+def spacing_pair(spacing: float | Sequence[float], name: str = "default_spacing") -> tuple[float, float]:
+    """``(sx, sy)`` positive mm from one value (square pixels) or a pair.
+
+    Raises:
+        ValueError: anything else (the message names ``name``).
+    """
     values = np.asarray(spacing, dtype=np.float64).reshape(-1)
     if values.size == 1:
         values = np.repeat(values, 2)
     if values.shape != (2,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise ValueError(f"Argument `default_spacing` must be one or two positive mm values, got {spacing!r}.")
+        raise ValueError(f"{name} must be one or two positive mm values, got {spacing!r}")
     return float(values[0]), float(values[1])
