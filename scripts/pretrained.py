@@ -2,13 +2,13 @@
 
     make pretrained                      # the cross-validation below, then the shipped model:
     python scripts/pretrained.py --out runs/pretrained-all --all-films --epochs 27 --refine-minutes 90 \
-        --refine-iterations 2000 --figures runs/cv/summary.json --ship         # the shipped model
+        --refine-iterations 2000 --drop-disputed --figures runs/cv2/summary.json --ship   # the next shipped model
     python scripts/pretrained.py --out runs/pretrained --epochs 40          # one held-out split's figures
     python scripts/pretrained.py --out runs/hamedan-only --train-sites hamedan   # a cross-site row
-    python scripts/pretrained.py --out runs/cv/fold$K --fold $K --epochs 40 \
-        --refine-minutes 90 --refine-iterations 600                              # K = 0 ... 4, then:
-    python scripts/pretrained.py --out runs/cv --pool-folds runs/cv/fold{0,1,2,3,4}   # 5-fold CV figures
-    python scripts/pretrained.py --restamp runs/cv/summary.json   # ... as the shipped model's eval_metrics
+    python scripts/pretrained.py --out runs/cv2/fold$K --fold $K --epochs 40 \
+        --refine-minutes 90 --refine-iterations 2000 --drop-disputed             # K = 0 ... 4, then:
+    python scripts/pretrained.py --out runs/cv2 --pool-folds runs/cv2/fold{0,1,2,3,4}   # 5-fold CV figures
+    python scripts/pretrained.py --restamp runs/cv2/summary.json  # ... as the shipped model's eval_metrics
     python scripts/pretrained.py --out runs/cv-isbi-only/fold$K --fold $K --train-sites isbi2015 --refine-minutes 0   # cross-site, CV
     python scripts/pretrained.py --out runs/cv-coarse/fold$K --fold $K --skip-training --from runs/cv/fold$K --no-refine  # first stage
 
@@ -93,7 +93,7 @@ def _relative(items: list[dict], datalist: Path, root: Path, site: str) -> list[
     ]
 
 
-def prepare(data_root: Path, out: Path, seed: int, fold: int | None = None) -> Path:
+def prepare(data_root: Path, out: Path, seed: int, fold: int | None = None, drop_disputed: bool = False) -> Path:
     """Both sites' datalists and their merge -> the two-site datalist (image paths relative to
     ``data_root``, so the file and its sha256 do not depend on where the data lie): the standard
     split ``datalists/two_sites.json`` for seed 0, ``<out>/data/two_sites_seed<N>.json`` for
@@ -103,7 +103,12 @@ def prepare(data_root: Path, out: Path, seed: int, fold: int | None = None) -> P
     films are the K-th of ``CV_FOLDS`` seeded parts of each site (every film is in one fold's test
     section: cross-validation); the rest split as the standard split does (Hamedan 10, ISBI 20
     validation films, seeded by ``seed`` and K), so a fold trains on as many films as the
-    standard split."""
+    standard split.
+
+    ``drop_disputed``: after the split (so the other films keep their sections), the Hamedan
+    films whose two annotators disagree far more than on the others (the audit's ``disputed``,
+    :func:`maht_net.datasets.labelme.disputed_films`) leave every section; the datalist's name
+    ends in ``_undisputed`` (the standard split is left alone)."""
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     hamedan, isbi = data_root / "hamedan-ceph", data_root / "isbi2015-ceph"
@@ -146,6 +151,12 @@ def prepare(data_root: Path, out: Path, seed: int, fold: int | None = None) -> P
             f"doctors, 0.1 mm/px), cross-validation fold {fold} of {CV_FOLDS}: each site's part {fold} is the test "
             f"section, {CV_VALIDATION['hamedan']} Hamedan / {CV_VALIDATION['isbi2015']} ISBI validation films, seed {seed}"
         )
+    if drop_disputed:
+        audit = json.loads(ham.with_name(ham.name + ".audit.json").read_text())
+        gone = {f"hamedan-{i}" for i in audit["disagreement"]["disputed"]}
+        merged = {section: [it for it in items if it["id"] not in gone] for section, items in merged.items()}
+        two = data / f"{two.stem}_undisputed.json"
+        description += f"; left out, their annotators disputed (audit of hamedan.json): {', '.join(sorted(gone)) or 'none'}"
     two.parent.mkdir(exist_ok=True)
     two.write_text(
         json.dumps(
@@ -506,6 +517,8 @@ def main() -> int:
                     "(<out>/data/two_sites_fold<K>.json; --seed seeds the folds)")
     ap.add_argument("--pool-folds", nargs="+", type=Path, metavar="RUN", help=f"pool the {CV_FOLDS} --fold runs' test "
                     "predictions into one cross-validated figure per site (<out>/summary.json); trains nothing")
+    ap.add_argument("--drop-disputed", action="store_true", help="leave out the Hamedan films whose two annotators disagree far "
+                    "more than on the others (a misregistered annotation: the audit's 'disputed'), from training and test")
     ap.add_argument("--skip-training", action="store_true", help="evaluate (and ship) <out>/bundle/models/model.pt as it is "
                     "(its training command and commit are read from <out>/summary.json)")
     ap.add_argument("--from", dest="from_run", type=Path, metavar="RUN", help="with --skip-training: score RUN's model "
@@ -564,7 +577,7 @@ def main() -> int:
     if args.fold is not None and (args.ship or args.all_films):
         print("error: --fold is a cross-validation run: drop --ship and --all-films", file=sys.stderr)
         return 2
-    datalist = prepare(args.data_root, args.out, args.seed, args.fold)
+    datalist = prepare(args.data_root, args.out, args.seed, args.fold, args.drop_disputed)
     if sorted(args.train_sites) != sorted(SITES):
         if args.ship:
             print("error: the shipped model trains on every site; drop --ship or --train-sites", file=sys.stderr)

@@ -167,6 +167,33 @@ def test_pretrained_split_of_another_seed_leaves_the_standard_datalist_alone(tmp
     assert {it["site"] for it in _doc(hamedan_only)["test"]} == {"hamedan", "isbi2015"}
 
 
+def test_pretrained_drop_disputed_leaves_the_film_out_after_the_split(tmp_path, monkeypatch):
+    """``--drop-disputed``: the Hamedan film whose annotators disagree far more than on the others
+    leaves every section of its fold; the other films keep the sections they have without it."""
+    from test_labelme_prepare import _shape, _write
+
+    pretrained = _pretrained_script()
+    root = _two_site_tree(tmp_path / "data")
+    rng = np.random.default_rng(1)
+    for i in range(1, 11):  # annotator 2 about 1 px off annotator 1, on film 004 by 20 px
+        path = root / "hamedan-ceph" / "annotations" / "annotator1" / f"{i:03d}.json"
+        points = np.array([s["points"][0] for s in json.loads(path.read_text())["shapes"]])
+        moved = points + rng.normal(0, 1.0, points.shape) + ([16.0, 12.0] if i == 4 else 0.0)
+        moved = np.clip(moved, 0.0, [199.0, 99.0])  # inside the 200 x 100 films
+        _write(path.parent.parent / "annotator2" / path.name, [_shape(f"l{k + 1}", *q) for k, q in enumerate(moved)])
+    monkeypatch.setattr(pretrained, "CV_FOLDS", 2)
+    monkeypatch.setattr(pretrained, "CV_VALIDATION", {"hamedan": 2, "isbi2015": 0})
+    for k in range(2):
+        kept = _doc(pretrained.prepare(root, tmp_path / f"keep{k}", seed=0, fold=k))
+        split = pretrained.prepare(root, tmp_path / f"drop{k}", seed=0, fold=k, drop_disputed=True)
+        assert split.name == f"two_sites_fold{k}_undisputed.json"
+        dropped = _doc(split)
+        assert "left out, their annotators disputed (audit of hamedan.json): hamedan-004" in dropped["description"]
+        for section in ("training", "validation", "test"):
+            assert [it["id"] for it in dropped[section]] == [it["id"] for it in kept[section] if it["id"] != "hamedan-004"]
+        assert any(it["id"] == "hamedan-004" for section in ("training", "validation", "test") for it in kept[section])
+
+
 def test_pretrained_cross_validation_tests_every_film_once_and_pools_the_folds(tmp_path, monkeypatch):
     """``scripts/pretrained.py --fold K``: each site's films fall in exactly one fold's test
     section, never in that fold's training or validation films; ``--pool-folds`` scores every

@@ -99,6 +99,42 @@ def test_split_is_seeded_and_disjoint(tmp_path):
     assert {it["id"] for it in json.loads(path2.read_text())["test"]} == ids["test"]
 
 
+def test_a_film_whose_annotators_disagree_far_more_is_disputed(tmp_path, capsys):
+    """Annotator 2 of film f5 is moved by 20 px (the others disagree by about 1.3 px): the audit
+    names it either way; ``--disputed drop`` leaves it out of the datalist before the split."""
+    from maht_net.cli import main
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "images").mkdir()
+    for i in range(6):
+        Image.fromarray(np.zeros((100, 200), np.uint8)).save(tmp_path / "images" / f"f{i}.png")
+        p1 = np.stack([rng.uniform(30, 170, 19), rng.uniform(25, 75, 19)], -1)
+        p2 = p1 + rng.normal(0, 1.0, p1.shape) + ([16.0, 12.0] if i == 5 else 0.0)
+        for name, p in (("ann1", p1), ("ann2", p2)):
+            _write(tmp_path / name / f"f{i}.json", [_shape(f"l{k + 1}", *p[k]) for k in range(19)], image_path=f"f{i}.png")
+    args = ["prepare", "labelme", "--images", str(tmp_path / "images"), "--annotations", str(tmp_path / "ann1"),
+            "--annotations", str(tmp_path / "ann2"), "--spacing", "0.1"]
+    assert main([*args, "--out", str(tmp_path / "keep.json")]) == 0
+    out = capsys.readouterr().out
+    assert "f5:\n  - disputed: the annotators' points are 20." in out and "kept (disputed=drop leaves it out)" in out
+    assert "1 disputed" in out and "f4:" not in out
+    audit = json.loads((tmp_path / "keep.json.audit.json").read_text())["disagreement"]
+    assert audit["disputed"] == ["f5"] and audit["action"] == "keep" and 1.0 < audit["median_px"] < 1.8
+    assert len(load_datalist(tmp_path / "keep.json")) == 6
+    assert main([*args, "--out", str(tmp_path / "drop.json"), "--disputed", "drop"]) == 0
+    assert sorted(it["id"] for it in load_datalist(tmp_path / "drop.json")) == [f"f{i}" for i in range(5)]
+    assert "left out, annotators disputed: f5" in json.loads((tmp_path / "drop.json").read_text())["description"]
+    # too few films annotated twice for a median: nothing is called disputed
+    _, audits = prepare_labelme(tmp_path / "images", [tmp_path / "ann1", tmp_path / "ann2"], tmp_path / "few.json")
+    assert sum(a.disputed for a in audits) == 1
+    for i in range(2, 6):
+        (tmp_path / "ann2" / f"f{i}.json").unlink()
+    _, audits = prepare_labelme(tmp_path / "images", [tmp_path / "ann1", tmp_path / "ann2"], tmp_path / "few.json")
+    assert not any(a.disputed for a in audits)
+    with pytest.raises(ValueError, match="disputed must be"):
+        prepare_labelme(tmp_path / "images", [tmp_path / "ann1"], tmp_path / "x.json", disputed="fix")
+
+
 @pytest.mark.hamedan
 def test_hamedan_audit_reports_real_mistakes(hamedan_dir, hamedan_spacing_mm, tmp_path, capsys):
     from maht_net.cli import main
@@ -119,3 +155,7 @@ def test_hamedan_audit_reports_real_mistakes(hamedan_dir, hamedan_spacing_mm, tm
     # 064: annotator 1 placed l7 at (805.2, 1407.5) and (872.2, 1366.2); annotator 2 at (871.9, 1361.4)
     a1 = by_id["064"]["annotators"]["annotator1"][6]
     assert a1 == pytest.approx([872.2307692307692, 1366.1538461538462])
+    # 123: annotator 2's points lie 55 px (7.0 mm) from annotator 1's on average, 4.9 x the set's
+    # median 11.3 px (the next film: 2.4 mm); the only disputed film
+    assert "123:\n  - disputed: the annotators' points are 55.0 px (6.98 mm) apart on average, 4.9 x the set's median 11.3 px" in out
+    assert json.loads((tmp_path / "h.json.audit.json").read_text())["disagreement"]["disputed"] == ["123"]

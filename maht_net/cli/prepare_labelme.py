@@ -21,6 +21,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         landmark_set=args.landmark_set,
         lenient=args.lenient,
+        disputed=args.disputed,
     )
     print(format_audit(audits))
     doc = read_datalist(path)
@@ -45,4 +46,6 @@ def register_prepare(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--landmark-set", default="isbi2015")
     p.add_argument("--lenient", action="store_true", help="drop (and report) unknown labels and points outside the image")
+    p.add_argument("--disputed", choices=("keep", "drop"), default="keep", help="films whose annotators disagree far more than "
+                   "on the others (likely a misregistered annotation; named in the audit either way): keep them or leave them out")
     p.set_defaults(func=_run)

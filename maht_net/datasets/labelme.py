@@ -12,6 +12,11 @@ Rules:
       the point closest to it is kept, the other(s) dropped, and distances are reported; with no
       other annotator to arbitrate, the landmark is marked missing for that annotator;
     * the ground truth is the mean over the annotators who placed the landmark;
+    * a film whose annotators disagree far more than on the other films (mean distance between
+      their points over ``DISPUTE_FACTOR`` times the set's median, with at least
+      ``DISPUTE_MIN_FILMS`` films annotated twice) is *disputed*: the mean of a misregistered
+      annotation and a correct one is nobody's landmark, and two annotators cannot say which one
+      is wrong. The audit names it; ``disputed="drop"`` leaves it out of the datalist;
     * unknown labels and points outside the image are errors, unless ``lenient`` is set, in
       which case the point is dropped and reported.
 """
@@ -33,7 +38,13 @@ from maht_net.io.image import IMAGE_SUFFIXES, image_size
 from maht_net.io.labelme import read_labelme
 from maht_net.landmarks import LandmarkSet, get_landmark_set
 
-__all__ = ["FileAudit", "AnnotatorPoints", "read_annotator", "merge_annotators", "prepare_labelme"]
+__all__ = ["DISPUTE_FACTOR", "DISPUTE_MIN_FILMS", "FileAudit", "AnnotatorPoints", "read_annotator", "merge_annotators", "disputed_films", "prepare_labelme"]
+
+DISPUTE_FACTOR = 3.0
+"""A film is disputed when its annotators' mean disagreement exceeds this many times the set's
+median (Hamedan: median 1.44 mm; the one disputed film, 123, 6.98 mm = 4.8 x; the next, 2.39 mm)."""
+DISPUTE_MIN_FILMS = 5
+"""Films annotated twice that the median needs before any film is called disputed."""
 
 
 @dataclass
@@ -43,10 +54,11 @@ class FileAudit:
     id: str
     notes: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    disputed: bool = False
 
     @property
     def clean(self) -> bool:
-        return not self.notes and not self.missing
+        return not self.notes and not self.missing and not self.disputed
 
 
 @dataclass
@@ -138,6 +150,26 @@ def merge_annotators(annotators: Sequence[AnnotatorPoints], lset: LandmarkSet, a
     return merged, resolved
 
 
+def annotator_disagreement(resolved: dict[str, np.ndarray]) -> float:
+    """Mean distance (px) between the annotators' points of one film, over landmark pairs both
+    placed (NaN with fewer than two annotators or no shared landmark)."""
+    pts = list(resolved.values())
+    d = [np.linalg.norm(a - b, axis=1) for i, a in enumerate(pts) for b in pts[i + 1 :]]
+    d = np.concatenate(d) if d else np.array([])
+    d = d[np.isfinite(d)]
+    return float(d.mean()) if d.size else float("nan")
+
+
+def disputed_films(disagreement: dict[str, float], factor: float = DISPUTE_FACTOR, min_films: int = DISPUTE_MIN_FILMS) -> tuple[list[str], float]:
+    """The ids whose disagreement (:func:`annotator_disagreement`) exceeds ``factor`` times the
+    median over the films that have one, and that median (NaN, and no film, below ``min_films``)."""
+    known = {k: v for k, v in disagreement.items() if np.isfinite(v)}
+    if len(known) < min_films:
+        return [], float("nan")
+    median = float(np.median(list(known.values())))
+    return sorted(k for k, v in known.items() if v > factor * median), median
+
+
 def _find_images(images_dir: Path) -> dict[str, Path]:
     if not images_dir.is_dir():
         raise InputError(images_dir, "images folder not found")
@@ -173,6 +205,7 @@ def prepare_labelme(
     landmark_set: str | LandmarkSet = "isbi2015",
     lenient: bool = False,
     require_all_annotators: bool = False,
+    disputed: str = "keep",
 ) -> tuple[Path, list[FileAudit]]:
     """Build a datalist from LabelMe annotations of one or more annotators.
 
@@ -182,10 +215,14 @@ def prepare_labelme(
     Args:
         spacing: mm/px, a scalar (isotropic) or ``(sx, sy)``; ``None`` = unknown (metrics in px).
         require_all_annotators: raise if an image lacks a file from some annotator (else: audit).
+        disputed: ``"keep"`` or ``"drop"`` the films whose annotators disagree far more than on
+            the others (:func:`disputed_films`; named in the audit either way).
 
     Returns:
         The datalist path and the per-image audit.
     """
+    if disputed not in ("keep", "drop"):
+        raise ValueError(f"disputed must be 'keep' or 'drop', not {disputed!r}")
     lset = get_landmark_set(landmark_set)
     images = _find_images(Path(images_dir))
     dirs = [Path(d) for d in annotation_dirs]
@@ -199,7 +236,7 @@ def prepare_labelme(
         names = [f"annotator{i + 1}" for i in range(len(dirs))]
     if spacing is not None:
         spacing = (float(spacing), float(spacing)) if np.isscalar(spacing) else tuple(float(s) for s in spacing)
-    items, audits = [], []
+    items, audits, disagreement = [], {}, {}
     orphans = sorted({p.stem for d in dirs for p in d.glob("*.json")} - set(images))
     for stem, image in images.items():
         audit = FileAudit(stem)
@@ -213,22 +250,39 @@ def prepare_labelme(
                 audit.notes.append(f"{name}: no annotation file")
                 continue
             annotators.append(read_annotator(path, name, lset, size, audit, lenient))
-        audits.append(audit)
+        audits[stem] = audit
         if not annotators:
             continue
         merged, resolved = merge_annotators(annotators, lset, audit)
         extra: dict[str, Any] = {"width": size[0], "height": size[1]}
         if len(annotators) > 1:
             extra["annotators"] = {name: points_to_json(p) for name, p in resolved.items()}
+            disagreement[stem] = annotator_disagreement(resolved)
         items.append((stem, make_item(image.absolute(), merged, spacing, stem, **extra)))
     if not items:
         raise InputError(images_dir, "no image has an annotation file")
+    flagged, median = disputed_films(disagreement)
+    def in_mm(px: float) -> str:
+        return "" if spacing is None else f" ({px * float(np.mean(spacing)):.2f} mm)"
+
+    for stem in flagged:
+        audits[stem].disputed = True
+        value = disagreement[stem]
+        audits[stem].notes.append(
+            f"disputed: the annotators' points are {value:.1f} px{in_mm(value)} apart on average, "
+            f"{value / median:.1f} x the set's median {median:.1f} px{in_mm(median)}: one annotation is likely "
+            f"misregistered and their mean is nobody's landmark; {'left out of the datalist' if disputed == 'drop' else 'kept (disputed=drop leaves it out)'}"
+        )
+    if disputed == "drop":
+        items = [(s, it) for s, it in items if s not in flagged]
     parts = _split([s for s, _ in items], val_fraction, test_fraction, seed)
     by_id = dict(items)
     out = Path(out)
     description = f"LabelMe landmarks from {', '.join(map(str, dirs))}; truth = mean of {len(dirs)} annotator(s)"
     if spacing is None:
         description += "; no pixel spacing (errors in px)"
+    if disputed == "drop" and flagged:
+        description += f"; left out, annotators disputed: {', '.join(flagged)}"
     path = write_datalist(
         out,
         {k: [by_id[i] for i in ids] for k, ids in parts.items()},
@@ -238,8 +292,19 @@ def prepare_labelme(
     )
     write_json_atomic(
         out.with_name(out.name + ".audit.json"),
-        {"files": [asdict(a) for a in audits if not a.clean], "orphan_annotations": orphans, "images": len(images)},
+        {
+            "files": [asdict(a) for a in audits.values() if not a.clean],
+            "orphan_annotations": orphans,
+            "images": len(images),
+            "disagreement": {
+                "median_px": None if np.isnan(median) else round(median, 2),
+                "factor": DISPUTE_FACTOR,
+                "disputed": flagged,
+                "action": disputed,
+            },
+        },
     )
+    audits = list(audits.values())
     if orphans:
         audits.append(FileAudit("(orphans)", [f"annotation without image: {o}.json" for o in orphans]))
     return path, audits
@@ -256,7 +321,10 @@ def format_audit(audits: Sequence[FileAudit]) -> str:
         if a.missing:
             lines.append(f"  - missing in the ground truth: {', '.join(a.missing)}")
     flagged = sum(not a.clean for a in audits)
-    lines.append(f"audit: {len(audits)} images, {flagged} with findings, {sum(len(a.missing) for a in audits)} landmarks missing")
+    lines.append(
+        f"audit: {len(audits)} images, {flagged} with findings, {sum(len(a.missing) for a in audits)} landmarks missing, "
+        f"{sum(a.disputed for a in audits)} disputed"
+    )
     return "\n".join(lines)
 
 
