@@ -524,11 +524,24 @@ def test_time_budget_refits_the_schedule_to_the_epochs_it_holds(planned, monkeyp
     assert not without.fit_epochs and without.refit is None
 
 
-def test_train_json_refits_its_own_schedule_and_stages(phantom, tmp_path):
+def test_train_json_refits_its_own_schedule_and_stages(phantom, tmp_path, monkeypatch):
     """``--fit_epochs_to_budget True``: the bundle's budget handler holds the run's scheduler and
-    progressive handler (the ones the trainer steps), and a real run refits its epochs."""
+    progressive handler (the ones the trainer steps), and a real run refits its epochs. The
+    handler's clock is faked (0.6 s per reading: 4 readings an epoch of 3 steps, so 2.4 s an
+    epoch; at the third epoch's start 9 x 0.6 s of the 12 s are gone -> 2 + int(0.97 * 6.6 / 2.4)
+    = 4 epochs), so the refit does not depend on the machine's load."""
+    import types
+
+    from maht_net.engine import handlers
     from maht_net.engine.handlers import TimeBudgetHandler
 
+    clock = {"t": 0.0}
+
+    def tick() -> float:
+        clock["t"] += 0.6
+        return clock["t"]
+
+    monkeypatch.setattr(handlers, "time", types.SimpleNamespace(monotonic=tick))
     wf = workflow(["train.json"], "train", tmp_path, datalist=str(phantom),
                   **{**TINY, "epochs": 3, "time_limit_minutes": 0.2, "fit_epochs_to_budget": True})  # fmt: skip
     wf.initialize()
@@ -536,8 +549,9 @@ def test_train_json_refits_its_own_schedule_and_stages(phantom, tmp_path):
     assert budget.fit_epochs and budget.scheduler is wf.parser.get_parsed_content("lr_scheduler")
     assert budget.progressive is wf.parser.get_parsed_content("progressive_handler")
     wf.run()
-    assert budget.refit["planned"] == 3 and budget.refit["epochs"] >= 3
-    assert wf.parser.get_parsed_content("train#trainer").state.max_epochs == budget.refit["epochs"]
+    assert budget.refit == {"epoch_seconds": pytest.approx(2.4), "planned": 3, "epochs": 4} and not budget.stopped
+    state = wf.parser.get_parsed_content("train#trainer").state
+    assert state.max_epochs == state.epoch == 4
 
 
 def test_mlflow_tracking_writes_a_local_run(phantom, tmp_path):
