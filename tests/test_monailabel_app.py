@@ -11,6 +11,7 @@ endpoint, which the client has no method for).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -718,17 +719,28 @@ def test_retraining_is_served_only_when_not_worse(bundle_root, studies, tiny_che
         assert file_sha256(model_dir / "candidate.pt") == good["sha256"]
 
 
-def _app_model_module():
+def _app_module(name: str):
+    """``lib.<name>`` of the app, imported as the server does (the app folder on ``sys.path``)."""
     sys.path.insert(0, str(APP))
     try:
-        from lib import model
+        return importlib.import_module(f"lib.{name}")
     finally:
         sys.path.remove(str(APP))
-    return model
+
+
+def test_conf_spacing_is_one_or_two_positive_mm_values():
+    parse_spacing = _app_module("config").parse_spacing
+    assert parse_spacing("") is None and parse_spacing(None) is None
+    assert parse_spacing("0.1") == (0.1, 0.1) and parse_spacing(0.127) == (0.127, 0.127)
+    assert parse_spacing("0.1, 0.12") == (0.1, 0.12) == parse_spacing([0.1, "0.12"])
+    for bad, message in (("0.1,0.1,0.1", "expected one value or 'sx,sy'"), ("0.1,x", "expected a number"),
+                         ("-0.1", "must be positive"), ("0.1,inf", "one or two positive mm values")):
+        with pytest.raises(ValueError, match=message):
+            parse_spacing(bad)
 
 
 def test_restore_previous_walks_back_to_the_base_model(tiny_checkpoint, tmp_path):
-    store = _app_model_module()
+    store = _app_module("model")
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     a.write_bytes(b"version a")
     b.write_bytes(b"version b")
@@ -763,7 +775,7 @@ def test_promotion_killed_at_any_moment_leaves_one_complete_model(tiny_checkpoin
             f"while True:\n    promote({str(model_dir)!r}, {str(a)!r}); promote({str(model_dir)!r}, {str(b)!r})\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     rng = np.random.default_rng(0)
-    ModelStore = _app_model_module().ModelStore
+    ModelStore = _app_module("model").ModelStore
     for _ in range(6):
         proc = subprocess.Popen([sys.executable, "-c", loop], env=env)
         while not (model_dir / "model.pt").is_file():

@@ -37,6 +37,7 @@ from maht_net.io.datalist import make_item, points_to_json, write_datalist
 from maht_net.io.image import IMAGE_SUFFIXES, image_size
 from maht_net.io.labelme import read_labelme
 from maht_net.landmarks import LandmarkSet, get_landmark_set
+from maht_net.transforms.io import spacing_pair
 
 __all__ = ["DISPUTE_FACTOR", "DISPUTE_MIN_FILMS", "FileAudit", "AnnotatorPoints", "read_annotator", "merge_annotators", "annotator_disagreement", "disputed_films", "prepare_labelme"]
 
@@ -235,7 +236,7 @@ def prepare_labelme(
     if len(set(names)) != len(names):
         names = [f"annotator{i + 1}" for i in range(len(dirs))]
     if spacing is not None:
-        spacing = (float(spacing), float(spacing)) if np.isscalar(spacing) else tuple(float(s) for s in spacing)
+        spacing = spacing_pair(spacing, "spacing")
     items, audits, disagreement = [], {}, {}
     orphans = sorted({p.stem for d in dirs for p in d.glob("*.json")} - set(images))
     for stem, image in images.items():

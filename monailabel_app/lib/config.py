@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maht_net.transforms.io import spacing_pair
+
 DEFAULT_EXTENSIONS = (
     "*.png", "*.PNG", "*.bmp", "*.BMP", "*.tif", "*.tiff", "*.TIF", "*.TIFF", "*.jpg", "*.jpeg", "*.JPG", "*.JPEG",
     "*.dcm", "*.DCM", "*.dicom", "*.nii.gz", "*.nii", "*.nrrd", "*.mha",
@@ -100,8 +102,7 @@ def parse_spacing(value: Any, key: str = "default_spacing") -> tuple[float, floa
         parts = list(value)
     if len(parts) not in (1, 2):
         raise ValueError(f"{key}: expected one value or 'sx,sy' in mm, got {value!r}")
-    vals = [_float(p, key) for p in parts]
-    return (vals[0], vals[-1])
+    return spacing_pair([_float(p, key) for p in parts], key)
 
 
 @dataclass
