@@ -86,7 +86,7 @@ tune: $(STAMP)
 # stage at about the steps of a fold's (40 epochs of 170 films: 27 of 250), the refinement stage
 # 2000 steps (a fold's 600 are 0.02-0.05 mm behind), its uncertainty calibration carried over from
 # the model it replaces (fitted on the validation films held out of that one; scripts/pretrained.py).
-# Long: about 7.5 hours on 2 CPU cores (five folds of about 80 minutes, then 44 minutes for the shipped model).
+# Long: about 4.7 hours on 2 CPU cores (five folds of about 47 minutes, then 44 minutes for the shipped model).
 PRETRAINED_OUT ?= runs/pretrained
 pretrained: cross-validate
 	$(PY) scripts/pretrained.py --out $(PRETRAINED_OUT)-all --all-films --epochs 27 --refine-minutes 90 \

@@ -108,9 +108,10 @@ def prepare(data_root: Path, out: Path, seed: int, fold: int | None = None, drop
     ``drop_disputed``: after the split (so the other films keep their sections), the Hamedan
     films whose two annotators disagree far more than on the others (the audit's ``disputed``,
     :func:`maht_net.datasets.labelme.disputed_films`) leave every section; the datalist's name
-    ends in ``_undisputed`` (the standard split is left alone)."""
+    ends in ``_undisputed`` and it names them (``disputed_left_out``; the standard split is left alone)."""
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
+    left_out: dict[str, dict[str, list[str]]] = {}
     hamedan, isbi = data_root / "hamedan-ceph", data_root / "isbi2015-ceph"
     ham = data / "hamedan.json"
     _maht(
@@ -156,6 +157,7 @@ def prepare(data_root: Path, out: Path, seed: int, fold: int | None = None, drop
         gone = {f"hamedan-{i}" for i in audit["disagreement"]["disputed"]}
         merged = {section: [it for it in items if it["id"] not in gone] for section, items in merged.items()}
         two = data / f"{two.stem}_undisputed.json"
+        left_out["disputed_left_out"] = {"hamedan": sorted(gone)}  # a mapping: a list would read as a section
         description += f"; left out, their annotators disputed (audit of hamedan.json): {', '.join(sorted(gone)) or 'none'}"
     two.parent.mkdir(exist_ok=True)
     two.write_text(
@@ -167,6 +169,7 @@ def prepare(data_root: Path, out: Path, seed: int, fold: int | None = None, drop
                 "isbi2015-ceph/ (../shared/data)",
                 "data_root": "../shared/data" if two.is_relative_to(REPO / "datalists") else str(root),
                 "sites": sorted(SITES),
+                **left_out,
                 **merged,
             },
             indent=1,
@@ -197,12 +200,18 @@ def all_films(datalist: Path) -> Path:
     """The two-site datalist with every film in training (``datalists/two_sites_all.json``): the
     shipped model's films. The validation section keeps its films, trained on too: they only
     monitor the training (a fixed number of epochs; the checkpoint chosen on them is about the
-    last) and no longer calibrate it (:func:`carry_calibration`)."""
+    last) and no longer calibrate it (:func:`carry_calibration`). The standard split's films,
+    disputed ones left out or not (``two_sites_undisputed.json``), become the committed
+    ``datalists/two_sites_all.json``; another seed's stay in its run folder."""
     doc = json.loads(datalist.read_text())
     doc["training"] += doc.pop("test") + doc["validation"]
     doc["drawn_from"] = {"validation": "training"}  # on purpose: the audit counts them once
     doc["description"] += "; every film in training (the shipped model): the validation films are trained on too and only monitor it"
-    path = datalist.with_name("two_sites_all.json")
+    if datalist.stem in ("two_sites", "two_sites_undisputed"):  # seed 0: the shipped model's films, committed
+        path = REPO / "datalists" / "two_sites_all.json"
+        doc["data_root"] = "../shared/data"
+    else:
+        path = datalist.with_name("two_sites_all.json")
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {path}: {len(doc['training'])} training films ({len(doc['validation'])} of them also monitor it)", flush=True)
     return path
@@ -396,6 +405,11 @@ def held_out_record(held_out: dict, datalist: Path) -> tuple[str, dict]:
             "model of the fold that held it out (fewer training films than the shipped model; each fold's command: the "
             "checkpoint's provenance, held_out.cross_validation)"
         )
+        if all(Path(f["datalist"]).stem.endswith("_undisputed") for f in folds):
+            how += (
+                "; the Hamedan films whose two annotations disagree far beyond the others (the audit's 'disputed') are in "
+                "no fold" + ("" if "disputed_left_out" in json.loads(datalist.read_text()) else ", though the shipped model trained on them")
+            )
         return how, {**common, "cross_validation": held_out["cross_validation"]}
     held_out_doc = json.loads((REPO / held_out["datalist"]).read_text())
     same = held_out["datalist"] == datalist.relative_to(REPO).as_posix()

@@ -253,6 +253,13 @@ def test_pretrained_cross_validation_tests_every_film_once_and_pools_the_folds(t
     assert record["cross_validation"]["folds"][1]["datalist_sha256"] == file_sha256(runs[1] / "data" / "two_sites_fold1.json")
     metrics = pretrained.eval_metrics(pooled, how)
     assert metrics["hamedan"]["films"] == 10 and metrics["isbi2015"]["mean_radial_error_mm"] == pytest.approx(0.5)
+    # folds that left the disputed films out say so, and whether the shipped model trained on them
+    undisputed = {"cross_validation": {"folds": [dict(f, datalist=f["datalist"].replace(".json", "_undisputed.json")) for f in pooled["cross_validation"]["folds"]]}}
+    shipped_dl = tmp_path / "two_sites_all.json"
+    for recorded, trained_on_them in (({}, True), ({"disputed_left_out": {"hamedan": ["hamedan-123"]}}, False)):
+        shipped_dl.write_text(json.dumps({"training": [], **recorded}))
+        how, _ = pretrained.held_out_record(dict(pooled, **undisputed), shipped_dl)
+        assert "(the audit's 'disputed') are in no fold" in how and ("the shipped model trained on them" in how) is trained_on_them
     split = dict(pooled, datalist="datalists/two_sites.json")
     del split["cross_validation"]
     how, record = pretrained.held_out_record(split, REPO / "datalists" / "two_sites_all.json")
@@ -325,6 +332,16 @@ def test_pretrained_all_films_trains_on_every_film_and_borrows_a_held_out_calibr
     assert sorted(it["id"] for it in doc["training"]) == sorted(it["id"] for s in items.values() for it in s)
     assert {it["id"] for it in doc["validation"]} == validation and "only monitor" in doc["description"]
     assert doc["drawn_from"] == {"validation": "training"}  # so that the audit does not call them a leak
+    # the standard split without its disputed films (a run folder's) is the shipped datalist too; another seed's stays put
+    run_data = tmp_path / "runs" / "all" / "data"
+    run_data.mkdir(parents=True)
+    for stem, where in (("two_sites_undisputed", tmp_path / "datalists"), ("two_sites_seed1_undisputed", run_data)):
+        source = run_data / f"{stem}.json"
+        source.write_text(json.dumps({"description": "split", "data_root": "/abs/data", "disputed_left_out": {"hamedan": ["h9"]}, **items}))
+        written = pretrained.all_films(source)
+        assert written == where / "two_sites_all.json" and _doc(written)["disputed_left_out"] == {"hamedan": ["h9"]}
+        assert _doc(written)["data_root"] == ("../shared/data" if where.name == "datalists" else "/abs/data")
+    pretrained.all_films(split)  # the datalist the calibration checks below expect
     with pytest.raises(SystemExit, match="not the one it was trained on"):  # the datalist has changed since: no way to tell
         pretrained.calibration_donor(shipped, validation)
     torch.save({"model": {}, "info": {"uncertainty_calibration": dict(record, carried_from={"why": why}), "provenance": provenance}}, shipped)
