@@ -79,9 +79,13 @@ def test_shipped_checkpoint_is_inference_only_and_says_how_it_was_made():
     for site in SPACING:  # every development film of the site scored once, by a fold model that never trained on it
         development = sorted(it["id"] for it in doc["training"] if it["site"] == site)
         scored = sorted(f"{site}-{i}" for f in folds for i in f["test_ids"][site])  # per-site ids; the mixed datalist prefixes the site
-        assert scored == development
+        # folds of --drop-disputed: Hamedan film 123, whose two annotations are 7 mm apart (docs/benchmarks.md), in none
+        undisputed = all(Path(f["datalist"]).stem.endswith("_undisputed") for f in folds)
+        left_out = {"hamedan-123"} if undisputed and site == "hamedan" else set()
+        assert len(scored) == len(set(scored)) and set(scored) == set(development) - left_out
         figures = meta["eval_metrics"][site]
-        assert figures["films"] == len(development) and figures["how"].startswith("5-fold cross-validation")
+        assert figures["films"] == len(scored) and figures["how"].startswith("5-fold cross-validation")
+        assert ("(the audit's 'disputed') are in no fold, though the shipped model trained on them" in figures["how"]) is undisputed
         assert figures["mean_radial_error_mm"] == pytest.approx(held_out["test"][site]["mre"], abs=0.0005)
 
 
