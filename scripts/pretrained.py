@@ -70,6 +70,7 @@ SITES = {
 }
 ISBI_SPLIT = (100, 20, 30)  # training, validation, test films of the 150
 CV_FOLDS = 5  # --fold: each site's films in five test parts (20 Hamedan, 30 ISBI films each)
+UNDISPUTED = "_undisputed"  # the name suffix of a --drop-disputed datalist
 CV_VALIDATION = {"hamedan": 10, "isbi2015": ISBI_SPLIT[1]}  # validation films of a fold, as in the standard split
 FOLD_IN_NAME = re.compile(r"_fold(\d+)")  # a fold run's datalist: two_sites_fold<K>[_trained_on_<sites>].json
 TRAINED_ON = "_trained_on_"  # in the datalist name of a run restricted to some sites (restrict())
@@ -156,7 +157,7 @@ def prepare(data_root: Path, out: Path, seed: int, fold: int | None = None, drop
         audit = json.loads(ham.with_name(ham.name + ".audit.json").read_text())
         gone = {f"hamedan-{i}" for i in audit["disagreement"]["disputed"]}
         merged = {section: [it for it in items if it["id"] not in gone] for section, items in merged.items()}
-        two = data / f"{two.stem}_undisputed.json"
+        two = data / f"{two.stem}{UNDISPUTED}.json"
         left_out["disputed_left_out"] = {"hamedan": sorted(gone)}  # a mapping: a list would read as a section
         description += f"; left out, their annotators disputed (audit of hamedan.json): {', '.join(sorted(gone)) or 'none'}"
     two.parent.mkdir(exist_ok=True)
@@ -207,7 +208,7 @@ def all_films(datalist: Path) -> Path:
     doc["training"] += doc.pop("test") + doc["validation"]
     doc["drawn_from"] = {"validation": "training"}  # on purpose: the audit counts them once
     doc["description"] += "; every film in training (the shipped model): the validation films are trained on too and only monitor it"
-    if datalist.stem in ("two_sites", "two_sites_undisputed"):  # seed 0: the shipped model's films, committed
+    if datalist.stem in ("two_sites", f"two_sites{UNDISPUTED}"):  # seed 0: the shipped model's films, committed
         path = REPO / "datalists" / "two_sites_all.json"
         doc["data_root"] = "../shared/data"
     else:
@@ -405,7 +406,7 @@ def held_out_record(held_out: dict, datalist: Path) -> tuple[str, dict]:
             "model of the fold that held it out (fewer training films than the shipped model; each fold's command: the "
             "checkpoint's provenance, held_out.cross_validation)"
         )
-        if all(Path(f["datalist"]).stem.endswith("_undisputed") for f in folds):
+        if all(Path(f["datalist"]).stem.endswith(UNDISPUTED) for f in folds):
             how += (
                 "; the Hamedan films whose two annotations disagree far beyond the others (the audit's 'disputed') are in "
                 "no fold" + ("" if "disputed_left_out" in json.loads(datalist.read_text()) else ", though the shipped model trained on them")
