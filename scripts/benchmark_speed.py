@@ -4,7 +4,8 @@ trained model (PyTorch eager, TorchScript, ONNX Runtime, ONNX Runtime int8 dynam
 a two-stage checkpoint also PyTorch and ONNX Runtime with the refinement stage) and for the peer
 toolkit's network at the same input size, with the MRE of each variant on the test split; data
 pipeline throughput; training step time and peak memory; with a CUDA GPU (or ``--device``), the
-checkpoint network's fp32/AMP latency, images/s, training step and peak device memory. Everything is
+checkpoint network's fp32/AMP latency, images/s, training step and peak device memory; with
+``--memory-formats`` only the channels-last vs contiguous step times. Everything is
 measured in one run, so the ratios hold even where absolute figures vary between machines.
 
     python scripts/benchmark_speed.py --checkpoint runs/bench-accuracy/cpu/runs/fixed/maht_net/models/model.pt \\
@@ -154,6 +155,51 @@ def training_steps(info: dict, sizes: list[int], batch: int, threads: int) -> di
     return rows
 
 
+def memory_formats(info: dict, refiner: Refiner | None, batch: int, repeats: int) -> dict[str, dict]:
+    """Training step (batch ``batch``, the checkpoint's input size) and batch-1 inference of the
+    first stage, and the refinement network's training step, with convolution weights in
+    channels-last (:data:`~maht_net.models.registry.CONV_MEMORY_FORMAT`, as built) and in the
+    contiguous format: the two copies alternate step by step (same weights, inputs and load), and
+    each figure is the median of ``repeats`` steps after two warm-up steps."""
+    from maht_net.models import create_network
+    from maht_net.models.losses import LandmarkLoss
+
+    torch.manual_seed(0)
+    n = len(info["landmark_names"])
+    w, h = info["input_size"]
+    jobs = {"first stage, training step": (create_network(info["network"], num_landmarks=n, **info.get("network_kwargs", {})), (batch, 1, h, w), True)}
+    if refiner is not None:
+        p = refiner.codec.patch_size
+        jobs["refinement, training step"] = (create_network(refiner.info["network"], num_landmarks=n, **refiner.info.get("network_kwargs", {})), (batch, n, p, p), True)
+    jobs["first stage, inference (batch 1)"] = (jobs["first stage, training step"][0], (1, 1, h, w), False)
+    rows = {}
+    for name, (built, shape, train) in jobs.items():
+        nets = {"channels-last": copy.deepcopy(built), "contiguous": copy.deepcopy(built).to(memory_format=torch.contiguous_format)}
+        x = torch.rand(shape)
+        size = shape[-1] // nets["contiguous"].stride, shape[-2] // nets["contiguous"].stride
+        target = {"landmarks": torch.rand(shape[0], n, 2) * torch.tensor(size, dtype=torch.float32) * nets["contiguous"].stride,
+                  "mask": torch.ones(shape[0], n), "spacing": torch.ones(shape[0], 2)}
+        loss = LandmarkLoss(stride=nets["contiguous"].stride, sigma=2.0)
+        optims = {k: torch.optim.AdamW(net.parameters(), 1e-3) for k, net in nets.items()}
+        times: dict[str, list[float]] = {k: [] for k in nets}
+        for i in range(repeats + 2):
+            for k, net in nets.items():
+                net.train(train)
+                t0 = time.perf_counter()
+                if train:
+                    optims[k].zero_grad()
+                    loss(net(x), target).backward()
+                    optims[k].step()
+                else:
+                    with torch.no_grad():
+                        net(x)
+                if i >= 2:
+                    times[k].append(time.perf_counter() - t0)
+        rows[name] = {k: statistics.median(v) for k, v in times.items()}
+        print(f"{name}: channels-last {rows[name]['channels-last']:.4f} s, contiguous {rows[name]['contiguous']:.4f} s", file=sys.stderr, flush=True)
+    return rows
+
+
 def _median_seconds(fn, device: torch.device, repeats: int) -> float:
     """Median wall time of ``fn()`` after 3 warm-up calls, waiting for the device each time."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -223,7 +269,7 @@ def accelerator_figures(network: torch.nn.Module, num_landmarks: int, device: st
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, required=True)
-    ap.add_argument("--datalist", type=Path, required=True, help="films with truth (the 'test' section is timed; "
+    ap.add_argument("--datalist", type=Path, help="films with truth, needed but for --memory-formats (the 'test' section is timed; "
                     "'validation' calibrates static int8)")
     ap.add_argument("--images", type=int, default=20, help="test films timed")
     ap.add_argument("--repeats", type=int, default=3)
@@ -241,9 +287,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-only", action="store_true", help="only the end-to-end latency table (no int8, pipeline or training figures)")
     ap.add_argument("--device-only", action="store_true", help="only the --device figures: end to end on the device with "
                     "its distance to the CPU's landmarks, and the network's latency, throughput and training step")
+    ap.add_argument("--memory-formats", action="store_true", help="only the channels-last vs contiguous table: the first stage's "
+                    "and the refinement network's training steps (--batch) and the first stage's batch-1 inference, --repeats steps each")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.memory_formats:
+        _, info = load_model(args.checkpoint)
+        rows = memory_formats(info, load_refiner(args.checkpoint), args.batch, max(args.repeats, 5))
+        print(f"\nConvolution weights channels-last vs contiguous, {platform.processor() or platform.machine()}, {args.threads} threads, "
+              f"torch {torch.__version__}, median s per call, the two alternating:\n\n| call | channels-last | contiguous | contiguous / channels-last |\n|---|---|---|---|")
+        for name, r in rows.items():
+            print(f"| {name} | {r['channels-last']:.4f} | {r['contiguous']:.4f} | {r['contiguous'] / r['channels-last']:.2f} |")
+        if args.json:
+            args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M %Z"), "memory_formats": rows}, indent=2))
+        return 0
+    if args.datalist is None:
+        ap.error("--datalist is needed (all but --memory-formats time real films)")
     items = load_datalist(args.datalist, "test", check_files=True)[: args.images]
     network, info = load_model(args.checkpoint)
     if args.device_only:

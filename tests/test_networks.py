@@ -37,6 +37,22 @@ def test_unet_baseline_same_interface():
     assert net.stride == 1
 
 
+@pytest.mark.parametrize("name", ["maht_net_small", "refine_net_small"])
+def test_conv_weights_channels_last_outputs_contiguous_and_same_as_contiguous_weights(name):
+    net = create_network(name, num_landmarks=19).eval()
+    convs = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1 and m.weight.shape[1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
+    x = torch.randn(2, 1, 64, 96) if name.startswith("maht") else torch.randn(2, 19, 32, 32)
+    plain = create_network(name, num_landmarks=19).to(memory_format=torch.contiguous_format).eval()
+    plain.load_state_dict(net.state_dict())  # a checkpoint written by either format loads into the other
+    with torch.no_grad():
+        y, y_plain = net(x), plain(x)
+    assert y.is_contiguous() and not any(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in plain.parameters())
+    assert torch.allclose(y, y_plain, atol=1e-5)
+    unet = create_network("unet", num_landmarks=19, features=(8, 8, 16, 32, 64, 8))
+    assert all(p.is_contiguous() for p in unet.parameters())
+
+
 def _target(b, n, size):
     g = torch.Generator().manual_seed(0)
     pts = torch.rand(b, n, 2, generator=g) * torch.tensor([size[1] - 1, size[0] - 1])

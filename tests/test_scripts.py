@@ -114,6 +114,20 @@ def test_benchmark_speed_device_only_compares_the_device_with_the_cpu(tiny_two_s
     assert [r["input"] for r in result["device"]["rows"]] == ["64x64", "64x64"] and "| both stages |" in run.stdout
 
 
+def test_benchmark_speed_memory_formats_times_both_formats_of_both_stages(tiny_two_stage, tmp_path):
+    checkpoint, _ = tiny_two_stage
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark_speed.py"), "--checkpoint", str(checkpoint), "--memory-formats",
+         "--batch", "2", "--repeats", "1", "--json", str(tmp_path / "formats.json")],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = __import__("json").loads((tmp_path / "formats.json").read_text())["memory_formats"]
+    assert set(rows) == {"first stage, training step", "refinement, training step", "first stage, inference (batch 1)"}
+    assert all(r["channels-last"] > 0 and r["contiguous"] > 0 for r in rows.values())
+    assert "| refinement, training step |" in run.stdout and "contiguous / channels-last" in run.stdout
+
+
 def test_benchmark_refinement_compares_first_stage_fuse_and_replace(tiny_two_stage, tmp_path):
     checkpoint, datalist = tiny_two_stage
     run = subprocess.run(

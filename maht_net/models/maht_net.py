@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from maht_net.models.registry import register_network
+from maht_net.models.registry import CONV_MEMORY_FORMAT, register_network
 
 __all__ = ["MAHTNet", "sincos_position_encoding", "MultiHeadSelfAttention", "TransformerBlock", "ViTBottleneck", "AttentionGate", "ResidualBlock"]
 
@@ -218,6 +218,7 @@ class MAHTNet(nn.Module):
         self.attention_maps: dict[str, list[torch.Tensor]] = {}
         self._frozen_stages: set[int] = set()
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__", "c", "n_up", "aux_strides", "channels", "reductions")}
+        self.to(memory_format=CONV_MEMORY_FORMAT)
 
     # ---- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, Any]:
@@ -248,8 +249,9 @@ class MAHTNet(nn.Module):
         logits = self.head(p)
         if record:
             self.attention_maps = maps
+        logits = logits.contiguous()
         if aux:
-            return {"heatmaps": logits, "aux": aux}
+            return {"heatmaps": logits, "aux": [(a.contiguous(), s) for a, s in aux]}
         return logits
 
     # ---- encoder stages: freezing and learning rates --------------------------------------

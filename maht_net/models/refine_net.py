@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maht_net.models.registry import register_network
+from maht_net.models.registry import CONV_MEMORY_FORMAT, register_network
 
 __all__ = ["RefineNet"]
 
@@ -81,6 +81,7 @@ class RefineNet(nn.Module):
             "num_landmarks": n, "channels": c, "decoder_channels": d,
             "head_channels": int(head_channels), "output_stride": self.stride, "dropout": float(dropout),
         }  # fmt: skip
+        self.to(memory_format=CONV_MEMORY_FORMAT)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         b, n, p, q = patches.shape
@@ -98,7 +99,7 @@ class RefineNet(nn.Module):
             y = self.smooth[j](skip + F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False))
         h, w = y.shape[-2:]
         y = self.dropout(y).reshape(b, n * y.shape[1], h, w)
-        return self.head(y)
+        return self.head(y).contiguous()
 
 
 @register_network("refine_net")
