@@ -524,6 +524,44 @@ def test_time_budget_refits_the_schedule_to_the_epochs_it_holds(planned, monkeyp
     assert not without.fit_epochs and without.refit is None
 
 
+def test_time_budget_replans_when_a_stage_costs_less_than_the_first(monkeypatch):
+    """The first refit prices every epoch like the first stage's; the stages cost differently (a
+    fake clock: 4 iterations an epoch at 1 s each in stage 1, 0.4 s with the encoder frozen in
+    stage 2, 0.8 s in stage 3; a 1-minute budget, 40 epochs planned, stages 12 / 4 / rest). The
+    refit at epoch 3 plans 14 (stages 4 / 1 / 9, ending at 46.4 s: 13.6 s unused); the first
+    epoch of stage 2 (ends at 17.6 s) re-plans 5 + int(0.97 x 42.4 / 4) = 15 (stage 3 unmeasured:
+    priced at stage 1's 4 s), the first of stage 3 (20.8 s) 6 + int(0.97 x 39.2 / 3.2) = 17,
+    which end at 56 s, inside the budget, with the learning rate annealed to the new curve's end."""
+    from ignite.engine import Engine
+
+    from maht_net.engine import handlers
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(handlers.time, "monotonic", lambda: clock["t"])
+    net = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+    scheduler = handlers.warmup_cosine_scheduler(optimizer, 40, warmup_epochs=1)
+    progressive = handlers.ProgressiveTrainingHandler(net, optimizer, 1.0, [{"epochs": 12}, {"epochs": 4}, {"epochs": None}], scheduler=scheduler)
+    rates = []
+
+    def step(engine, batch):
+        clock["t"] += (1.0, 0.4, 0.8)[progressive.current]
+        rates.append(optimizer.param_groups[0]["lr"])
+
+    engine = Engine(step)
+    progressive.attach(engine)
+    budget = handlers.TimeBudgetHandler(1.0, fit_epochs=True, scheduler=scheduler, progressive=progressive)
+    budget.attach(engine)
+    engine.add_event_handler(handlers.Events.EPOCH_COMPLETED, lambda e: scheduler.step())
+    engine.run(range(4), max_epochs=40)
+    assert budget.refit == {"epoch_seconds": 4.0, "planned": 40, "epochs": 14}
+    assert [(r["epoch"], r["planned"], r["epochs"]) for r in budget.replans] == [(5, 14, 15), (6, 15, 17)]
+    assert budget.replans[-1]["stage_epoch_seconds"] == {"1": 4.0, "2": 1.6, "3": 3.2}
+    assert engine.state.epoch == engine.state.max_epochs == 17 and not budget.stopped
+    assert clock["t"] == pytest.approx(56.0) and [s["epochs"] for s in progressive.stages[:2]] == [4, 1]
+    assert rates[-1] == pytest.approx(0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * 15 / 16)))  # the last epoch of the 17-epoch curve
+
+
 def test_train_json_refits_its_own_schedule_and_stages(phantom, tmp_path, monkeypatch):
     """``--fit_epochs_to_budget True``: the bundle's budget handler holds the run's scheduler and
     progressive handler (the ones the trainer steps), and a real run refits its epochs. The

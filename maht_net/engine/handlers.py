@@ -5,6 +5,7 @@ inference spec stored in every checkpoint. The bundle configs wire them together
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -204,6 +205,11 @@ class TimeBudgetHandler:
     included: ``max_epochs``, the ``scheduler``'s :class:`WarmupCosine` total and the
     ``progressive`` handler's stages stretch or shrink to the epochs the rest of the budget holds,
     so the learning rate anneals by the budget's end instead of stopping early or mid-schedule.
+    That plan prices every epoch like the first stage's, but the stages cost differently (on 2 CPU
+    cores an epoch with the encoder frozen takes about half the time), so when the first epoch of
+    each later stage ends the rest of the run is re-planned again (:attr:`replans`) from each
+    stage's own measured epoch (stages not reached yet priced at the dearest measured): the
+    remaining epochs of every bounded stage scale by one factor, the last stage takes what is left.
     """
 
     MARGIN = 0.97  # of the budget left: checkpoints and the last validation
@@ -216,6 +222,8 @@ class TimeBudgetHandler:
         self.stopped = False
         self._stop_after_epoch = False
         self.refit: dict[str, Any] | None = None
+        self.replans: list[dict[str, Any]] = []
+        self._stage_seconds: dict[int, float] = {}  # measured seconds of one epoch, per progressive stage
 
     def attach(self, engine: Engine) -> None:
         if self.seconds is None:
@@ -231,9 +239,61 @@ class TimeBudgetHandler:
 
     def _epoch_started(self, engine: Engine) -> None:
         now = time.monotonic()
-        if engine.state.epoch == 3 and self.refit is None and self._epoch_start is not None:
-            self._refit(engine, now - self._epoch_start, now - self.start)
+        if self._epoch_start is not None:
+            ended, seconds = engine.state.epoch - 1, now - self._epoch_start
+            if ended == 2 and self.refit is None:
+                self._stage_seconds[self._stage(ended)] = seconds
+                self._refit(engine, seconds, now - self.start)
+            elif self.refit is not None and self._staged() and ended > 2:
+                stage = self._stage(ended)
+                if stage not in self._stage_seconds and stage != self._stage(ended - 1):  # a later stage's first epoch
+                    self._stage_seconds[stage] = seconds
+                    self._replan(engine, now - self.start)
         self._epoch_start = now
+
+    def _staged(self) -> bool:
+        return self.progressive is not None and self.progressive.enabled and len(self.progressive.stages) > 1
+
+    def _stage(self, epoch: int) -> int:
+        return self.progressive.stage_at(epoch) if self._staged() else 0
+
+    def _replan(self, engine: Engine, elapsed_s: float) -> None:
+        """Fit the epochs not run yet to the budget left, priced per stage (see the class notes)."""
+        stages, done, total = self.progressive.stages, engine.state.epoch - 1, int(engine.state.max_epochs)
+        ends = list(itertools.accumulate(int(s["epochs"]) for s in stages[:-1])) + [total]
+        starts = [0] + ends[:-1]
+        left = [max(0, end - max(done, start)) for start, end in zip(starts, ends)]
+        dearest = max(self._stage_seconds.values())
+        price = [self._stage_seconds.get(i, dearest) for i in range(len(stages))]
+        budget_s = self.MARGIN * (self.seconds - elapsed_s)
+        factor = budget_s / max(sum(n * p for n, p in zip(left, price)), 1e-6)
+        if _distributed():  # every rank must plan the same schedule
+            flag = torch.tensor([factor])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            factor = float(flag.item())
+        new = [max(1, round(n * factor)) if n else 0 for n in left[:-1]]
+        epochs = done + sum(new) + max(1, int((budget_s - sum(n * p for n, p in zip(new, price))) / price[-1]))
+        if new == left[:-1] and epochs == total:
+            return
+        for s, start, end, n in zip(stages[:-1], starts, ends, new):
+            s["epochs"] = max(0, min(done, end) - start) + n if n else s["epochs"]
+        self.replans.append({"epoch": done, "stage_epoch_seconds": {str(k + 1): round(v, 2) for k, v in sorted(self._stage_seconds.items())},
+                             "planned": total, "epochs": epochs})  # fmt: skip
+        self._set_epochs(engine, epochs)
+        logger.info("time budget: stage epochs take %s s, so the %.1f min left hold %d epochs, not the %d planned: schedule refitted",
+                    "/".join(f"{p:.0f}" for p in price), budget_s / 60, epochs, total)  # fmt: skip
+
+    def _set_epochs(self, engine: Engine, epochs: int) -> None:
+        """Run ``epochs`` in all: the trainer's and the cosine's end move there (this epoch's rate
+        taken from the new curve) and the progressive handler re-applies this epoch's stage."""
+        engine.state.max_epochs = epochs
+        if self.scheduler is not None:
+            for f, group, base in zip(self.scheduler.lr_lambdas, self.scheduler.optimizer.param_groups, self.scheduler.base_lrs):
+                if isinstance(f, WarmupCosine):
+                    f.total = epochs
+                    group["lr"] = base * f(self.scheduler.last_epoch)
+        if self.progressive is not None:
+            self.progressive(engine)  # it chose this epoch's stage before the refit
 
     def _refit(self, engine: Engine, epoch_s: float, elapsed_s: float) -> None:
         done, planned = engine.state.epoch - 1, int(engine.state.max_epochs)
@@ -245,15 +305,9 @@ class TimeBudgetHandler:
         self.refit = {"epoch_seconds": round(epoch_s, 2), "planned": planned, "epochs": epochs}
         if epochs == planned:
             return
-        engine.state.max_epochs = epochs
-        if self.scheduler is not None:
-            for f, group, base in zip(self.scheduler.lr_lambdas, self.scheduler.optimizer.param_groups, self.scheduler.base_lrs):
-                if isinstance(f, WarmupCosine):
-                    f.total = epochs
-                    group["lr"] = base * f(self.scheduler.last_epoch)  # this epoch's rate on the new curve
         if self.progressive is not None:
             self.progressive.rescale(epochs / planned)
-            self.progressive(engine)  # it chose this epoch's stage before the refit
+        self._set_epochs(engine, epochs)
         logger.info("time budget: epoch %d took %.0f s, so %.1f min hold %d epochs, not the %d planned: schedule refitted",
                     done, epoch_s, self.seconds / 60, epochs, planned)  # fmt: skip
 
