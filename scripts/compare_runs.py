@@ -1,13 +1,17 @@
 """Paired comparison of two training recipes over several seeds: per site, per seed, and pooled.
 
 Each run is a ``scripts/pretrained.py --out RUN`` folder (its ``eval/<site>/metrics.json``, as
-``maht-net evaluate`` writes them). ``--a`` and ``--b`` list the runs of the two recipes in the
+``maht-net evaluate`` writes them), or an accuracy benchmark's ``results.json``
+(``scripts/benchmark_accuracy.py``; its first contender, or the one named after a ``#``:
+``results.json#maht_net_2stage``; a film's site is its id's prefix, ``hamedan-009``), so runs of the
+same seed and split made on different days pair up. ``--a`` and ``--b`` list the runs of the two recipes in the
 same seed order; runs of one seed must score the same films (``pretrained.py --seed`` fixes the
 split), so every film's error difference is paired. Pooled rows join the films of every seed
 (a film tested under two seeds counts twice); ``mean +- SD`` is over the seeds' MREs.
 
     python scripts/compare_runs.py --a runs/xsite/ham-phys-s{0,1,2} --b runs/xsite/ham-base-s{0,1,2} \\
         --names "physical 0.76 mm/px" letterbox --out runs/xsite/compare.json
+    python scripts/compare_runs.py --a runs/bench-replan-seed0/cpu/results.json --b runs/bench-cl-seed0/cpu/results.json
 """
 
 from __future__ import annotations
@@ -25,6 +29,14 @@ from maht_net.bench.metrics import paired_comparison, summarize
 
 def site_errors(run: Path, site: str) -> tuple[list[str], np.ndarray]:
     """Film ids and ``(films, N)`` errors (mm) of one run on one site's test films."""
+    file, _, contender = str(run).partition("#")
+    if Path(file).is_file():  # an accuracy benchmark's results.json
+        doc = json.loads(Path(file).read_text())
+        found = [c for c in doc["contenders"] if c["name"] == contender] if contender else doc["contenders"][:1]
+        if not found:
+            raise SystemExit(f"error: {file}: no contender {contender!r} (it has {[c['name'] for c in doc['contenders']]})")
+        keep = [k for k, i in enumerate(doc["test_ids"]) if i.split("-")[0] == site]
+        return [doc["test_ids"][k] for k in keep], np.asarray(found[0]["errors"], dtype=float)[keep]
     path = run / "eval" / site / "metrics.json"
     if not path.is_file():
         raise SystemExit(f"error: {path}: no metrics (did the run finish?)")

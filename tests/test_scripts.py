@@ -191,3 +191,24 @@ def test_compare_runs_pairs_films_per_seed_and_pools_the_seeds(tmp_path, capsys)
     with pytest.raises(SystemExit, match="not the same split"):
         compare_runs.main(args)
     assert compare_runs.main(["--a", str(runs_a[0]), "--b", *map(str, runs_b[:2])]) == 2
+
+
+def test_compare_runs_reads_accuracy_benchmark_results_per_site_and_contender(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import compare_runs
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    ids = ["hamedan-001", "hamedan-002", "isbi2015-001", "isbi2015-002", "isbi2015-003"]
+    errors = {name: np.arange(5 * 19, dtype=float).reshape(5, 19) / 10 + shift for name, shift in (("first", 1.0), ("second", 0.0))}
+    for run, order in (("a", ["first", "second"]), ("b", ["second", "first"])):  # results.json of accuracy benchmarks
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "results.json").write_text(json.dumps({"test_ids": ids, "contenders": [{"name": n, "errors": errors[n].tolist()} for n in order]}))
+    a, b = tmp_path / "a" / "results.json", tmp_path / "b" / "results.json"
+    result = compare_runs.compare([a], [b], ["hamedan", "isbi2015"])  # each file's first contender: "first" vs "second"
+    assert [result[s]["pooled"]["films"] for s in ("hamedan", "isbi2015")] == [2, 3]
+    assert result["isbi2015"]["pooled"]["mean_difference"] == pytest.approx(1.0) and result["hamedan"]["seeds"][0]["mre_b"] == pytest.approx(errors["second"][:2].mean())
+    same = compare_runs.compare([Path(f"{a}#second")], [b], ["isbi2015"])["isbi2015"]["pooled"]
+    assert same["mean_difference"] == 0.0 and same["a_better"] == same["b_better"] == 0
+    with pytest.raises(SystemExit, match="no contender 'unet'"):
+        compare_runs.compare([Path(f"{a}#unet")], [b], ["hamedan"])
