@@ -155,12 +155,13 @@ def training_steps(info: dict, sizes: list[int], batch: int, threads: int) -> di
     return rows
 
 
-def memory_formats(info: dict, refiner: Refiner | None, batch: int, repeats: int) -> dict[str, dict]:
+def memory_formats(info: dict, refiner: Refiner | None, batch: int, repeats: int, device: str = "cpu") -> dict[str, dict]:
     """Training step (batch ``batch``, the checkpoint's input size) and batch-1 inference of the
     first stage, and the refinement network's training step, with convolution weights in
     channels-last (:data:`~maht_net.models.registry.CONV_MEMORY_FORMAT`, as built) and in the
     contiguous format: the two copies alternate step by step (same weights, inputs and load), and
-    each figure is the median of ``repeats`` steps after two warm-up steps."""
+    each figure is the median of ``repeats`` steps after two warm-up steps, on ``device`` (waiting
+    for a GPU to finish each call)."""
     from maht_net.models import create_network
     from maht_net.models.losses import LandmarkLoss
 
@@ -174,11 +175,12 @@ def memory_formats(info: dict, refiner: Refiner | None, batch: int, repeats: int
     jobs["first stage, inference (batch 1)"] = (jobs["first stage, training step"][0], (1, 1, h, w), False)
     rows = {}
     for name, (built, shape, train) in jobs.items():
-        nets = {"channels-last": copy.deepcopy(built), "contiguous": copy.deepcopy(built).to(memory_format=torch.contiguous_format)}
-        x = torch.rand(shape)
+        nets = {"channels-last": copy.deepcopy(built).to(device), "contiguous": copy.deepcopy(built).to(device, memory_format=torch.contiguous_format)}
+        x = torch.rand(shape, device=device)
         size = shape[-1] // nets["contiguous"].stride, shape[-2] // nets["contiguous"].stride
-        target = {"landmarks": torch.rand(shape[0], n, 2) * torch.tensor(size, dtype=torch.float32) * nets["contiguous"].stride,
-                  "mask": torch.ones(shape[0], n), "spacing": torch.ones(shape[0], 2)}
+        target = {"landmarks": torch.rand(shape[0], n, 2, device=device) * torch.tensor(size, dtype=torch.float32, device=device) * nets["contiguous"].stride,
+                  "mask": torch.ones(shape[0], n, device=device), "spacing": torch.ones(shape[0], 2, device=device)}
+        sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
         loss = LandmarkLoss(stride=nets["contiguous"].stride, sigma=2.0)
         optims = {k: torch.optim.AdamW(net.parameters(), 1e-3) for k, net in nets.items()}
         times: dict[str, list[float]] = {k: [] for k in nets}
@@ -193,6 +195,7 @@ def memory_formats(info: dict, refiner: Refiner | None, batch: int, repeats: int
                 else:
                     with torch.no_grad():
                         net(x)
+                sync()
                 if i >= 2:
                     times[k].append(time.perf_counter() - t0)
         rows[name] = {k: statistics.median(v) for k, v in times.items()}
@@ -288,19 +291,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device-only", action="store_true", help="only the --device figures: end to end on the device with "
                     "its distance to the CPU's landmarks, and the network's latency, throughput and training step")
     ap.add_argument("--memory-formats", action="store_true", help="only the channels-last vs contiguous table: the first stage's "
-                    "and the refinement network's training steps (--batch) and the first stage's batch-1 inference, --repeats steps each")
+                    "and the refinement network's training steps (--batch) and the first stage's batch-1 inference, --repeats steps each, on --device or the CPU")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_formats:
         _, info = load_model(args.checkpoint)
-        rows = memory_formats(info, load_refiner(args.checkpoint), args.batch, max(args.repeats, 5))
-        print(f"\nConvolution weights channels-last vs contiguous, {platform.processor() or platform.machine()}, {args.threads} threads, "
+        device = args.device or "cpu"
+        rows = memory_formats(info, load_refiner(args.checkpoint), args.batch, max(args.repeats, 5), device)
+        print(f"\nConvolution weights channels-last vs contiguous, {device_name(device, args.threads)}, "
               f"torch {torch.__version__}, median s per call, the two alternating:\n\n| call | channels-last | contiguous | contiguous / channels-last |\n|---|---|---|---|")
         for name, r in rows.items():
             print(f"| {name} | {r['channels-last']:.4f} | {r['contiguous']:.4f} | {r['contiguous'] / r['channels-last']:.2f} |")
         if args.json:
-            args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M %Z"), "memory_formats": rows}, indent=2))
+            args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M %Z"), "device": device_name(device, args.threads), "memory_formats": rows}, indent=2))
         return 0
     if args.datalist is None:
         ap.error("--datalist is needed (all but --memory-formats time real films)")
