@@ -8,10 +8,12 @@ same seed and split made on different days pair up. ``--a`` and ``--b`` list the
 same seed order; runs of one seed must score the same films (``pretrained.py --seed`` fixes the
 split), so every film's error difference is paired. Pooled rows join the films of every seed
 (a film tested under two seeds counts twice); ``mean +- SD`` is over the seeds' MREs.
+``--leave-out`` drops films from both sides, e.g. one whose truth is disputed (``maht-net audit``).
 
     python scripts/compare_runs.py --a runs/xsite/ham-phys-s{0,1,2} --b runs/xsite/ham-base-s{0,1,2} \\
         --names "physical 0.76 mm/px" letterbox --out runs/xsite/compare.json
-    python scripts/compare_runs.py --a runs/bench-replan-seed0/cpu/results.json --b runs/bench-cl-seed0/cpu/results.json
+    python scripts/compare_runs.py --a runs/bench-replan-seed0/cpu/results.json --b runs/bench-cl-seed0/cpu/results.json \
+        --leave-out hamedan-123
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +46,26 @@ def site_errors(run: Path, site: str) -> tuple[list[str], np.ndarray]:
     return error_matrix(json.loads(path.read_text()))
 
 
-def compare(runs_a: list[Path], runs_b: list[Path], sites: list[str]) -> dict:
-    """``{site: {"seeds": [...], "pooled": {...}}}`` with each recipe's MRE / SDR 2 mm and the paired test."""
+def kept_errors(run: Path, site: str, leave_out: set[str]) -> tuple[list[str], np.ndarray]:
+    """:func:`site_errors` without the films in ``leave_out``."""
+    ids, errors = site_errors(run, site)
+    keep = [k for k, i in enumerate(ids) if i not in leave_out]
+    return [ids[k] for k in keep], errors[keep]
+
+
+def compare(runs_a: list[Path], runs_b: list[Path], sites: list[str], leave_out: Sequence[str] = ()) -> dict:
+    """``{site: {"seeds": [...], "pooled": {...}}}`` with each recipe's MRE / SDR 2 mm and the paired test,
+    over each site's films but those in ``leave_out`` (ids every one of which some run must have scored)."""
+    left = set(leave_out)
+    unknown = left - {i for run in [*runs_a, *runs_b] for site in sites for i in site_errors(run, site)[0]}
+    if unknown:
+        raise SystemExit(f"error: --leave-out {sorted(unknown)}: no run scored such a film")
     result = {}
     for site in sites:
         seeds, pooled_a, pooled_b, pooled_ids = [], [], [], []
         for k, (ra, rb) in enumerate(zip(runs_a, runs_b)):
-            ids_a, ea = site_errors(ra, site)
-            ids_b, eb = site_errors(rb, site)
+            ids_a, ea = kept_errors(ra, site, left)
+            ids_b, eb = kept_errors(rb, site, left)
             if ids_a != ids_b:
                 raise SystemExit(f"error: {ra} and {rb} scored different {site} films: not the same split")
             sa, sb = summarize(ea, n_bootstrap=0)["overall"], summarize(eb, n_bootstrap=0)["overall"]
@@ -97,14 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--b", nargs="+", type=Path, required=True, help="runs of recipe B, same seeds in the same order")
     ap.add_argument("--sites", nargs="+", default=["hamedan", "isbi2015"])
     ap.add_argument("--names", nargs=2, default=["A", "B"], metavar=("NAME_A", "NAME_B"))
+    ap.add_argument("--leave-out", nargs="+", default=[], metavar="FILM", help="film ids scored by neither side (e.g. hamedan-123)")
     ap.add_argument("--out", type=Path, help="write the comparison as JSON")
     args = ap.parse_args(argv)
     if len(args.a) != len(args.b):
         print(f"error: {len(args.a)} runs of A but {len(args.b)} of B: pair them by seed", file=sys.stderr)
         return 2
-    result = compare(args.a, args.b, args.sites)
+    result = compare(args.a, args.b, args.sites, args.leave_out)
     if args.out:
-        args.out.write_text(json.dumps({"a": args.names[0], "b": args.names[1], "sites": result}, indent=1))
+        args.out.write_text(json.dumps({"a": args.names[0], "b": args.names[1], "left_out": args.leave_out, "sites": result}, indent=1))
     print(table(result, *args.names))
     return 0
 

@@ -212,3 +212,8 @@ def test_compare_runs_reads_accuracy_benchmark_results_per_site_and_contender(tm
     assert same["mean_difference"] == 0.0 and same["a_better"] == same["b_better"] == 0
     with pytest.raises(SystemExit, match="no contender 'unet'"):
         compare_runs.compare([Path(f"{a}#unet")], [b], ["hamedan"])
+    left = compare_runs.compare([a], [b], ["hamedan", "isbi2015"], leave_out=["hamedan-002"])  # e.g. a film with disputed truth
+    assert [left[s]["pooled"]["films"] for s in ("hamedan", "isbi2015")] == [1, 3]
+    assert left["hamedan"]["seeds"][0]["mre_a"] == pytest.approx(errors["first"][0].mean())
+    with pytest.raises(SystemExit, match="hamedan-003"):
+        compare_runs.compare([a], [b], ["hamedan"], leave_out=["hamedan-003"])
