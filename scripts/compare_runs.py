@@ -46,28 +46,21 @@ def site_errors(run: Path, site: str) -> tuple[list[str], np.ndarray]:
     return error_matrix(json.loads(path.read_text()))
 
 
-def kept_errors(run: Path, site: str, leave_out: set[str]) -> tuple[list[str], np.ndarray]:
-    """:func:`site_errors` without the films in ``leave_out``."""
-    ids, errors = site_errors(run, site)
-    keep = [k for k, i in enumerate(ids) if i not in leave_out]
-    return [ids[k] for k in keep], errors[keep]
-
-
 def compare(runs_a: list[Path], runs_b: list[Path], sites: list[str], leave_out: Sequence[str] = ()) -> dict:
     """``{site: {"seeds": [...], "pooled": {...}}}`` with each recipe's MRE / SDR 2 mm and the paired test,
     over each site's films but those in ``leave_out`` (ids every one of which some run must have scored)."""
-    left = set(leave_out)
-    unknown = left - {i for run in [*runs_a, *runs_b] for site in sites for i in site_errors(run, site)[0]}
-    if unknown:
-        raise SystemExit(f"error: --leave-out {sorted(unknown)}: no run scored such a film")
+    left, scored = set(leave_out), set()
     result = {}
     for site in sites:
         seeds, pooled_a, pooled_b, pooled_ids = [], [], [], []
         for k, (ra, rb) in enumerate(zip(runs_a, runs_b)):
-            ids_a, ea = kept_errors(ra, site, left)
-            ids_b, eb = kept_errors(rb, site, left)
+            ids_a, ea = site_errors(ra, site)
+            ids_b, eb = site_errors(rb, site)
             if ids_a != ids_b:
                 raise SystemExit(f"error: {ra} and {rb} scored different {site} films: not the same split")
+            scored.update(ids_a)
+            keep = [j for j, i in enumerate(ids_a) if i not in left]
+            ids_a, ea, eb = [ids_a[j] for j in keep], ea[keep], eb[keep]
             sa, sb = summarize(ea, n_bootstrap=0)["overall"], summarize(eb, n_bootstrap=0)["overall"]
             paired = paired_comparison(ea, eb, ids_a)
             seeds.append({"a": str(ra), "b": str(rb), "films": len(ids_a), "mre_a": sa["mre"], "mre_b": sb["mre"],
@@ -87,6 +80,8 @@ def compare(runs_a: list[Path], runs_b: list[Path], sites: list[str], leave_out:
                 **{k: paired[k] for k in ("mean_difference", "mean_difference_ci95", "a_better", "b_better", "p_value")},
             },
         }
+    if left - scored:
+        raise SystemExit(f"error: --leave-out {sorted(left - scored)}: no run scored such a film")
     return result
 
 
