@@ -58,7 +58,7 @@ import numpy as np
 from maht_net.datasets.common import cross_validation_folds
 from maht_net.engine.bundle import large_files_yml
 from maht_net.inference.calibration import carry_calibration
-from maht_net.io.checkpoint import REFINE_STAGE, file_sha256, refine_stage
+from maht_net.io.checkpoint import REFINE_SHIFT_KEY, REFINE_STAGE, file_sha256, load_checkpoint_file, refine_stage
 from maht_net.io.datalist import datalist_root
 from maht_net.io.predictions import PREDICTION_SUFFIX
 
@@ -288,9 +288,12 @@ def train(
     return root / "models" / "model.pt"
 
 
-def evaluate(checkpoint: Path, datalist: Path, data_root: Path, out: Path, section: str = "test", refine: bool = True) -> dict[str, dict]:
+def evaluate(
+    checkpoint: Path, datalist: Path, data_root: Path, out: Path, section: str = "test", refine: bool = True, shift_mm: float | None = None
+) -> dict[str, dict]:
     """Per-site metrics of ``checkpoint`` on the datalist's ``section`` (``refine=False``: a
-    two-stage checkpoint's first stage alone)."""
+    two-stage checkpoint's first stage alone; ``shift_mm``: the refinement's test-time patch
+    shifts, default the checkpoint's)."""
     doc = json.loads(datalist.read_text())
     results = {}
     for site, spec in SITES.items():
@@ -304,6 +307,7 @@ def evaluate(checkpoint: Path, datalist: Path, data_root: Path, out: Path, secti
         _maht(
             "infer", "--checkpoint", str(checkpoint), "--input", *[it["image"] for it in items], "--out", str(preds),
             "--spacing", str(spec["spacing"]), "--no-overlay", *(() if refine else ("--no-refine",)),
+            *(() if shift_mm is None else ("--refine-shift-mm", str(shift_mm))),
         )  # fmt: skip
         seconds = time.perf_counter() - start
         metrics = out / site / "metrics.json"
@@ -319,6 +323,13 @@ def evaluate(checkpoint: Path, datalist: Path, data_root: Path, out: Path, secti
     return results
 
 
+def refine_shift(checkpoint: Path, shift_mm: float | None) -> float | None:
+    """The refinement's test-time patch shifts a run of ``checkpoint`` predicts with: ``shift_mm``
+    when given, else the checkpoint's (``None``: a single-stage checkpoint)."""
+    stage = refine_stage(load_checkpoint_file(checkpoint), checkpoint)
+    return None if stage is None else float(stage["info"].get(REFINE_SHIFT_KEY, 0.0) if shift_mm is None else shift_mm)
+
+
 def pool_folds(runs: list[Path], out: Path, command: str, code: dict) -> dict:
     """Per-site figures of a cross-validation: every fold run's test predictions (``--fold K``,
     each film scored by the one fold model that never trained on it) evaluated as one set.
@@ -332,8 +343,13 @@ def pool_folds(runs: list[Path], out: Path, command: str, code: dict) -> dict:
         raise SystemExit(f"error: expected the {CV_FOLDS} fold runs (--fold 0 ... {CV_FOLDS - 1}), got folds {folds} "
                          f"of {', '.join(map(str, runs))}")
     # one recipe: the same training sites and the same stages scored in every fold
-    if len({FOLD_IN_NAME.sub("_fold", stem) for stem in stems}) > 1 or len({s.get("no_refine", False) for s in summaries}) > 1:
-        raise SystemExit(f"error: {', '.join(map(str, runs))} are folds of different runs (training sites or --no-refine differ)")
+    if (
+        len({FOLD_IN_NAME.sub("_fold", stem) for stem in stems}) > 1
+        or len({s.get("no_refine", False) for s in summaries}) > 1
+        or len({s.get("refine_shift_mm", 0.0) for s in summaries}) > 1
+    ):
+        raise SystemExit(f"error: {', '.join(map(str, runs))} are folds of different runs (training sites, --no-refine or the "
+                         "refinement's patch shifts differ)")
     results = {}
     for site, spec in SITES.items():
         items, preds = [], out / "eval" / site / "predictions"
@@ -367,7 +383,14 @@ def pool_folds(runs: list[Path], out: Path, command: str, code: dict) -> dict:
         }
         for run, s in sorted(zip(runs, summaries), key=lambda rs: rs[1]["datalist"])
     ]
-    doc = {"command": command, **code, "no_refine": summaries[0].get("no_refine", False), "cross_validation": {"folds": per_fold}, "test": results}
+    doc = {
+        "command": command,
+        **code,
+        "no_refine": summaries[0].get("no_refine", False),
+        "refine_shift_mm": summaries[0].get("refine_shift_mm", 0.0),
+        "cross_validation": {"folds": per_fold},
+        "test": results,
+    }
     (out / "summary.json").write_text(json.dumps(doc, indent=1))
     return doc
 
@@ -398,7 +421,13 @@ def held_out_record(held_out: dict, datalist: Path) -> tuple[str, dict]:
     ``summary.json`` (its test films, held out of a model of the recipe) or a cross-validation's
     (:func:`pool_folds`: every development film, each scored by the fold model that never saw it)."""
     figures = {site: {k: r[k] for k in ("films", "mre", "median", "sdr", "mre_ci95")} for site, r in held_out["test"].items()}
-    common = {"command": held_out["command"], "git_commit": held_out["git_commit"], "git_tree_dirty": held_out.get("git_tree_dirty"), "test": figures}
+    common = {
+        "command": held_out["command"],
+        "git_commit": held_out["git_commit"],
+        "git_tree_dirty": held_out.get("git_tree_dirty"),
+        "refine_shift_mm": held_out.get("refine_shift_mm", 0.0),
+        "test": figures,
+    }
     if "cross_validation" in held_out:
         folds = held_out["cross_validation"]["folds"]
         how = (
@@ -461,6 +490,10 @@ def ship(checkpoint: Path, datalist: Path, held_out: dict, training: dict, targe
     sections = {s: doc[s] for s in ("training", "validation", "test") if s in doc}
     how, held_out_provenance = held_out_record(held_out, datalist)
     stage = refine_stage(ckpt, checkpoint)
+    predicts, measured = refine_shift(checkpoint, None), held_out.get("refine_shift_mm", 0.0)
+    if stage is not None and predicts != measured:
+        raise SystemExit(f"error: the figures were measured with {measured:g} mm refinement patch shifts, {checkpoint} predicts "
+                         f"with {predicts:g} mm: score the folds with --refine-shift-mm {predicts:g}")
     shipped = {
         "model": half(ckpt["model"]),
         **({} if stage is None else {REFINE_STAGE: {"model": half(stage["model"]), "info": stage["info"]}}),
@@ -489,13 +522,19 @@ def ship(checkpoint: Path, datalist: Path, held_out: dict, training: dict, targe
 def restamp(held_out: dict, target: Path) -> None:
     """Give the shipped checkpoint ``target`` other held-out figures (``held_out``: a run's or a
     cross-validation's ``summary.json``): its ``held_out`` provenance and metadata.json's
-    ``eval_metrics`` change, its weights and everything else stay as they are."""
+    ``eval_metrics`` change, and its refinement stage predicts with the patch shifts the figures
+    were measured with; its weights and everything else stay as they are."""
     import torch
 
     folds = held_out.get("cross_validation", {}).get("folds", [held_out])
     if held_out.get("no_refine") or any(TRAINED_ON in f.get("datalist", "") for f in folds):
         raise SystemExit("error: figures of another recipe (the first stage alone, or trained on one site) cannot be the shipped model's")
     shipped = torch.load(target, map_location="cpu", weights_only=True)
+    if REFINE_STAGE in shipped:
+        shift = held_out.get("refine_shift_mm", 0.0)
+        if shipped[REFINE_STAGE]["info"].get(REFINE_SHIFT_KEY, 0.0) != shift:
+            print(f"the shipped refinement stage now predicts with {shift:g} mm patch shifts, as its figures were measured", flush=True)
+        shipped[REFINE_STAGE]["info"][REFINE_SHIFT_KEY] = shift
     provenance = shipped["info"]["provenance"]
     how, provenance["held_out"] = held_out_record(held_out, REPO / provenance["datalist"])
     _install(shipped, target, eval_metrics(held_out, how))
@@ -540,6 +579,8 @@ def main() -> int:
                     "(RUN/bundle/models/model.pt, its command and commit from RUN/summary.json) into --out instead")
     ap.add_argument("--no-refine", action="store_true", help="score the first stage alone (a two-stage model's "
                     "refinement stage is not run); cannot --ship")
+    ap.add_argument("--refine-shift-mm", type=float, metavar="MM", help="score with these refinement patch shifts "
+                    "(maht-net infer --refine-shift-mm; default: the checkpoint's), e.g. an older model's folds with today's setting")
     ap.add_argument("--trained-at-commit", help="with --skip-training: the git commit the model was trained at, when "
                     "<out>/summary.json does not record it")
     ap.add_argument("--ship", action="store_true", help="install the result as bundle/models/model.pt")
@@ -624,8 +665,9 @@ def main() -> int:
         if args.all_films:
             carry_calibration(checkpoint, args.calibration_from, donor_why)
             print(f"uncertainty calibration carried over from {_shown(args.calibration_from)}: {donor_why}", flush=True)
-    summary = dict(training, datalist=_shown(datalist), no_refine=args.no_refine)
-    summary[section] = results = evaluate(checkpoint, datalist, args.data_root, args.out / "eval", section, refine=not args.no_refine)
+    shift = None if args.no_refine else refine_shift(checkpoint, args.refine_shift_mm)
+    summary = dict(training, datalist=_shown(datalist), no_refine=args.no_refine, **({} if shift is None else {"refine_shift_mm": shift}))
+    summary[section] = results = evaluate(checkpoint, datalist, args.data_root, args.out / "eval", section, not args.no_refine, shift)
     if args.ship:
         target = REPO / "bundle" / "models" / "model.pt"
         held_out = figures_of(args.figures) if args.all_films else summary

@@ -42,7 +42,11 @@ def _run_infer(args: argparse.Namespace) -> int:
         print(f"ensemble of {len(checkpoints)} models (mean heatmap); uncertainty reported uncalibrated")
     else:
         network, info = load_model(checkpoints[0], device)
-        refiner = None if args.no_refine else load_refiner(checkpoints[0], device)
+        try:
+            refiner = None if args.no_refine else load_refiner(checkpoints[0], device, shift_mm=args.refine_shift_mm)
+        except ValueError as e:
+            print(f"error: --refine-shift-mm: {e}", file=sys.stderr)
+            return 2
         model = info["model"]
         stages = "two stages (refinement on the full-resolution film)" if refiner else "one stage"
         print(f"model: {checkpoints[0]} (version {model['version'] or 'not recorded'}, sha256 {model['sha256'][:12]}; {stages}; on {device})")
@@ -99,6 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay PNGs")
     p.add_argument("--no-refine", action="store_true", help="first stage only, for a two-stage checkpoint (docs/refinement.md)")
+    p.add_argument("--refine-shift-mm", type=float, metavar="MM", help="the refinement stage's test-time patch shifts (default: "
+                   "the checkpoint's; 0: one centred patch per landmark)")
     add_device_argument(p)
     p.set_defaults(func=_run_infer)
     e = subparsers.add_parser("export", help="export a trained bundle model to ONNX or TorchScript (checked against eager)")

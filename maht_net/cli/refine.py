@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from maht_net.cli import add_device_argument
 from maht_net.codec.patches import PatchCodec
@@ -18,6 +19,11 @@ def _run(args: argparse.Namespace) -> int:
     info = state.get("info", {}) if isinstance(state, dict) else {}
     items = load_datalist(args.datalist, args.section, base_dir=args.base_dir, landmark_set=info.get("landmark_set"), check_files=True)
     codec = PatchCodec(patch_size=args.patch, mm_per_px=args.mm_per_px, stride=args.stride, sigma=args.sigma)
+    try:
+        codec.check_shift(args.shift_mm)
+    except ValueError as e:
+        print(f"error: --shift-mm: {e}", file=sys.stderr)
+        return 2
     out, stage = refine_checkpoint(
         args.checkpoint,
         items,
@@ -29,6 +35,7 @@ def _run(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         batch_size=args.batch_size,
         lr=args.lr,
+        shift_mm=args.shift_mm,
         seed=args.seed,
         device=device,
     )
@@ -75,6 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, help="time budget (stops early)")
     p.add_argument("--batch-size", type=int, default=8, help="films per step (each gives one patch per landmark)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
+    p.add_argument("--shift-mm", type=float, default=2.0, help="test-time patch shifts the stage records for inference: each "
+                   "landmark refined in 5 patches (centred, and moved this far along x and y), averaged; 0: one patch")
     p.add_argument("--seed", type=int, default=0)
     add_device_argument(p)
     p.set_defaults(func=_run)

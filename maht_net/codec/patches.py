@@ -200,6 +200,25 @@ class PatchCodec:
         points, centres = torch.as_tensor(points, dtype=torch.float64), torch.as_tensor(centres, dtype=torch.float64)
         return centres + (points - (self.patch_size - 1) / 2) * self.scale(spacing, centres.shape[0])
 
+    def check_shift(self, shift_mm: float) -> float:
+        """``shift_mm`` as a float, if a shifted patch still holds its centre (``0 <= shift_mm <``
+        half the field).
+
+        Raises:
+            ValueError: otherwise.
+        """
+        if not 0 <= float(shift_mm) < self.field_mm / 2:
+            raise ValueError(f"Argument `shift_mm` must be in [0, {self.field_mm / 2:g}) mm (half the patch field), got {shift_mm}.")
+        return float(shift_mm)
+
+    def shifts(self, spacing: torch.Tensor | Sequence | None, shift_mm: float, batch: int = 1) -> torch.Tensor:
+        """``(K, B, 1, 2)`` film-pixel offsets of the patch centres of test-time shifted patches for
+        films of ``spacing`` (``(B, 2)`` mm/px): ``K = 1`` (no offset) for ``shift_mm`` 0, else
+        ``K = 5``: none, and ``shift_mm`` along -x, +x, -y, +y."""
+        directions = torch.tensor([[0.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]], dtype=torch.float64)
+        mm = directions[: 1 if self.check_shift(shift_mm) == 0 else None] * shift_mm
+        return (mm[:, None, :] / self.film_spacing(spacing, batch)[None])[:, :, None, :]
+
     # ---- sampling -----------------------------------------------------------------------------
     def sample(self, film: torch.Tensor, centres: torch.Tensor, spacing: torch.Tensor | Sequence | None = None) -> torch.Tensor:
         """The ``(N, P, P)`` patches of one film around ``centres`` ``(N, 2)`` film pixels.

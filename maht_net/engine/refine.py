@@ -28,7 +28,7 @@ from monai.transforms import Compose
 from maht_net.codec.patches import PatchCodec, landmark_rms_mm
 from maht_net.datasets.pipeline import film_transforms
 from maht_net.errors import InputError
-from maht_net.io.checkpoint import attach_refine_stage, load_checkpoint_file
+from maht_net.io.checkpoint import REFINE_SHIFT_KEY, attach_refine_stage, load_checkpoint_file
 from maht_net.io.datalist import parse_items
 from maht_net.landmarks import get_landmark_set
 from maht_net.models import create_network
@@ -185,6 +185,7 @@ def train_refiner(
     seed: int = 0,
     device: str | torch.device = "cpu",
     desc: str | None = "refinement",
+    shift_mm: float = 2.0,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a refinement network; returns it (eval mode) and its checkpoint stage ``{"model", "info"}``.
 
@@ -199,8 +200,13 @@ def train_refiner(
         loss_weights: :class:`~maht_net.models.losses.LandmarkLoss` terms (default KL + 0.02 coord in mm).
         normalize, clahe: intensity preprocessing; must be the first stage's (checked when attached).
         desc: progress-bar name (``None``: no bar).
+        shift_mm: the stage's test-time patch shifts at inference (recorded as
+            :data:`~maht_net.io.checkpoint.REFINE_SHIFT_KEY`; :class:`~maht_net.inference.refine.Refiner`;
+            0: one centred patch). 2 mm: chosen on the cross-validation folds' validation films
+            (docs/refinement.md); training does not depend on it.
     """
     codec = codec or PatchCodec()
+    shift_mm = codec.check_shift(shift_mm)
     jitter = jitter or PatchJitter()
     names = get_landmark_set(landmark_set).names
     n = len(names)
@@ -247,6 +253,7 @@ def train_refiner(
         "normalize": normalize,
         "clahe": bool(clahe),
         **codec.info(),
+        REFINE_SHIFT_KEY: shift_mm,
         "trained": {
             "iterations": len(losses),
             "seconds": round(time.monotonic() - start, 1),

@@ -98,7 +98,7 @@ def onnx_refiner(refiner: Refiner, onnx: str | os.PathLike, threads: int | None 
     if not path.is_file():
         raise InputError(path, "the checkpoint has a refinement stage but its ONNX file is missing "
                          "(export both with 'maht-net export --format onnx', or pass --no-refine)")  # fmt: skip
-    return Refiner(OnnxNetwork(path, threads=threads), refiner.info)
+    return Refiner(OnnxNetwork(path, threads=threads), refiner.info, combine=refiner.combine, shift_mm=refiner.shift_mm)
 
 
 class OnnxNetwork:

@@ -23,7 +23,7 @@ from maht_net.codec.uncertainty import CALIBRATION_KEY
 from maht_net.datasets.pipeline import FILM_KEY
 from maht_net.errors import InputError
 from maht_net.inference.device import exact_float32
-from maht_net.io.checkpoint import load_checkpoint_file, refine_stage
+from maht_net.io.checkpoint import REFINE_SHIFT_KEY, load_checkpoint_file, refine_stage
 from maht_net.models import create_network
 
 __all__ = ["COMBINE_MODES", "Refiner", "RefineLandmarksd", "load_refiner", "collate_films"]
@@ -46,14 +46,22 @@ class Refiner:
             and ``uncertainty_calibration``: the sigma scaling of the combined uncertainty, fitted
             by :func:`~maht_net.inference.calibration.calibrate_checkpoint` for one combine mode).
         combine: one of :data:`COMBINE_MODES` (default: the stage's, else ``"fuse"``).
+        shift_mm: test-time patch shifts: each landmark is refined in five patches, centred on the
+            first stage's point and moved this many mm along -x, +x, -y, +y, and the five
+            decodings (points, covariances, confidences) are averaged (the refined point's error
+            depends on where the landmark falls in the patch); 0: one centred patch. Default: the
+            stage's (:data:`~maht_net.io.checkpoint.REFINE_SHIFT_KEY`), else 0.
     """
 
-    def __init__(self, network: Any, info: Mapping[str, Any], device: str | torch.device = "cpu", combine: str | None = None) -> None:
+    def __init__(
+        self, network: Any, info: Mapping[str, Any], device: str | torch.device = "cpu", combine: str | None = None, shift_mm: float | None = None
+    ) -> None:
         self.network, self.info, self.device = network, dict(info), torch.device(device)
         self.codec = PatchCodec.from_info(info)
         self.combine = combine or self.info.get("combine", "fuse")
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"combine must be one of {COMBINE_MODES}, not {self.combine!r}")
+        self.shift_mm = self.codec.check_shift(self.info.get(REFINE_SHIFT_KEY, 0.0) if shift_mm is None else shift_mm)
         record = self.info.get(CALIBRATION_KEY)
         self.calibration = dict(record) if record and record.get("combine") == self.combine else None
         if self.calibration is not None and len(self.calibration["scale"]) != len(self.info["landmark_names"]):
@@ -61,7 +69,12 @@ class Refiner:
 
     @classmethod
     def from_stage(
-        cls, stage: Mapping[str, Any], device: str | torch.device = "cpu", checkpoint: str | os.PathLike | None = None, combine: str | None = None
+        cls,
+        stage: Mapping[str, Any],
+        device: str | torch.device = "cpu",
+        checkpoint: str | os.PathLike | None = None,
+        combine: str | None = None,
+        shift_mm: float | None = None,
     ) -> Refiner:
         """Build the network of a checkpoint stage ``{"model", "info"}`` and load its weights."""
         info = stage["info"]
@@ -70,7 +83,7 @@ class Refiner:
             network.load_state_dict(stage["model"])
         except RuntimeError as e:
             raise InputError(checkpoint, f"refinement weights do not fit network {info['network']!r} ({str(e).splitlines()[0]})") from None
-        return cls(network.to(device).eval(), info, device, combine)
+        return cls(network.to(device).eval(), info, device, combine, shift_mm)
 
     def __call__(self, films: Sequence[torch.Tensor], centres: torch.Tensor, spacing: torch.Tensor | None) -> DecodedLandmarks:
         """Refined landmarks of ``B`` films around ``centres`` ``(B, N, 2)`` film pixels.
@@ -79,17 +92,26 @@ class Refiner:
         its letterbox); ``spacing`` ``(B, 2)`` mm/px (NaN = unknown: estimated from the centres'
         spread, :meth:`~maht_net.codec.patches.PatchCodec.resolve_spacing`).
         Non-finite centres are sampled at ``(0, 0)`` (the caller keeps its own point there).
+        With :attr:`shift_mm` > 0 the ``K = 5`` shifted patches of every landmark go through the
+        network as one batch ``(K B, N, P, P)`` and their decodings are averaged.
         Returns film pixels (``points`` float64), film-pixel covariance and confidence.
         """
         centres = torch.as_tensor(centres, dtype=torch.float64)
         spacing = self.codec.resolve_spacing(spacing, centres)
         safe = torch.where(torch.isfinite(centres), centres, torch.zeros_like(centres))
-        patches = self.codec.sample_batch(films, safe, spacing)
+        b, n = safe.shape[:2]
+        shifts = self.codec.shifts(spacing, self.shift_mm, b)  # (K, B, 1, 2) film pixels
+        k = shifts.shape[0]
+        shifted = (safe[None] + shifts).reshape(k * b, n, 2)
+        patches = torch.cat([self.codec.sample_batch(films, c, spacing) for c in shifted.split(b)])
         if isinstance(self.network, nn.Module):
             self.network.eval()
         with torch.no_grad(), exact_float32():
             logits = self.network(patches.to(self.device))
-        return self.codec.decode(torch.as_tensor(logits).cpu(), safe, spacing)
+        decoded = self.codec.decode(torch.as_tensor(logits).cpu(), shifted, spacing.repeat(k, 1))
+        if k == 1:
+            return decoded
+        return DecodedLandmarks(*(t.reshape(k, b, *t.shape[1:]).mean(0) for t in (decoded.points, decoded.confidence, decoded.covariance)))
 
     def refine(self, output: Mapping[str, Any], films: Sequence[torch.Tensor], spacing: torch.Tensor | None) -> dict[str, Any]:
         """Replace the first stage's decoded landmarks in ``output`` (of
@@ -150,15 +172,17 @@ class Refiner:
         return d
 
 
-def load_refiner(checkpoint: str | os.PathLike, device: str | torch.device = "cpu", combine: str | None = None) -> Refiner | None:
+def load_refiner(
+    checkpoint: str | os.PathLike, device: str | torch.device = "cpu", combine: str | None = None, shift_mm: float | None = None
+) -> Refiner | None:
     """The refinement stage of a checkpoint file, or ``None`` for a single-stage checkpoint
-    (``combine``: :data:`COMBINE_MODES`, default the stage's).
+    (``combine``: :data:`COMBINE_MODES`, ``shift_mm``: :class:`Refiner`'s; default the stage's).
 
     Raises:
         InputError: unreadable file, or an incomplete stage or weights that do not fit.
     """
     stage = refine_stage(load_checkpoint_file(checkpoint), checkpoint)
-    return None if stage is None else Refiner.from_stage(stage, device, checkpoint, combine)
+    return None if stage is None else Refiner.from_stage(stage, device, checkpoint, combine, shift_mm)
 
 
 class RefineLandmarksd(MapTransform):

@@ -33,6 +33,11 @@ spacing take ``default_spacing``)."""
 REFINE_STAGE = "refine"
 """Checkpoint key of the refinement stage: ``{"model": state_dict, "info": {...}}`` (:func:`refine_stage`)."""
 
+REFINE_SHIFT_KEY = "shift_mm"
+"""Optional refinement-stage info field: how many mm the shifted patches of each landmark lie from
+the first stage's point at inference (:class:`maht_net.inference.refine.Refiner`); absent or 0
+(stages trained before 2026-12-05): one centred patch per landmark."""
+
 REFINE_INFO_KEYS = ("network", "network_kwargs", "landmark_names", "normalize", "clahe", *(k for k in PATCH_CODEC_KEYS if k != "landmark_rms_mm"))
 """The fields every refinement stage's ``info`` holds (training may add ``trained``: its recipe and
 provenance; later stages also ``landmark_rms_mm``)."""
