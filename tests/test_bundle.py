@@ -139,6 +139,7 @@ def test_training_trains_both_stages_and_evaluation_scores_the_second(trained, p
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert checkpoint_stages(state) == ["coarse", "refine"]
     assert state["refine"]["info"]["network"] == "refine_net_small" and state["refine"]["info"]["trained"]["iterations"] == 3
+    assert state["refine"]["info"]["shift_mm"] == 2.0  # train.json's refine_shift_mm, for inference
     assert state["info"]["uncertainty_calibration"]["section"] == "validation"  # calibration kept
     both = state["refine"]["info"]["uncertainty_calibration"]  # and the two stages' combined uncertainty calibrated
     assert both["section"] == "validation" and both["combine"] == "fuse" and len(both["scale"]) == 19
@@ -188,10 +189,12 @@ def test_inference_workflow_writes_all_outputs(trained, phantom, tmp_path):
 
 def test_inference_workflow_runs_both_stages_of_a_two_stage_checkpoint(trained, phantom, tmp_path):
     """inference.json with a refinement stage in the checkpoint: the same landmarks as the
-    Predictor (one prediction path), the first stage's kept; ``refine=false`` gives the first stage."""
+    Predictor (one prediction path), the first stage's kept; ``refine=false`` gives the first stage,
+    ``refine_shift_mm=0`` one centred patch per landmark instead of the stage's shifted patches."""
     from maht_net.engine.refine import train_refiner
     from maht_net.inference.device import default_device
-    from maht_net.inference.predictor import Predictor
+    from maht_net.inference.predictor import Predictor, load_model
+    from maht_net.inference.refine import load_refiner
     from maht_net.io.checkpoint import attach_refine_stage
     from maht_net.io.datalist import load_datalist
 
@@ -200,20 +203,25 @@ def test_inference_workflow_runs_both_stages_of_a_two_stage_checkpoint(trained, 
     _, stage = train_refiner(load_datalist(phantom, "training")[:4], network="refine_net_small", iterations=3, batch_size=2, desc=None)
     attach_refine_stage(root / "models" / "model.pt", stage)
     images = sorted((phantom.parent / "images").glob("*.png"))[:2]
+    model, device = root / "models" / "model.pt", default_device()  # the bundle's device
+    variants = {  # inference.json overrides -> the predictor that should give the same landmarks
+        "both": ({}, Predictor.from_checkpoint(model, device)),
+        "first": ({"refine": False}, Predictor.from_checkpoint(model, device, refine=False)),
+        "one patch": ({"refine_shift_mm": 0.0}, Predictor(*load_model(model, device), device, refiner=load_refiner(model, device, shift_mm=0.0))),
+    }
     runs = {}
-    for refine in (True, False):
-        out = tmp_path / f"out-{refine}"
-        wf = workflow(["inference.json"], "infer", root, input_files=[str(p) for p in images], output_dir=str(out), spacing=[0.3, 0.3], refine=refine, overlay=False)
+    for name, (overrides, predictor) in variants.items():
+        out = tmp_path / f"out-{name}"
+        wf = workflow(["inference.json"], "infer", root, input_files=[str(p) for p in images], output_dir=str(out), spacing=[0.3, 0.3], overlay=False, **overrides)
         wf.initialize()
         wf.run()
-        runs[refine] = [json.loads((out / f"{p.stem}_landmarks.json").read_text()) for p in images]
-    for refine, preds in runs.items():
-        direct = Predictor.from_checkpoint(root / "models" / "model.pt", default_device(), refine=refine).predict(
-            [{"image": str(p), "spacing": [0.3, 0.3]} for p in images]
-        )  # on the bundle's device
-        for a, b in zip(preds, direct):
+        runs[name] = [json.loads((out / f"{p.stem}_landmarks.json").read_text()) for p in images]
+        direct = predictor.predict([{"image": str(p), "spacing": [0.3, 0.3]} for p in images])
+        for a, b in zip(runs[name], direct):
             np.testing.assert_allclose([[r["x"], r["y"]] for r in a["landmarks"]], [[r["x"], r["y"]] for r in b["landmarks"]], atol=1e-3)
-    for on, off in zip(runs[True], runs[False]):
+    shifted, centred = (np.array([[[r["x"], r["y"]] for r in p["landmarks"]] for p in runs[k]]) for k in ("both", "one patch"))
+    assert np.abs(shifted - centred).max() > 0.01  # the override reached the refinement stage
+    for on, off in zip(runs["both"], runs["first"]):
         assert on["stages"] == ["coarse", "refine"] and "stages" not in off
         np.testing.assert_allclose([[r["coarse_x"], r["coarse_y"]] for r in on["landmarks"]], [[r["x"], r["y"]] for r in off["landmarks"]], atol=1e-6)
 

@@ -236,13 +236,15 @@ def test_pretrained_cross_validation_tests_every_film_once_and_pools_the_folds(t
     assert [f["command"] for f in pooled["cross_validation"]["folds"]] == ["fold 0", "fold 1", "fold 2"]
     assert sorted(i for f in pooled["cross_validation"]["folds"] for i in f["test_ids"]["hamedan"]) == sorted(Path(i).stem for i in tested["hamedan"])
     assert _doc(tmp_path / "cv" / "summary.json")["test"]["hamedan"]["sdr"]["2.0"] == 100.0
+    assert pooled["refine_shift_mm"] == 0.0  # folds scored before the shifts existed: one centred patch
     with pytest.raises(SystemExit, match="expected the 3 fold runs"):
         pretrained.pool_folds(runs[:2], tmp_path / "cv2", "pool", {"git_commit": "c" * 40, "git_tree_dirty": False})
     # folds of another recipe do not pool with these: another training site, or the first stage alone
     single_site = pretrained.restrict(runs[1] / "data" / "two_sites_fold1.json", ["isbi2015"], runs[1])
     assert single_site.name == "two_sites_fold1_trained_on_isbi2015.json"
     summary = _doc(runs[1] / "summary.json")
-    for changed in ({"datalist": str(single_site)}, {"no_refine": True}):
+    # ... or the refinement scored with other test-time patch shifts
+    for changed in ({"datalist": str(single_site)}, {"no_refine": True}, {"refine_shift_mm": 2.0}):
         (runs[1] / "summary.json").write_text(json.dumps(dict(summary, **changed)))
         with pytest.raises(SystemExit, match="folds of different runs"):
             pretrained.pool_folds(runs, tmp_path / "cv3", "pool", {"git_commit": "c" * 40, "git_tree_dirty": False})
@@ -278,13 +280,17 @@ def test_pretrained_restamp_changes_the_shipped_figures_not_the_weights(tmp_path
     target = tmp_path / "bundle" / "models" / "model.pt"
     target.parent.mkdir()
     weights = {"w": torch.randn(3, 3).half()}
-    torch.save({"model": weights, "info": {"provenance": {"datalist": "datalists/all.json", "held_out": {"old": 1}}}}, target)
+    stage = {"model": {"r": torch.randn(2).half()}, "info": {"network": "refine_net"}}  # before the shifts: one centred patch
+    torch.save({"model": weights, "refine": stage, "info": {"provenance": {"datalist": "datalists/all.json", "held_out": {"old": 1}}}}, target)
     figures = {"films": 20, "spacing_mm": 0.127, "mre": 0.91, "median": 0.7, "mre_ci95": [0.8, 1.0], "sdr": {"2.0": 92.0, "4.0": 99.5}}
     folds = [{"datalist": f"fold{k}.json", "test_ids": {"hamedan": [f"h{k}"]}} for k in range(5)]
-    cv = {"command": "pool", "git_commit": "1" * 40, "cross_validation": {"folds": folds}, "test": {"hamedan": figures}}
+    cv = {"command": "pool", "git_commit": "1" * 40, "refine_shift_mm": 2.0, "cross_validation": {"folds": folds}, "test": {"hamedan": figures}}
     pretrained.restamp(cv, target)
     shipped = torch.load(target, map_location="cpu", weights_only=True)
     assert torch.equal(shipped["model"]["w"], weights["w"]) and shipped["info"]["provenance"]["datalist"] == "datalists/all.json"
+    # the refinement stage predicts as the figures were measured: with their patch shifts, same weights
+    assert shipped["refine"]["info"] == {"network": "refine_net", "shift_mm": 2.0} and torch.equal(shipped["refine"]["model"]["r"], stage["model"]["r"])
+    assert shipped["info"]["provenance"]["held_out"]["refine_shift_mm"] == 2.0
     assert shipped["info"]["provenance"]["held_out"]["cross_validation"]["folds"] == folds
     meta = _doc(tmp_path / "bundle" / "configs" / "metadata.json")
     assert meta["version"] == "9.9.9" and meta["eval_metrics"]["hamedan"]["mean_radial_error_mm"] == 0.91

@@ -205,6 +205,36 @@ def test_fusion_weighs_each_stage_by_the_other_stages_variance(trained_stage):
         Refiner(trained_stage["network"], info, combine="mean")
 
 
+def test_shifted_patches_average_the_refinements_of_five_patches(trained_stage):
+    """``shift_mm`` (the stage's by default, 2 mm as trained): each landmark is refined in its
+    centred patch and in four patches moved ``shift_mm`` along -x, +x, -y, +y; the five decodings
+    are averaged. 0, or a stage trained before the field existed: the centred patch alone."""
+    test = trained_stage["films"][7:]
+    films, spacing = [f.film.float() for f in test], torch.stack([f.spacing for f in test])
+    truth = torch.stack([f.landmarks for f in test])
+    coarse = truth + torch.randn(truth.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3.0
+    net, info = trained_stage["network"], trained_stage["stage"]["info"]
+    assert info["shift_mm"] == 2.0 and Refiner(net, info).shift_mm == 2.0
+    codec = Refiner(net, info).codec
+    offsets = codec.shifts(spacing, 2.0, len(test))
+    assert offsets.shape == (5, len(test), 1, 2)
+    mm = offsets[:, :, 0, :] * spacing[None]  # back in mm: none, then -x, +x, -y, +y
+    torch.testing.assert_close(mm[:, 0], torch.tensor([[0.0, 0.0], [-2.0, 0.0], [2.0, 0.0], [0.0, -2.0], [0.0, 2.0]], dtype=torch.float64))
+    assert codec.shifts(spacing, 0.0, len(test)).abs().max() == 0 and codec.shifts(spacing, 0.0, len(test)).shape[0] == 1
+    centred = Refiner(net, info, shift_mm=0.0)
+    singles = [centred(films, coarse + o, spacing) for o in offsets]
+    shifted = Refiner(net, info)(films, coarse, spacing)
+    for key in ("points", "covariance", "confidence"):
+        mean = torch.stack([getattr(r, key) for r in singles]).mean(0)
+        torch.testing.assert_close(getattr(shifted, key), mean.to(getattr(shifted, key).dtype), atol=1e-4, rtol=1e-4)
+    assert float((shifted.points - singles[0].points).norm(dim=-1).max()) > 0.01
+    older = {k: v for k, v in info.items() if k != "shift_mm"}
+    torch.testing.assert_close(Refiner(net, older)(films, coarse, spacing).points, singles[0].points)
+    for bad in (-1.0, codec.field_mm / 2):  # a shifted patch must still hold its centre
+        with pytest.raises(ValueError, match="shift_mm"):
+            Refiner(net, info, shift_mm=bad)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/check_gpu.sh where one is lent)")
 def test_first_stage_outputs_on_the_gpu_are_refined_and_given_back_there(trained_stage):
     """The bundle's evaluator decodes the first stage on the GPU: the second stage takes those
@@ -413,7 +443,7 @@ def test_cli_trains_attaches_exports_and_infers_both_stages(tiny_checkpoint, pha
     args = ["--datalist", str(phantom_datalist), "--out", str(model), "--network", "refine_net_small", "--patch", "32", "--mm-per-px", "0.66"]
     assert main(["refine", str(tiny_checkpoint), *args, "--iterations", "3", "--batch-size", "2"]) == 0
     written = load_checkpoint_file(model)
-    assert checkpoint_stages(written) == ["coarse", "refine"]
+    assert checkpoint_stages(written) == ["coarse", "refine"] and written["refine"]["info"]["shift_mm"] == 2.0  # --shift-mm's default
     assert written["refine"]["info"]["uncertainty_calibration"]["section"] == "validation"  # --calibrate-on's default
     assert "uncertainty of both stages calibrated on 'validation'" in capsys.readouterr().out
     assert main(["export", "--checkpoint", str(model), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
@@ -427,6 +457,15 @@ def test_cli_trains_attaches_exports_and_infers_both_stages(tiny_checkpoint, pha
     assert np.allclose(_points(read["torch"]), _points(read["ort"]), atol=1e-3)
     assert np.allclose([[r["coarse_x"], r["coarse_y"]] for r in read["torch"]["landmarks"]], _points(read["coarse"]))
     assert "two stages" in capsys.readouterr().out
+    # --refine-shift-mm: the stage's test-time patch shifts overridden (0: one centred patch), a bad value refused
+    assert main(["infer", "--checkpoint", str(model), "--input", image, "--out", str(tmp_path / "one"), "--spacing", spacing, "--no-overlay",
+                 "--device", "cpu", "--refine-shift-mm", "0"]) == 0  # fmt: skip
+    one = json.loads(next((tmp_path / "one").glob("*_landmarks.json")).read_text())
+    assert np.abs(_points(one) - _points(read["torch"])).max() > 1e-3
+    assert main(["infer", "--checkpoint", str(model), "--input", image, "--out", str(tmp_path / "bad"), "--refine-shift-mm", "-1"]) == 2
+    assert "--refine-shift-mm" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["refine", str(tiny_checkpoint), *args[:2], "--out", str(tmp_path / "x.pt"), "--shift-mm", "100"]) == 2
+    assert "--shift-mm" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
 def test_fine_tuning_a_two_stage_model_keeps_its_refinement_stage(two_stage, phantom_datalist, tmp_path):

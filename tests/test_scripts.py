@@ -132,16 +132,19 @@ def test_benchmark_refinement_compares_first_stage_fuse_and_replace(tiny_two_sta
     checkpoint, datalist = tiny_two_stage
     run = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark_refinement.py"), "--checkpoint", str(checkpoint), "--datalist", str(datalist),
-         "--section", "test", "--out", str(tmp_path / "out")],
+         "--section", "test", "--shift-mm", "0", "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = __import__("json").loads((tmp_path / "out" / "refinement.json").read_text())
     (site,) = result["sites"].values()
-    mre = {name: site[name]["summary"]["mre"] for name in ("first stage", "refined (fuse)", "refined (replace)")}
-    assert len(set(mre.values())) == 3, mre  # three different predictions of the same films
+    mre = {name: site[name]["summary"]["mre"] for name in ("first stage", "refined (fuse)", "refined (replace)", "refined (fuse), shifts 0 mm")}
+    assert len(set(mre.values())) == 4, mre  # four different predictions of the same films
     assert site["refined (fuse)"]["paired_vs_first_stage"]["n"] == site["films"]
     assert "| refined (fuse) |" in run.stdout and "| refined (replace) |" in run.stdout
+    # the stage's own test-time patch shifts (2 mm as trained) paired against one centred patch
+    assert result["shift_mm"] == 2.0 and site["refined (fuse), shifts 0 mm"]["paired_vs_own_shift"]["n"] == site["films"]
+    assert "fuse: shifts 2 mm (the checkpoint's) minus 0 mm" in run.stdout
     # films predicted as if their files stated no spacing (phantoms: 0.66 mm/px; the codec's default 0.1)
     run = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark_refinement.py"), "--checkpoint", str(checkpoint), "--datalist", str(datalist),
