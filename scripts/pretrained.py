@@ -440,6 +440,8 @@ def held_out_record(held_out: dict, datalist: Path) -> tuple[str, dict]:
                 "; the Hamedan films whose two annotations disagree far beyond the others (the audit's 'disputed') are in "
                 "no fold" + ("" if "disputed_left_out" in json.loads(datalist.read_text()) else ", though the shipped model trained on them")
             )
+        if held_out.get("refine_shift_mm"):
+            how += f"; the refinement stage predicting with {held_out['refine_shift_mm']:g} mm test-time patch shifts"
         return how, {**common, "cross_validation": held_out["cross_validation"]}
     held_out_doc = json.loads((REPO / held_out["datalist"]).read_text())
     same = held_out["datalist"] == datalist.relative_to(REPO).as_posix()

@@ -76,6 +76,7 @@ def test_shipped_checkpoint_is_inference_only_and_says_how_it_was_made():
         assert record["method"] == "sigma_scaling" and record["n_images"] == len(doc["validation"])
         assert "validation films held out of bundle 0.4.0's model" in record["carried_from"]["why"]
     held_out = prov["held_out"]  # the cross-validation the quoted figures come from
+    assert ckpt["refine"]["info"].get("shift_mm", 0.0) == held_out.get("refine_shift_mm", 0.0)  # predicts as it was scored
     folds = held_out["cross_validation"]["folds"]
     assert len(folds) == 5 and all(f["command"].startswith("python scripts/pretrained.py") and f" --fold {k} " in f["command"]
                                    and "--all-films" not in f["command"] and f["git_tree_dirty"] is False
