@@ -307,7 +307,8 @@ def test_predictor_runs_both_stages_and_records_the_first(tiny_checkpoint, two_s
         assert np.all(moved > 0) and np.all(moved < 16 * np.sqrt(2))  # refined within the 32 x 32 patch
         assert all(r["uncertainty_px"] > 0 and 0 <= r["confidence"] <= 1 for r in n["landmarks"])
         np.testing.assert_allclose([r["coarse_uncertainty_px"] for r in n["landmarks"]], [r["uncertainty_px"] for r in o["landmarks"]], rtol=1e-3)
-        assert n["refinement"] == {"film_spacing_mm": pytest.approx(o["spacing"]), "film_spacing_from": "given"} and "refinement" not in f
+        assert n["refinement"] == {"film_spacing_mm": pytest.approx(o["spacing"]), "film_spacing_from": "given", "patch_shift_mm": 2.0}
+        assert "refinement" not in f
     # a film whose spacing nobody states: the document says the patches' scale was estimated, and at what
     (unstated,) = Predictor.from_checkpoint(two_stage).predict([images[0]["image"]])
     assert unstated["spacing"] is None and unstated["refinement"]["film_spacing_from"] == "estimated"
@@ -334,7 +335,7 @@ def test_a_default_spacing_serves_both_stages_of_films_that_state_none(two_stage
     (given,) = Predictor.from_checkpoint(two_stage).predict([item])
     (fallback,) = Predictor.from_checkpoint(two_stage, default_spacing=spacing).predict([bare])
     assert fallback["spacing_source"] == "fallback" and "spacing_source" not in given
-    assert fallback["refinement"] == given["refinement"] == {"film_spacing_mm": pytest.approx(spacing), "film_spacing_from": "given"}
+    assert fallback["refinement"] == given["refinement"] == {"film_spacing_mm": pytest.approx(spacing), "film_spacing_from": "given", "patch_shift_mm": 2.0}
     assert fallback["landmarks"] == given["landmarks"]  # points, mm fields and uncertainty alike
     assert fallback["spacing"] == pytest.approx(spacing) and fallback["landmarks"][0]["x_mm"] is not None
     other = Predictor.from_checkpoint(two_stage, default_spacing=[0.9])
@@ -462,6 +463,8 @@ def test_cli_trains_attaches_exports_and_infers_both_stages(tiny_checkpoint, pha
                  "--device", "cpu", "--refine-shift-mm", "0"]) == 0  # fmt: skip
     one = json.loads(next((tmp_path / "one").glob("*_landmarks.json")).read_text())
     assert np.abs(_points(one) - _points(read["torch"])).max() > 1e-3
+    assert read["torch"]["refinement"]["patch_shift_mm"] == read["ort"]["refinement"]["patch_shift_mm"] == 2.0
+    assert one["refinement"]["patch_shift_mm"] == 0.0  # each document says how it was refined
     assert main(["infer", "--checkpoint", str(model), "--input", image, "--out", str(tmp_path / "bad"), "--refine-shift-mm", "-1"]) == 2
     assert "--refine-shift-mm" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["refine", str(tiny_checkpoint), *args[:2], "--out", str(tmp_path / "x.pt"), "--shift-mm", "100"]) == 2

@@ -120,8 +120,9 @@ class Refiner:
         the first stage's as :attr:`combine` says.
 
         The first stage's points and spread are kept as ``coarse_points``/``coarse_spread``, the
-        films' mm/px the patches were cut at as ``refine_spacing`` ``(B, 2)`` and where it came
-        from as ``refine_spacing_source`` (:meth:`~maht_net.codec.patches.PatchCodec.spacing_sources`); a
+        films' mm/px the patches were cut at as ``refine_spacing`` ``(B, 2)``, where it came
+        from as ``refine_spacing_source`` (:meth:`~maht_net.codec.patches.PatchCodec.spacing_sources`)
+        and the patch shifts as ``refine_shift_mm`` (:attr:`shift_mm`); a
         landmark whose first-stage point is not finite keeps it. With ``combine="fuse"`` each
         point is ``c + w (r - c)``, ``w = s_c^2 / (s_c^2 + s_r^2)`` from the two radial spreads
         (the first stage's as decoded, calibrated when the checkpoint is), and the covariance is
@@ -156,6 +157,7 @@ class Refiner:
             points = torch.minimum(points.clamp_min(0.0), size - 1)
         covariance = torch.where(ok[..., None, None], covariance.to(first["pred_covariance"].dtype), first["pred_covariance"])
         d["refine_spacing_source"] = self.codec.spacing_sources(spacing, coarse)
+        d["refine_shift_mm"] = self.shift_mm
         d.update({k: v.to(home) for k, v in {
             "coarse_points": coarse,
             "coarse_spread": first["pred_spread"],

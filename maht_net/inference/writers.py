@@ -37,7 +37,7 @@ def prediction_from_batch(
     ``orig_spacing``); ``output`` the ``pred_points``/``pred_spread``/``pred_covariance``/
     ``pred_confidence`` (and ``uncertainty_calibration``) of :class:`DecodeLandmarksd`, all in
     original pixels, and after the refinement stage the first stage's ``coarse_points``/``coarse_spread``
-    and the ``refine_spacing``/``refine_spacing_source`` its patches were cut at. Each document carries the cephalometric
+    and the ``refine_spacing``/``refine_spacing_source`` its patches were cut at and their ``refine_shift_mm``. Each document carries the cephalometric
     measurements of :func:`maht_net.clinical.analysis.analyze_prediction` under ``"measurements"``
     and, when given, the ``model`` that made it (:func:`~maht_net.io.checkpoint.model_identity`).
     """
@@ -79,7 +79,8 @@ def prediction_from_batch(
                 **({"model": dict(model)} if model else {}),
                 **({"spacing_source": "fallback"} if fallback[i] is not None and bool(fallback[i]) else {}),
                 **(
-                    {"refinement": {"film_spacing_mm": [float(v) for v in refine_spacing[i]], "film_spacing_from": output["refine_spacing_source"][i]}}
+                    {"refinement": {"film_spacing_mm": [float(v) for v in refine_spacing[i]], "film_spacing_from": output["refine_spacing_source"][i],
+                                    "patch_shift_mm": float(output.get("refine_shift_mm", 0.0))}}
                     if refine_spacing is not None
                     else {}
                 ),

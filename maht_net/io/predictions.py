@@ -14,7 +14,8 @@ One image gives ``<id>_landmarks.json``::
                     "coarse_x": float | null, "coarse_y": float | null,   # two-stage models only
                     "coarse_uncertainty_px": float | null}, ...],
      "stages": ["coarse", "refine"],   # two-stage models only
-     "refinement": {"film_spacing_mm": [sx, sy], "film_spacing_from": "given" | "estimated" | "default"},  # likewise
+     "refinement": {"film_spacing_mm": [sx, sy], "film_spacing_from": "given" | "estimated" | "default",
+                    "patch_shift_mm": float},  # likewise
      "uncertainty_calibration": {...} | null,
      "measurements": {...}}   # optional: maht_net.clinical.analysis.analyze_prediction (SNA, ANB, ...)
 
@@ -42,7 +43,8 @@ the document lists ``"stages": ["coarse", "refine"]`` and each landmark keeps th
 point and spread as ``coarse_x``/``coarse_y``/``coarse_uncertainty_px``. ``refinement`` says at
 which mm per film pixel the second stage cut its patches: the film's spacing (``given``: its file
 or the user's), else ``estimated`` from the size of the first stage's landmark constellation (PNG,
-JPEG: the ``mm`` fields stay ``null``, only the patches use it), else the stage's ``default``. Documents of
+JPEG: the ``mm`` fields stay ``null``, only the patches use it), else the stage's ``default``, and
+``patch_shift_mm`` its test-time patch shifts (0: one centred patch per landmark). Documents of
 single-stage models have none of these keys (unchanged from before the refinement stage).
 """
 
