@@ -7,7 +7,7 @@ import sys
 
 from maht_net.cli import add_device_argument
 from maht_net.codec.patches import PatchCodec
-from maht_net.engine.refine import PatchJitter, refine_checkpoint
+from maht_net.engine.refine import DEFAULT_SHIFT_MM, PatchJitter, refine_checkpoint
 from maht_net.inference.calibration import calibrate_checkpoint
 from maht_net.io.checkpoint import load_checkpoint_file
 from maht_net.io.datalist import datalist_sections, load_datalist, read_datalist
@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, help="time budget (stops early)")
     p.add_argument("--batch-size", type=int, default=8, help="films per step (each gives one patch per landmark)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine decay)")
-    p.add_argument("--shift-mm", type=float, default=2.0, help="test-time patch shifts the stage records for inference: each "
+    p.add_argument("--shift-mm", type=float, default=DEFAULT_SHIFT_MM, help="test-time patch shifts the stage records for inference: each "
                    "landmark refined in 5 patches (centred, and moved this far along x and y), averaged; 0: one patch")
     p.add_argument("--seed", type=int, default=0)
     add_device_argument(p)

@@ -35,7 +35,11 @@ from maht_net.models import create_network
 from maht_net.models.losses import LandmarkLoss
 from maht_net.progress import progress
 
-__all__ = ["PatchJitter", "RefineFilm", "load_films", "training_patches", "train_refiner", "refine_checkpoint"]
+__all__ = ["DEFAULT_SHIFT_MM", "PatchJitter", "RefineFilm", "load_films", "training_patches", "train_refiner", "refine_checkpoint"]
+
+DEFAULT_SHIFT_MM = 2.0
+"""The test-time patch shifts a newly trained stage records (:func:`train_refiner`): chosen among
+1, 1.5, 2 and 3 mm on the cross-validation folds' validation films (docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ def train_refiner(
     seed: int = 0,
     device: str | torch.device = "cpu",
     desc: str | None = "refinement",
-    shift_mm: float = 2.0,
+    shift_mm: float = DEFAULT_SHIFT_MM,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a refinement network; returns it (eval mode) and its checkpoint stage ``{"model", "info"}``.
 
@@ -202,8 +206,7 @@ def train_refiner(
         desc: progress-bar name (``None``: no bar).
         shift_mm: the stage's test-time patch shifts at inference (recorded as
             :data:`~maht_net.io.checkpoint.REFINE_SHIFT_KEY`; :class:`~maht_net.inference.refine.Refiner`;
-            0: one centred patch). 2 mm: chosen on the cross-validation folds' validation films
-            (docs/refinement.md); training does not depend on it.
+            0: one centred patch; default :data:`DEFAULT_SHIFT_MM`); training does not depend on it.
     """
     codec = codec or PatchCodec()
     shift_mm = codec.check_shift(shift_mm)
