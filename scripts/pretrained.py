@@ -58,7 +58,8 @@ import numpy as np
 from maht_net.datasets.common import cross_validation_folds
 from maht_net.engine.bundle import large_files_yml
 from maht_net.inference.calibration import carry_calibration
-from maht_net.io.checkpoint import REFINE_SHIFT_KEY, REFINE_STAGE, file_sha256, load_checkpoint_file, refine_stage
+from maht_net.inference.refine import load_refiner
+from maht_net.io.checkpoint import REFINE_SHIFT_KEY, REFINE_STAGE, file_sha256, refine_stage
 from maht_net.io.datalist import datalist_root
 from maht_net.io.predictions import PREDICTION_SUFFIX
 
@@ -326,8 +327,8 @@ def evaluate(
 def refine_shift(checkpoint: Path, shift_mm: float | None) -> float | None:
     """The refinement's test-time patch shifts a run of ``checkpoint`` predicts with: ``shift_mm``
     when given, else the checkpoint's (``None``: a single-stage checkpoint)."""
-    stage = refine_stage(load_checkpoint_file(checkpoint), checkpoint)
-    return None if stage is None else float(stage["info"].get(REFINE_SHIFT_KEY, 0.0) if shift_mm is None else shift_mm)
+    refiner = load_refiner(checkpoint, shift_mm=shift_mm)
+    return None if refiner is None else refiner.shift_mm
 
 
 def pool_folds(runs: list[Path], out: Path, command: str, code: dict) -> dict:

@@ -355,3 +355,41 @@ def test_pretrained_all_films_trains_on_every_film_and_borrows_a_held_out_calibr
     figures = pretrained.figures_of(shipped)
     assert figures["test"]["hamedan"]["spacing_mm"] == 0.127 and figures["test"]["hamedan"]["mre"] == 1.0
     assert pretrained.eval_metrics(figures, "cv")["hamedan"]["sdr_2mm_percent"] == 90.0
+
+
+def test_pretrained_scores_and_ships_a_refinement_stage_with_the_shifts_it_was_measured_with(tiny_checkpoint, tmp_path, monkeypatch):
+    """``refine_shift``: the refinement's test-time patch shifts a run predicts with (the stage's,
+    or ``--refine-shift-mm``); ``ship`` refuses figures measured with other shifts than the model's."""
+    import shutil
+
+    import torch
+
+    from maht_net.codec.patches import PatchCodec
+    from maht_net.io.checkpoint import attach_refine_stage, load_checkpoint_file
+    from maht_net.models import create_network
+
+    pretrained = _pretrained_script()
+    first = load_checkpoint_file(tiny_checkpoint)["info"]
+    info = {"network": "refine_net_small", "network_kwargs": {}, "landmark_names": first["landmark_names"], "normalize": first["normalize"],
+            "clahe": first["clahe"], **PatchCodec().info(), "shift_mm": 2.0}  # fmt: skip
+    stage = {"model": create_network("refine_net_small", num_landmarks=19).state_dict(), "info": info}
+    two = tmp_path / "two.pt"
+    shutil.copy(tiny_checkpoint, two)
+    attach_refine_stage(two, stage)
+    assert pretrained.refine_shift(two, None) == 2.0 and pretrained.refine_shift(two, 0.0) == 0.0
+    assert pretrained.refine_shift(tiny_checkpoint, None) is None  # one stage: nothing to shift
+    with pytest.raises(ValueError, match="shift_mm"):
+        pretrained.refine_shift(two, -1.0)
+    monkeypatch.setattr(pretrained, "REPO", tmp_path)
+    (tmp_path / "bundle" / "configs").mkdir(parents=True)
+    (tmp_path / "bundle" / "configs" / "metadata.json").write_text(json.dumps({"version": "9.9.9", "eval_metrics": {}}))
+    datalist = tmp_path / "all.json"
+    datalist.write_text(json.dumps({"training": []}))
+    figures = {"films": 1, "spacing_mm": 0.1, "mre": 1.0, "median": 1.0, "mre_ci95": [0.9, 1.1], "sdr": {"2.0": 90.0, "4.0": 99.0}}
+    measured = {"command": "pool", "git_commit": "1" * 40, "refine_shift_mm": 0.0, "test": {"isbi2015": figures},
+                "cross_validation": {"folds": [{"datalist": "fold0.json", "test_ids": {"isbi2015": ["1"]}}]}}  # fmt: skip
+    target = tmp_path / "bundle" / "models" / "model.pt"
+    with pytest.raises(SystemExit, match="measured with 0 mm refinement patch shifts"):
+        pretrained.ship(two, datalist, measured, {"command": "train", "git_commit": "2" * 40, "train_minutes": 1.0}, target)
+    assert not target.exists()
+    assert torch.load(two, weights_only=True)["refine"]["info"]["shift_mm"] == 2.0
