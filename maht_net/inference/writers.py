@@ -80,7 +80,7 @@ def prediction_from_batch(
                 **({"spacing_source": "fallback"} if fallback[i] is not None and bool(fallback[i]) else {}),
                 **(
                     {"refinement": {"film_spacing_mm": [float(v) for v in refine_spacing[i]], "film_spacing_from": output["refine_spacing_source"][i],
-                                    "patch_shift_mm": float(output.get("refine_shift_mm", 0.0))}}
+                                    "patch_shift_mm": float(output["refine_shift_mm"])}}
                     if refine_spacing is not None
                     else {}
                 ),
